@@ -1,0 +1,139 @@
+//! Identifiers shared by every layer: bundle ids, piece indices and priority classes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A bundle's identity: the BLAKE3 hash of its canonical signed manifest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BundleId(pub [u8; 32]);
+
+impl BundleId {
+    /// The raw 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The first eight hex digits, for log lines and tables.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Display for BundleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for BundleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BundleId({})", self.short())
+    }
+}
+
+/// Why a string is not a bundle id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a bundle id is 64 hex digits, got {0:?}")]
+pub struct ParseIdError(pub String);
+
+impl FromStr for BundleId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut out).map_err(|_| ParseIdError(s.to_owned()))?;
+        Ok(BundleId(out))
+    }
+}
+
+/// Index of a piece within its bundle (0-based).
+pub type PieceIndex = u32;
+
+/// A piece of a bundle: the unit that is summarised, scheduled, sent and verified.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct PieceRef {
+    /// The bundle the piece belongs to.
+    pub bundle: BundleId,
+    /// Its index within the bundle.
+    pub index: PieceIndex,
+}
+
+/// Priority class of a bundle. Ordered most urgent first: `Critical < High < Normal < Bulk`.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Security and safety fixes: sent before anything else.
+    Critical,
+    /// Important updates.
+    High,
+    /// Ordinary updates (the default).
+    #[default]
+    Normal,
+    /// Large, non-urgent content: sent last, evicted first.
+    Bulk,
+}
+
+impl Priority {
+    /// All classes, most urgent first.
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Bulk,
+    ];
+
+    /// The lowercase name used in the CLI, config and manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Bulk => "bulk",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown priority {s:?} (expected critical, high, normal or bulk)")
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_id_hex_round_trip() {
+        let id = BundleId([0xab; 32]);
+        assert_eq!(id.to_string().parse::<BundleId>().unwrap(), id);
+        assert!("abc".parse::<BundleId>().is_err());
+        assert_eq!(id.short(), "abababab");
+    }
+
+    #[test]
+    fn priority_order_is_most_urgent_first() {
+        assert!(Priority::Critical < Priority::High);
+        assert!(Priority::Normal < Priority::Bulk);
+        assert_eq!("bulk".parse::<Priority>().unwrap(), Priority::Bulk);
+        assert!("urgent".parse::<Priority>().is_err());
+    }
+}
