@@ -1,1 +1,16 @@
-//! placeholder
+//! # mule-testbed
+//!
+//! Tools for evaluating Mule on contact traces:
+//!
+//! - [`trace`]: parsing and normalising contact traces (CSV and The ONE format);
+//! - [`oracle`]: a lower bound on every node's completion time, from the trace alone;
+//! - [`sim`]: a deterministic discrete-event simulator of a fleet in virtual time,
+//!   with pluggable [`strategy`] implementations (Mule and the baselines);
+//! - [`report`]: JSON/CSV results, a Markdown summary and plots.
+//!
+//! The emulation with real processes in network namespaces (`mule-testbed emulate`)
+//! is meant to reuse [`trace`], [`oracle`] and [`report`]: it only needs to produce the
+//! same per-node [`report::NodeResult`] rows from the daemons' metrics.
+
+pub mod trace;
+pub mod units;
