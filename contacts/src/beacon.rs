@@ -1,0 +1,737 @@
+//! Signed discovery beacons: the wire format, the receive-side filter and the adaptive send
+//! interval. Everything here is pure (no sockets, no clock): the driver in
+//! [`crate::discovery`] feeds it bytes and times.
+//!
+//! # Goals
+//! - One small multicast packet tells a neighbour who we are (node id = public key), which
+//!   protocol we speak, where to open a session, a short digest of what we hold (so the peer
+//!   can tell from one packet whether a session is worth opening) and whom we met lately.
+//! - A forged, replayed or garbled packet never creates a neighbour: it is dropped and
+//!   counted per reason ([`DropReason`]), with rate-limited logging.
+//! - Small enough that a node keeping its neighbours alive once a second stays under
+//!   200 bytes/s on the wire (a beacon with three met ids is 149 bytes of UDP payload).
+//!
+//! # Non-goals
+//! Confidentiality (beacons are public by design) and protection against a replay inside
+//! the acceptance window to a receiver that has never seen the sender (it only re-announces a
+//! real node at a place it could be reached anyway; a session authenticates again).
+//!
+//! # Wire format (version 1)
+//! ```text
+//! packet = CBOR array(2) [ body: bytes, signature: bytes(64) ]
+//! body   = CBOR array(7) [ version: uint (=1),
+//!                          node: bytes(32),          ed25519 public key = NodeId
+//!                          seq: uint,                per-process counter, +1 per packet
+//!                          time_ms: uint,            sender's Unix time in milliseconds
+//!                          session_port: uint16,
+//!                          digest: bytes(8),         caller-defined holdings digest
+//!                          met: array(<=4) of bytes(4) ]  short ids of recently met nodes
+//! signature = ed25519(node key, "mule-beacon-v1\0" || body bytes)
+//! ```
+//! The signature covers the exact body bytes as sent, so no canonical CBOR form is needed.
+//! Decoding rejects packets over [`MAX_BEACON_BYTES`], trailing bytes after either CBOR item,
+//! wrong field lengths, unknown versions, and signatures that fail `verify_strict`.
+//!
+//! # Acceptance rules ([`BeaconFilter`])
+//! A verified beacon from node N is accepted if `(time_ms, seq)` is strictly greater
+//! (lexicographically) than the last accepted pair from N (replay / reordering protection
+//! that survives a sender restart, because its clock moves on while its counter resets), and
+//! `time_ms` lies within `max_clock_skew` of the receiver's clock (gateways without a
+//! real-time clock drift, hence a generous default of 5 minutes). Our own beacons are
+//! dropped as [`DropReason::Own`].
+//!
+//! # Interval ([`AdaptiveInterval`])
+//! After any change (a neighbour appears or leaves, an interface comes up) the next beacon
+//! goes out after `min`, and each following gap doubles up to a cap: `keepalive` while there
+//! are neighbours (it must be well under the silence after which they drop us), `max` when
+//! alone. A jitter of ±10% (random input in [-1, 1]) keeps nodes from synchronising.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use cbor4ii::core::dec::Read as _;
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+use crate::identity::NodeIdentity;
+use crate::time::Timestamp;
+
+/// Protocol version carried in beacons (and in mDNS TXT records).
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest beacon accepted or produced, in bytes.
+pub const MAX_BEACON_BYTES: usize = 512;
+/// Most recently-met ids a beacon carries.
+pub const MAX_MET: usize = 4;
+/// Domain separation prefix for the signature.
+const SIGN_CONTEXT: &[u8] = b"mule-beacon-v1\0";
+
+/// A short digest of what a node holds, supplied by the caller (e.g. a hash of its bundle ids).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct HoldingsDigest(pub [u8; 8]);
+
+impl fmt::Debug for HoldingsDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HoldingsDigest({})", hex::encode(self.0))
+    }
+}
+
+/// The first four bytes of a node id: enough to tell a handful of recently met devices apart.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShortId(pub [u8; 4]);
+
+impl ShortId {
+    /// The short id of `node`.
+    pub fn of(node: &NodeId) -> ShortId {
+        let mut s = [0u8; 4];
+        s.copy_from_slice(&node.0[..4]);
+        ShortId(s)
+    }
+
+    /// Whether `node` has this short id.
+    pub fn matches(&self, node: &NodeId) -> bool {
+        node.0[..4] == self.0
+    }
+}
+
+impl fmt::Debug for ShortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShortId({})", hex::encode(self.0))
+    }
+}
+
+impl fmt::Display for ShortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// A decoded, signature-checked beacon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Beacon {
+    /// The sender (its public key).
+    pub node: NodeId,
+    /// The sender's protocol version.
+    pub version: u8,
+    /// Sender's packet counter.
+    pub seq: u64,
+    /// Sender's clock when it sent the beacon.
+    pub time: Timestamp,
+    /// TCP port of the sender's session listener.
+    pub session_port: u16,
+    /// Digest of the sender's holdings.
+    pub digest: HoldingsDigest,
+    /// Short ids of devices the sender met most recently (at most [`MAX_MET`]).
+    pub met: Vec<ShortId>,
+}
+
+/// Why a beacon could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BeaconError {
+    /// More than [`MAX_BEACON_BYTES`].
+    #[error("beacon of {0} bytes exceeds the {MAX_BEACON_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// Not the CBOR structure of the wire format.
+    #[error("malformed beacon: {0}")]
+    Malformed(String),
+    /// The signature field is empty.
+    #[error("beacon carries no signature")]
+    Unsigned,
+    /// A version this node does not speak.
+    #[error("unsupported beacon version {0}")]
+    BadVersion(u64),
+    /// The signature does not match the claimed node id (spoofed or corrupted).
+    #[error("beacon signature does not verify")]
+    BadSignature,
+}
+
+/// Body fields as they go on the wire (a CBOR array, via serde's tuple struct).
+#[derive(Serialize)]
+struct BodyOut<'a>(u8, Bytes<'a>, u64, u64, u16, Bytes<'a>, Vec<Bytes<'a>>);
+
+/// Body fields as read from the wire, borrowing from the packet.
+#[derive(Deserialize)]
+struct BodyIn<'a>(
+    u64,
+    #[serde(borrow)] &'a [u8],
+    u64,
+    u64,
+    u16,
+    #[serde(borrow)] &'a [u8],
+    #[serde(borrow)] Vec<&'a [u8]>,
+);
+
+/// The outer packet, borrowing from the datagram.
+#[derive(Deserialize)]
+struct PacketIn<'a>(#[serde(borrow)] &'a [u8], #[serde(borrow)] &'a [u8]);
+
+/// The outer packet being written.
+#[derive(Serialize)]
+struct PacketOut<'a>(Bytes<'a>, Bytes<'a>);
+
+/// Serialises a slice as a CBOR byte string (serde's default would be an array of ints).
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Decodes one CBOR item filling the whole of `buf` (trailing bytes are an error).
+fn decode_exact<'a, T: Deserialize<'a>>(buf: &'a [u8], what: &str) -> Result<T, BeaconError> {
+    let mut de = cbor4ii::serde::Deserializer::new(cbor4ii::core::utils::SliceReader::new(buf));
+    let v = T::deserialize(&mut de).map_err(|e| BeaconError::Malformed(format!("{what}: {e}")))?;
+    let mut rest = de.into_inner();
+    match rest.fill(1) {
+        Ok(r) if r.as_ref().is_empty() => Ok(v),
+        _ => Err(BeaconError::Malformed(format!("{what}: trailing bytes"))),
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Writing to a Vec cannot fail except on allocation failure.
+    cbor4ii::serde::to_vec(Vec::with_capacity(160), v).expect("encoding into a Vec")
+}
+
+impl Beacon {
+    /// Encodes and signs a beacon from `me`. `met` beyond [`MAX_MET`] is cut off.
+    pub fn encode_signed(
+        me: &NodeIdentity,
+        seq: u64,
+        time: Timestamp,
+        session_port: u16,
+        digest: HoldingsDigest,
+        met: &[ShortId],
+    ) -> Vec<u8> {
+        let node = me.id();
+        let met: Vec<Bytes<'_>> = met.iter().take(MAX_MET).map(|m| Bytes(&m.0)).collect();
+        let body = encode(&BodyOut(
+            PROTOCOL_VERSION,
+            Bytes(node.as_bytes()),
+            seq,
+            time.0,
+            session_port,
+            Bytes(&digest.0),
+            met,
+        ));
+        let sig = me.sign(&signed_message(&body));
+        encode(&PacketOut(Bytes(&body), Bytes(&sig.to_bytes())))
+    }
+
+    /// Decodes a datagram and checks its signature.
+    pub fn decode(packet: &[u8]) -> Result<Beacon, BeaconError> {
+        if packet.len() > MAX_BEACON_BYTES {
+            return Err(BeaconError::TooLarge(packet.len()));
+        }
+        let PacketIn(body, sig) = decode_exact(packet, "packet")?;
+        let BodyIn(version, node, seq, time, session_port, digest, met) =
+            decode_exact(body, "body")?;
+        if version != u64::from(PROTOCOL_VERSION) {
+            return Err(BeaconError::BadVersion(version));
+        }
+        if sig.is_empty() {
+            return Err(BeaconError::Unsigned);
+        }
+        let node: [u8; 32] = node
+            .try_into()
+            .map_err(|_| BeaconError::Malformed(format!("node id of {} bytes", node.len())))?;
+        let digest: [u8; 8] = digest
+            .try_into()
+            .map_err(|_| BeaconError::Malformed(format!("digest of {} bytes", digest.len())))?;
+        let sig: [u8; 64] = sig
+            .try_into()
+            .map_err(|_| BeaconError::Malformed(format!("signature of {} bytes", sig.len())))?;
+        if met.len() > MAX_MET {
+            return Err(BeaconError::Malformed(format!("{} met ids", met.len())));
+        }
+        let met = met
+            .iter()
+            .map(|m| {
+                <[u8; 4]>::try_from(*m)
+                    .map(ShortId)
+                    .map_err(|_| BeaconError::Malformed(format!("met id of {} bytes", m.len())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = VerifyingKey::from_bytes(&node).map_err(|_| BeaconError::BadSignature)?;
+        key.verify_strict(&signed_message(body), &Signature::from_bytes(&sig))
+            .map_err(|_| BeaconError::BadSignature)?;
+        Ok(Beacon {
+            node: NodeId(node),
+            version: PROTOCOL_VERSION,
+            seq,
+            time: Timestamp(time),
+            session_port,
+            digest: HoldingsDigest(digest),
+            met,
+        })
+    }
+}
+
+fn signed_message(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGN_CONTEXT.len() + body.len());
+    m.extend_from_slice(SIGN_CONTEXT);
+    m.extend_from_slice(body);
+    m
+}
+
+/// Why the filter dropped a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Larger than [`MAX_BEACON_BYTES`].
+    TooLarge,
+    /// Not a well-formed beacon.
+    Malformed,
+    /// No signature.
+    Unsigned,
+    /// Unknown protocol version.
+    BadVersion,
+    /// Signature does not verify (spoofed or corrupted).
+    BadSignature,
+    /// Not newer than the last accepted beacon from that node.
+    Replayed,
+    /// Sender's time too far from ours.
+    OutOfWindow,
+    /// Our own beacon (looped back by another socket or a bridge).
+    Own,
+}
+
+impl DropReason {
+    /// All reasons, in counter order.
+    pub const ALL: [DropReason; 8] = [
+        DropReason::TooLarge,
+        DropReason::Malformed,
+        DropReason::Unsigned,
+        DropReason::BadVersion,
+        DropReason::BadSignature,
+        DropReason::Replayed,
+        DropReason::OutOfWindow,
+        DropReason::Own,
+    ];
+
+    /// Stable lowercase name (metrics labels, JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::TooLarge => "too_large",
+            DropReason::Malformed => "malformed",
+            DropReason::Unsigned => "unsigned",
+            DropReason::BadVersion => "bad_version",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::Replayed => "replayed",
+            DropReason::OutOfWindow => "out_of_window",
+            DropReason::Own => "own",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<&BeaconError> for DropReason {
+    fn from(e: &BeaconError) -> DropReason {
+        match e {
+            BeaconError::TooLarge(_) => DropReason::TooLarge,
+            BeaconError::Malformed(_) => DropReason::Malformed,
+            BeaconError::Unsigned => DropReason::Unsigned,
+            BeaconError::BadVersion(_) => DropReason::BadVersion,
+            BeaconError::BadSignature => DropReason::BadSignature,
+        }
+    }
+}
+
+/// Per-reason drop counts plus accepted beacons.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterCounters {
+    /// Beacons accepted.
+    pub accepted: u64,
+    /// Drops, indexed like [`DropReason::ALL`].
+    pub dropped: [u64; 8],
+}
+
+impl FilterCounters {
+    /// Drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+
+    /// All drops except our own looped-back beacons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum::<u64>() - self.dropped(DropReason::Own)
+    }
+}
+
+/// Settings of the [`BeaconFilter`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// Largest accepted difference between the sender's and our clock.
+    pub max_clock_skew: Duration,
+    /// Most senders whose last `(time, seq)` is remembered; the oldest is forgotten first.
+    pub max_peers: usize,
+    /// At most one log line per drop reason per this period.
+    pub log_every: Duration,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            max_clock_skew: Duration::from_secs(300),
+            max_peers: 1024,
+            log_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Receive-side validation: decode, verify, then reject own, stale and out-of-window beacons.
+/// Call [`BeaconFilter::handle`] for each datagram; read [`BeaconFilter::counters`] anytime.
+#[derive(Debug)]
+pub struct BeaconFilter {
+    own: NodeId,
+    cfg: FilterConfig,
+    last: HashMap<NodeId, (u64, u64)>,
+    counters: FilterCounters,
+    last_log: [Option<Instant>; 8],
+    suppressed: [u64; 8],
+}
+
+impl BeaconFilter {
+    /// A filter for node `own`.
+    pub fn new(own: NodeId, cfg: FilterConfig) -> BeaconFilter {
+        BeaconFilter {
+            own,
+            cfg,
+            last: HashMap::new(),
+            counters: FilterCounters::default(),
+            last_log: [None; 8],
+            suppressed: [0; 8],
+        }
+    }
+
+    /// Checks one datagram received at `now` (monotonic, for log rate limiting) when our wall
+    /// clock read `wall`. `from` only labels log lines.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        wall: Timestamp,
+        packet: &[u8],
+        from: &dyn fmt::Display,
+    ) -> Result<Beacon, DropReason> {
+        let beacon = match Beacon::decode(packet) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = DropReason::from(&e);
+                self.drop_with(now, reason, from, &e);
+                return Err(reason);
+            }
+        };
+        if beacon.node == self.own {
+            self.counters.dropped[DropReason::Own.index()] += 1;
+            return Err(DropReason::Own);
+        }
+        let skew = beacon.time.0.abs_diff(wall.0);
+        if skew > self.cfg.max_clock_skew.as_millis() as u64 {
+            self.drop_with(
+                now,
+                DropReason::OutOfWindow,
+                from,
+                &format_args!("node {} clock off by {skew} ms", beacon.node.short()),
+            );
+            return Err(DropReason::OutOfWindow);
+        }
+        let key = (beacon.time.0, beacon.seq);
+        if let Some(prev) = self.last.get(&beacon.node).copied()
+            && key <= prev
+        {
+            self.drop_with(
+                now,
+                DropReason::Replayed,
+                from,
+                &format_args!(
+                    "node {} sent (time {}, seq {}) after (time {}, seq {})",
+                    beacon.node.short(),
+                    key.0,
+                    key.1,
+                    prev.0,
+                    prev.1
+                ),
+            );
+            return Err(DropReason::Replayed);
+        }
+        if !self.last.contains_key(&beacon.node) && self.last.len() >= self.cfg.max_peers {
+            // Forget the sender heard from longest ago (by its own clock; good enough).
+            if let Some(oldest) = self.last.iter().min_by_key(|(_, v)| **v).map(|(k, _)| *k) {
+                self.last.remove(&oldest);
+            }
+        }
+        self.last.insert(beacon.node, key);
+        self.counters.accepted += 1;
+        Ok(beacon)
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> FilterCounters {
+        self.counters
+    }
+
+    /// Forgets a node's last `(time, seq)` (e.g. after it has been gone for long).
+    pub fn forget(&mut self, node: &NodeId) {
+        self.last.remove(node);
+    }
+
+    fn drop_with(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        from: &dyn fmt::Display,
+        detail: &dyn fmt::Display,
+    ) {
+        let i = reason.index();
+        self.counters.dropped[i] += 1;
+        let due = self.last_log[i].is_none_or(|t| now.duration_since(t) >= self.cfg.log_every);
+        if due {
+            tracing::warn!(reason = reason.name(), %from, suppressed = self.suppressed[i], "dropped beacon: {detail}");
+            self.last_log[i] = Some(now);
+            self.suppressed[i] = 0;
+        } else {
+            self.suppressed[i] += 1;
+        }
+    }
+}
+
+/// Bounds of the beacon interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntervalConfig {
+    /// Gap right after a change.
+    pub min: Duration,
+    /// Cap while neighbours are present (keep it at most a third of their silence timeout).
+    pub keepalive: Duration,
+    /// Cap when alone.
+    pub max: Duration,
+}
+
+impl Default for IntervalConfig {
+    fn default() -> Self {
+        IntervalConfig {
+            min: Duration::from_millis(250),
+            keepalive: Duration::from_secs(1),
+            max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The adaptive beacon interval (see the module docs). Pure: jitter is an input.
+#[derive(Clone, Debug)]
+pub struct AdaptiveInterval {
+    cfg: IntervalConfig,
+    current: Duration,
+}
+
+impl AdaptiveInterval {
+    /// Starts fast (a node that just started wants to be found).
+    pub fn new(cfg: IntervalConfig) -> AdaptiveInterval {
+        let min = cfg.min.min(cfg.max);
+        let cfg = IntervalConfig {
+            min,
+            keepalive: cfg.keepalive.clamp(min, cfg.max.max(min)),
+            max: cfg.max.max(min),
+        };
+        AdaptiveInterval {
+            cfg,
+            current: cfg.min,
+        }
+    }
+
+    /// Something changed (neighbour came or went, interface came up): go fast again.
+    pub fn on_change(&mut self) {
+        self.current = self.cfg.min;
+    }
+
+    /// The gap until the next beacon, given how many neighbours there are and a jitter
+    /// in [-1, 1]; advances the state (each gap doubles up to the cap).
+    pub fn next_gap(&mut self, neighbours: usize, jitter: f64) -> Duration {
+        let cap = if neighbours > 0 {
+            self.cfg.keepalive
+        } else {
+            self.cfg.max
+        };
+        let base = self.current.min(cap);
+        self.current = (base * 2).min(cap);
+        let j = jitter.clamp(-1.0, 1.0) * 0.1;
+        base.mul_f64(1.0 + j)
+    }
+
+    /// The un-jittered gap the next call would start from.
+    pub fn current(&self) -> Duration {
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> NodeIdentity {
+        NodeIdentity::from_secret([1; 32])
+    }
+
+    fn sample(seq: u64, t: u64) -> Vec<u8> {
+        let met = [
+            ShortId([1, 2, 3, 4]),
+            ShortId([5, 6, 7, 8]),
+            ShortId([9, 9, 9, 9]),
+        ];
+        Beacon::encode_signed(
+            &me(),
+            seq,
+            Timestamp(t),
+            7000,
+            HoldingsDigest([0xab; 8]),
+            &met,
+        )
+    }
+
+    #[test]
+    fn roundtrip_and_size() {
+        let bytes = sample(5, 1_700_000_000_000);
+        assert!(bytes.len() <= 150, "beacon is {} bytes", bytes.len());
+        let b = Beacon::decode(&bytes).unwrap();
+        assert_eq!(b.node, me().id());
+        assert_eq!(
+            (b.seq, b.time.0, b.session_port),
+            (5, 1_700_000_000_000, 7000)
+        );
+        assert_eq!(b.digest, HoldingsDigest([0xab; 8]));
+        assert_eq!(b.met.len(), 3);
+    }
+
+    #[test]
+    fn rejects_every_bit_flip() {
+        let bytes = sample(1, 1000);
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                assert!(
+                    Beacon::decode(&b).is_err(),
+                    "flip byte {i} bit {bit} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_trailing_truncated_oversized_and_unsigned() {
+        let mut bytes = sample(1, 1000);
+        bytes.push(0);
+        assert!(matches!(
+            Beacon::decode(&bytes),
+            Err(BeaconError::Malformed(_))
+        ));
+        let bytes = sample(1, 1000);
+        for n in 0..bytes.len() {
+            assert!(Beacon::decode(&bytes[..n]).is_err(), "prefix {n}");
+        }
+        assert_eq!(Beacon::decode(&[0; 600]), Err(BeaconError::TooLarge(600)));
+        // Re-wrap the body with an empty signature.
+        let PacketIn(body, _) = decode_exact(&bytes, "p").unwrap();
+        let unsigned = encode(&PacketOut(Bytes(body), Bytes(&[])));
+        assert_eq!(Beacon::decode(&unsigned), Err(BeaconError::Unsigned));
+    }
+
+    #[test]
+    fn spoofed_node_id_fails_signature() {
+        let other = NodeIdentity::from_secret([2; 32]);
+        let bytes = sample(1, 1000);
+        let PacketIn(body, sig) = decode_exact(&bytes, "p").unwrap();
+        // Same body and signature, but claim to be `other`.
+        let mut body = body.to_vec();
+        let pos = body
+            .windows(32)
+            .position(|w| w == me().id().as_bytes())
+            .unwrap();
+        body[pos..pos + 32].copy_from_slice(other.id().as_bytes());
+        let forged = encode(&PacketOut(Bytes(&body), Bytes(sig)));
+        assert_eq!(Beacon::decode(&forged), Err(BeaconError::BadSignature));
+    }
+
+    #[test]
+    fn filter_counts_each_reason() {
+        let now = Instant::now();
+        let wall = Timestamp(10_000_000);
+        let mut f = BeaconFilter::new(NodeId([9; 32]), FilterConfig::default());
+        let src = "test";
+        assert!(f.handle(now, wall, &sample(1, wall.0), &src).is_ok());
+        assert_eq!(
+            f.handle(now, wall, &sample(1, wall.0), &src),
+            Err(DropReason::Replayed)
+        );
+        assert_eq!(
+            f.handle(now, wall, &sample(0, wall.0 - 1), &src),
+            Err(DropReason::Replayed)
+        );
+        assert!(
+            f.handle(now, wall, &sample(0, wall.0 + 1), &src).is_ok(),
+            "restart: clock moved on"
+        );
+        assert_eq!(
+            f.handle(now, wall, &sample(9, wall.0 + 400_000), &src),
+            Err(DropReason::OutOfWindow)
+        );
+        assert_eq!(
+            f.handle(now, wall, b"\x01\x02", &src),
+            Err(DropReason::Malformed)
+        );
+        let mut own = BeaconFilter::new(me().id(), FilterConfig::default());
+        assert_eq!(
+            own.handle(now, wall, &sample(1, wall.0), &src),
+            Err(DropReason::Own)
+        );
+        let c = f.counters();
+        assert_eq!(c.accepted, 2);
+        assert_eq!(c.dropped(DropReason::Replayed), 2);
+        assert_eq!(c.dropped(DropReason::OutOfWindow), 1);
+        assert_eq!(c.dropped(DropReason::Malformed), 1);
+        assert_eq!(c.dropped_total(), 4);
+    }
+
+    #[test]
+    fn filter_memory_is_bounded() {
+        let now = Instant::now();
+        let cfg = FilterConfig {
+            max_peers: 3,
+            ..FilterConfig::default()
+        };
+        let mut f = BeaconFilter::new(NodeId([0; 32]), cfg);
+        for i in 1..=10u8 {
+            let id = NodeIdentity::from_secret([i; 32]);
+            let b =
+                Beacon::encode_signed(&id, 1, Timestamp(1000), 1, HoldingsDigest::default(), &[]);
+            f.handle(now, Timestamp(1000), &b, &"x").unwrap();
+        }
+        assert_eq!(f.last.len(), 3);
+    }
+
+    #[test]
+    fn interval_backs_off_and_resets() {
+        let cfg = IntervalConfig::default();
+        let mut iv = AdaptiveInterval::new(cfg);
+        let gaps: Vec<_> = (0..5).map(|_| iv.next_gap(1, 0.0)).collect();
+        assert_eq!(gaps[0], Duration::from_millis(250));
+        assert_eq!(gaps[1], Duration::from_millis(500));
+        assert_eq!(gaps[2], Duration::from_secs(1));
+        assert_eq!(
+            gaps[4],
+            Duration::from_secs(1),
+            "keepalive cap with neighbours"
+        );
+        assert_eq!(iv.next_gap(0, 0.0), Duration::from_secs(1));
+        assert_eq!(iv.next_gap(0, 0.0), Duration::from_secs(2), "slower alone");
+        iv.on_change();
+        assert_eq!(iv.next_gap(0, 1.0), Duration::from_millis(275));
+        for _ in 0..100 {
+            let g = iv.next_gap(0, -1.0);
+            assert!(g >= cfg.min.mul_f64(0.9) && g <= cfg.max);
+        }
+    }
+}
