@@ -228,6 +228,16 @@ impl<'a> Dec<'a> {
         self.decode::<Option<u64>>(what)
     }
 
+    /// Consumes a CBOR null if one comes next; returns whether it did.
+    pub(crate) fn null(&mut self) -> Result<bool, CborError> {
+        if self.buf.get(self.pos) == Some(&0xf6) {
+            self.pos += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
     pub(crate) fn text(&mut self, what: &'static str) -> Result<&'a str, CborError> {
         self.decode::<&'a str>(what)
     }

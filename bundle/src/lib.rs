@@ -6,6 +6,7 @@ pub mod id;
 pub mod keys;
 pub mod manifest;
 pub mod publish;
+pub mod store;
 pub mod trust;
 
 pub use bitfield::{Bitfield, BitfieldError};
@@ -16,4 +17,8 @@ pub use manifest::{
     ManifestError, PieceError, VerifiedManifest, verify_piece,
 };
 pub use publish::{PieceReader, PublishError, PublishOptions, publish, publish_file};
+pub use store::{
+    BundleInfo, Failure, Inserted, Origin, Put, PutError, State, Store, StoreError, StoreFull,
+    StoreOptions, Usage,
+};
 pub use trust::TrustList;

@@ -1,0 +1,1266 @@
+//! The piece store: manifests, piece bitfields, piece data and bookkeeping in one redb file.
+//!
+//! # Goals
+//! - **Nothing unverified is stored.** A piece is hashed against its manifest before the write
+//!   transaction opens; a bad piece is rejected with a typed error and never touches the file.
+//! - **Crash safety.** Piece data, the bundle's bitfield and its bookkeeping record change in one
+//!   redb write transaction, committed with `Durability::Immediate` (fsync before `commit`
+//!   returns). redb's copy-on-write B-trees and its commit slots mean a crash at any instant
+//!   leaves the last committed transaction: every piece the bitfield reports is present, nothing
+//!   half-written is visible, and at most the batch being committed is lost. Quick-repair is on,
+//!   so reopening after a crash takes milliseconds, not a full file walk.
+//! - **Bounded.** A byte quota over all piece data, a smaller carry quota for bundles from
+//!   untrusted publishers, a cap on the number of bundles, a bounded manifest cache.
+//! - **Batched commits.** [`Store::put_pieces`] verifies a batch, then commits once: an fsync per
+//!   batch instead of per piece.
+//!
+//! # Non-goals
+//! Concurrency. A `Store` is `Send`, owned by one thread (the daemon wraps it in an actor);
+//! redb itself refuses a second process opening the same file ([`StoreError::Locked`]).
+//!
+//! # Tables (format version [`STORE_FORMAT`])
+//! | table | key | value |
+//! |---|---|---|
+//! | `mule_meta` | `&str` | `u64`; `"format"` = store format version |
+//! | `manifests_v1` | bundle id | signed manifest bytes |
+//! | `bitfields_v1` | bundle id | [`Bitfield`] bytes |
+//! | `pieces_v1` | (bundle id, piece index) | piece bytes |
+//! | `bundles_v1` | bundle id | bookkeeping record (CBOR array, see `Record`) |
+//!
+//! Table names carry the format version; a store of another version is refused with
+//! [`StoreError::UnsupportedFormat`] (there is no older released format to migrate from yet;
+//! a future version adds its migration at [`Store::open`]).
+//!
+//! # Eviction
+//! When a piece would exceed the quota, whole bundles are evicted in one transaction with the
+//! put, in this order: expired bundles first, then bundles from untrusted publishers, then the
+//! least urgent priority, then the oldest received. Never evicted: a bundle this node
+//! published, a bundle it still wants (unless expired), a bundle in the batch being stored, or
+//! a bundle more urgent than the incoming piece's. If that frees too little, the put fails with
+//! [`PutError::Full`] and nothing is evicted.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+use crate::bitfield::Bitfield;
+use crate::cbor::{CborError, Dec, Enc};
+use crate::id::{BundleId, PieceIndex, Priority};
+use crate::manifest::{PieceError, VerifiedManifest, verify_piece};
+use crate::publish::PieceReader;
+use crate::trust::TrustList;
+
+/// Store format version written into `mule_meta`.
+pub const STORE_FORMAT: u64 = 1;
+/// File name of the database inside the data directory.
+pub const STORE_FILE_NAME: &str = "store.redb";
+/// Batch size [`Store::put_content`] commits at.
+pub const CONTENT_BATCH_BYTES: usize = 1 << 20;
+const MANIFEST_CACHE_ENTRIES: usize = 256;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("mule_meta");
+const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests_v1");
+const BITFIELDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("bitfields_v1");
+const PIECES: TableDefinition<(&[u8; 32], u32), &[u8]> = TableDefinition::new("pieces_v1");
+const BUNDLES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("bundles_v1");
+
+/// Reads the current time in unix seconds. The store needs it to stamp arrivals and to tell
+/// expired bundles; tests pass a fake one.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock as a [`Clock`].
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    })
+}
+
+/// How a store is opened.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Most bytes of piece data kept, over all bundles.
+    pub quota_bytes: u64,
+    /// Most bytes of piece data kept for bundles from untrusted publishers (part of
+    /// `quota_bytes`). Zero with `carry_untrusted` off.
+    pub carry_quota_bytes: u64,
+    /// Whether bundles from untrusted publishers are carried for other nodes at all.
+    pub carry_untrusted: bool,
+    /// Publishers whose bundles may be installed.
+    pub trust: TrustList,
+    /// Most bundles kept (manifests count even without pieces).
+    pub max_bundles: usize,
+    /// redb page cache size in bytes.
+    pub cache_bytes: usize,
+    /// Save allocator state at each commit so a crash needs no full repair on reopen.
+    pub quick_repair: bool,
+    /// The clock.
+    pub clock: Clock,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            quota_bytes: 1 << 30,
+            carry_quota_bytes: 64 << 20,
+            carry_untrusted: false,
+            trust: TrustList::new(),
+            max_bundles: 10_000,
+            cache_bytes: 32 << 20,
+            quick_repair: true,
+            clock: system_clock(),
+        }
+    }
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("quota_bytes", &self.quota_bytes)
+            .field("carry_quota_bytes", &self.carry_quota_bytes)
+            .field("carry_untrusted", &self.carry_untrusted)
+            .field("trust", &self.trust)
+            .field("max_bundles", &self.max_bundles)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("quick_repair", &self.quick_repair)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a bundle came to this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// This node published it (never evicted, always trusted).
+    Published,
+    /// A peer or the operator handed it over; trust comes from the trust list.
+    Received,
+}
+
+/// Where a bundle is in its life on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Pieces are missing.
+    Incomplete,
+    /// Every piece is present; not (yet) exported and installed.
+    Complete,
+    /// Exported and its on-complete command (if any) succeeded.
+    Installed,
+    /// Export or on-complete command failed; see [`BundleInfo::failure`].
+    Failed,
+}
+
+impl State {
+    /// Lowercase name for tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Incomplete => "incomplete",
+            State::Complete => "complete",
+            State::Installed => "installed",
+            State::Failed => "failed",
+        }
+    }
+
+    fn code(self) -> u64 {
+        match self {
+            State::Incomplete => 0,
+            State::Complete => 1,
+            State::Installed => 2,
+            State::Failed => 3,
+        }
+    }
+
+    fn from_code(c: u64) -> Option<State> {
+        Some(match c {
+            0 => State::Incomplete,
+            1 => State::Complete,
+            2 => State::Installed,
+            3 => State::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The last failed attempt to export or install a bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// When it failed, unix seconds.
+    pub at: u64,
+    /// Failed attempts so far (drives the retry backoff).
+    pub attempts: u32,
+    /// What went wrong (exit status and the end of stderr, or the export error).
+    pub message: String,
+}
+
+/// What the store knows about one bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleInfo {
+    /// Bundle id.
+    pub id: BundleId,
+    /// Name from the manifest.
+    pub name: String,
+    /// Version label from the manifest.
+    pub version: String,
+    /// Priority class.
+    pub priority: Priority,
+    /// Pieces in the bundle.
+    pub pieces_total: u32,
+    /// Pieces stored.
+    pub pieces_have: u32,
+    /// Life-cycle state.
+    pub state: State,
+    /// Bytes of piece data stored.
+    pub bytes: u64,
+    /// Content length.
+    pub content_len: u64,
+    /// Whether this node wants it installed.
+    pub wanted: bool,
+    /// Whether this node published it.
+    pub published: bool,
+    /// Whether its publisher is trusted (or this node published it).
+    pub trusted: bool,
+    /// When the manifest arrived, unix seconds.
+    pub received_at: u64,
+    /// Expiry from the manifest.
+    pub expires: Option<u64>,
+    /// Dependencies from the manifest.
+    pub dependencies: Vec<BundleId>,
+    /// Where the content was exported, once it was.
+    pub export_path: Option<PathBuf>,
+    /// The last failure of export or on-complete command, if the last attempt failed.
+    pub failure: Option<Failure>,
+}
+
+/// Result of [`Store::insert_manifest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The bundle is new.
+    New,
+    /// The store had it already (nothing changed, except `Published` marks it ours).
+    AlreadyPresent,
+}
+
+/// Result of storing one piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Stored.
+    Stored,
+    /// Stored, and it was the last missing piece of its bundle.
+    Completed,
+    /// The store had it already.
+    AlreadyHad,
+}
+
+/// Bytes of piece data stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// All piece data.
+    pub total: u64,
+    /// Piece data of bundles from untrusted publishers.
+    pub carry: u64,
+    /// Number of bundles.
+    pub bundles: usize,
+}
+
+/// Not enough room for a piece even after evicting everything the rules allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("store full: {needed} more bytes do not fit in the {which} quota of {quota} ({used} used)")]
+pub struct StoreFull {
+    /// Bytes the piece needs.
+    pub needed: u64,
+    /// Bytes in use.
+    pub used: u64,
+    /// The quota that is exhausted.
+    pub quota: u64,
+    /// `"total"` or `"carry"`.
+    pub which: &'static str,
+}
+
+/// Why a store operation failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating the data directory failed.
+    #[error("cannot create data directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another process (probably the daemon) has the store open.
+    #[error("store {0} is in use by another process (is the daemon running?)")]
+    Locked(PathBuf),
+    /// The store was written by another store format version.
+    #[error(
+        "store {path} has format version {found}, this build reads only version {supported}; \
+         refusing to open it (move it aside to start afresh)"
+    )]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// Version found.
+        found: u64,
+        /// Version this build reads.
+        supported: u64,
+    },
+    /// The file is a redb database but not a Mule store.
+    #[error("{0} is not a Mule store (it has tables but no format version)")]
+    NotAStore(PathBuf),
+    /// redb failed (I/O error, corrupted file, ...).
+    #[error("store database error: {0}")]
+    Db(#[from] redb::Error),
+    /// A record in the store does not decode: the file was altered outside Mule.
+    #[error("store record {what} of bundle {id} is corrupt: {detail}")]
+    Corrupt {
+        /// The bundle.
+        id: BundleId,
+        /// Which record.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// No such bundle in the store.
+    #[error("no bundle {0} in the store")]
+    UnknownBundle(BundleId),
+    /// The publisher is not trusted and carrying untrusted bundles is off (or it was asked to
+    /// be installed).
+    #[error("bundle {id} is from untrusted publisher {publisher}")]
+    Untrusted {
+        /// The bundle.
+        id: BundleId,
+        /// Publisher key, hex.
+        publisher: String,
+    },
+    /// The received manifest has already expired.
+    #[error("bundle {0} has expired")]
+    Expired(BundleId),
+    /// The store holds its maximum number of bundles.
+    #[error("store holds its maximum of {0} bundles")]
+    TooManyBundles(usize),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Why one piece was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// The store has no manifest for the bundle.
+    #[error("no bundle {0} in the store")]
+    UnknownBundle(BundleId),
+    /// The piece does not verify against the manifest.
+    #[error(transparent)]
+    Piece(#[from] PieceError),
+    /// No room even after eviction.
+    #[error(transparent)]
+    Full(#[from] StoreFull),
+    /// The store failed as a whole (only from the single-piece and content helpers).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading content failed (only from [`Store::put_content`]).
+    #[error("reading content: {0}")]
+    Read(std::io::Error),
+}
+
+/// The bookkeeping record of one bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Record {
+    state: State,
+    wanted: bool,
+    published: bool,
+    trusted: bool,
+    received_at: u64,
+    bytes: u64,
+    have: u32,
+    export_path: Option<String>,
+    failure: Option<Failure>,
+    priority: Priority,
+    expires: Option<u64>,
+}
+
+impl Record {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.array(11);
+        e.uint(self.state.code());
+        e.uint(u64::from(self.wanted));
+        e.uint(u64::from(self.published));
+        e.uint(u64::from(self.trusted));
+        e.uint(self.received_at);
+        e.uint(self.bytes);
+        e.uint(u64::from(self.have));
+        match &self.export_path {
+            Some(p) => e.text(p),
+            None => e.null(),
+        }
+        match &self.failure {
+            Some(f) => {
+                e.array(3);
+                e.uint(f.at);
+                e.uint(u64::from(f.attempts));
+                e.text(&f.message);
+            }
+            None => e.null(),
+        }
+        e.uint(
+            Priority::ALL
+                .iter()
+                .position(|p| *p == self.priority)
+                .unwrap_or(2) as u64,
+        );
+        e.opt_uint(self.expires);
+        e.into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Record, CborError> {
+        let mut d = Dec::new(bytes);
+        d.array_of("record", 11)?;
+        let bad = |what: &'static str| CborError::Malformed {
+            what,
+            detail: "value out of range".into(),
+        };
+        let state = State::from_code(d.uint("state")?).ok_or(bad("state"))?;
+        let wanted = d.uint("wanted")? != 0;
+        let published = d.uint("published")? != 0;
+        let trusted = d.uint("trusted")? != 0;
+        let received_at = d.uint("received_at")?;
+        let bytes_ = d.uint("bytes")?;
+        let have = u32::try_from(d.uint("have")?).map_err(|_| bad("have"))?;
+        let export_path = if d.null()? {
+            None
+        } else {
+            Some(d.text("export_path")?.to_owned())
+        };
+        let failure = if d.null()? {
+            None
+        } else {
+            d.array_of("failure", 3)?;
+            Some(Failure {
+                at: d.uint("failure.at")?,
+                attempts: u32::try_from(d.uint("failure.attempts")?)
+                    .map_err(|_| bad("failure.attempts"))?,
+                message: d.text("failure.message")?.to_owned(),
+            })
+        };
+        let priority = *Priority::ALL
+            .get(d.uint("priority")? as usize)
+            .ok_or(bad("priority"))?;
+        let expires = d.opt_uint("expires")?;
+        Ok(Record {
+            state,
+            wanted,
+            published,
+            trusted,
+            received_at,
+            bytes: bytes_,
+            have,
+            export_path,
+            failure,
+            priority,
+            expires,
+        })
+    }
+}
+
+/// The piece store. See the module documentation.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    opts: StoreOptions,
+    manifests: HashMap<BundleId, VerifiedManifest>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+fn corrupt(id: BundleId, what: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        id,
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` (file [`STORE_FILE_NAME`]).
+    pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        Store::open_file(&data_dir.join(STORE_FILE_NAME), opts)
+    }
+
+    /// Opens (creating if needed) the store in the database file `path`.
+    ///
+    /// After a crash redb repairs the file here (quickly, with quick-repair on). A store of
+    /// another format version is refused.
+    pub fn open_file(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_owned()),
+                e => e.into(),
+            })?;
+        let store = Store {
+            db,
+            path: path.to_owned(),
+            opts,
+            manifests: HashMap::new(),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        let other_tables = txn.list_tables()?.count();
+        let found = {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("format")?.map(|v| v.value());
+            match found {
+                None if other_tables > 0 => {
+                    return Err(StoreError::NotAStore(self.path.clone()));
+                }
+                None => {
+                    meta.insert("format", STORE_FORMAT)?;
+                }
+                Some(_) => {}
+            }
+            found
+        };
+        if let Some(found) = found
+            && found != STORE_FORMAT
+        {
+            // A later format adds its migration from the older versions here.
+            return Err(StoreError::UnsupportedFormat {
+                path: self.path.clone(),
+                found,
+                supported: STORE_FORMAT,
+            });
+        }
+        txn.open_table(MANIFESTS)?;
+        txn.open_table(BITFIELDS)?;
+        txn.open_table(PIECES)?;
+        txn.open_table(BUNDLES)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.set_quick_repair(self.opts.quick_repair);
+        Ok(txn)
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    fn now(&self) -> u64 {
+        (self.opts.clock)()
+    }
+
+    fn is_trusted(&self, vm: &VerifiedManifest) -> bool {
+        self.opts.trust.contains(&vm.manifest().publisher)
+    }
+
+    /// Stores a verified manifest. Pieces can be put afterwards.
+    ///
+    /// A received manifest from an untrusted publisher is refused unless carrying is allowed;
+    /// a received manifest that has expired is refused. New bundles start not wanted: call
+    /// [`Store::set_wanted`].
+    pub fn insert_manifest(
+        &mut self,
+        vm: &VerifiedManifest,
+        origin: Origin,
+    ) -> Result<Inserted, StoreError> {
+        let id = vm.id();
+        let now = self.now();
+        let published = origin == Origin::Published;
+        let trusted = published || self.is_trusted(vm);
+        let txn = self.begin_write()?;
+        {
+            let mut bundles = txn.open_table(BUNDLES)?;
+            let existing = bundles.get(&id.0)?.map(|v| v.value().to_vec());
+            if let Some(bytes) = existing {
+                if published {
+                    let mut rec = Record::decode(&bytes).map_err(|e| corrupt(id, "record", e))?;
+                    if !rec.published {
+                        rec.published = true;
+                        rec.trusted = true;
+                        bundles.insert(&id.0, rec.encode().as_slice())?;
+                    }
+                }
+                drop(bundles);
+                txn.commit()?;
+                return Ok(Inserted::AlreadyPresent);
+            }
+            if !trusted && !self.opts.carry_untrusted {
+                return Err(StoreError::Untrusted {
+                    id,
+                    publisher: hex::encode(vm.manifest().publisher),
+                });
+            }
+            if !published && vm.manifest().is_expired(now) {
+                return Err(StoreError::Expired(id));
+            }
+            if bundles.len()? as usize >= self.opts.max_bundles {
+                return Err(StoreError::TooManyBundles(self.opts.max_bundles));
+            }
+            let count = vm.piece_count();
+            let rec = Record {
+                state: if count == 0 {
+                    State::Complete
+                } else {
+                    State::Incomplete
+                },
+                wanted: false,
+                published,
+                trusted,
+                received_at: now,
+                bytes: 0,
+                have: 0,
+                export_path: None,
+                failure: None,
+                priority: vm.manifest().priority,
+                expires: vm.manifest().expires,
+            };
+            bundles.insert(&id.0, rec.encode().as_slice())?;
+            txn.open_table(MANIFESTS)?.insert(&id.0, vm.as_bytes())?;
+            txn.open_table(BITFIELDS)?
+                .insert(&id.0, Bitfield::new(count).as_bytes())?;
+        }
+        txn.commit()?;
+        self.cache(vm.clone());
+        tracing::debug!(bundle = %id.short(), trusted, published, "manifest stored");
+        Ok(Inserted::New)
+    }
+
+    fn cache(&mut self, vm: VerifiedManifest) {
+        if self.manifests.len() >= MANIFEST_CACHE_ENTRIES {
+            self.manifests.clear();
+        }
+        self.manifests.insert(vm.id(), vm);
+    }
+
+    /// The verified manifest of a stored bundle.
+    pub fn manifest(&mut self, id: &BundleId) -> Result<Option<VerifiedManifest>, StoreError> {
+        if let Some(vm) = self.manifests.get(id) {
+            return Ok(Some(vm.clone()));
+        }
+        let txn = self.db.begin_read()?;
+        let Some(bytes) = txn
+            .open_table(MANIFESTS)?
+            .get(&id.0)?
+            .map(|v| v.value().to_vec())
+        else {
+            return Ok(None);
+        };
+        // Re-verify: the file could have been altered outside Mule.
+        let vm = VerifiedManifest::decode(&bytes).map_err(|e| corrupt(*id, "manifest", e))?;
+        if vm.id() != *id {
+            return Err(corrupt(*id, "manifest", "stored under the wrong id"));
+        }
+        self.cache(vm.clone());
+        Ok(Some(vm))
+    }
+
+    fn record_in(
+        table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+        id: &BundleId,
+    ) -> Result<Option<Record>, StoreError> {
+        match table.get(&id.0)? {
+            None => Ok(None),
+            Some(v) => Record::decode(v.value())
+                .map(Some)
+                .map_err(|e| corrupt(*id, "record", e)),
+        }
+    }
+
+    fn bitfield_in(
+        table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+        id: &BundleId,
+        len: u32,
+    ) -> Result<Bitfield, StoreError> {
+        match table.get(&id.0)? {
+            None => Err(corrupt(*id, "bitfield", "missing")),
+            Some(v) => {
+                Bitfield::from_bytes(len, v.value()).map_err(|e| corrupt(*id, "bitfield", e))
+            }
+        }
+    }
+
+    fn records(&self) -> Result<Vec<(BundleId, Record)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BUNDLES)?;
+        Self::all_records(&table)
+    }
+
+    fn all_records(
+        table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+    ) -> Result<Vec<(BundleId, Record)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let id = BundleId(*k.value());
+            out.push((
+                id,
+                Record::decode(v.value()).map_err(|e| corrupt(id, "record", e))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn info_from(&mut self, id: BundleId, rec: Record) -> Result<BundleInfo, StoreError> {
+        let vm = self
+            .manifest(&id)?
+            .ok_or_else(|| corrupt(id, "manifest", "missing"))?;
+        let m = vm.manifest();
+        Ok(BundleInfo {
+            id,
+            name: m.name.clone(),
+            version: m.version.clone(),
+            priority: m.priority,
+            pieces_total: m.piece_count(),
+            pieces_have: rec.have,
+            state: rec.state,
+            bytes: rec.bytes,
+            content_len: m.content_len,
+            wanted: rec.wanted,
+            published: rec.published,
+            trusted: rec.trusted,
+            received_at: rec.received_at,
+            expires: m.expires,
+            dependencies: m.dependencies.clone(),
+            export_path: rec.export_path.map(PathBuf::from),
+            failure: rec.failure,
+        })
+    }
+
+    /// Every stored bundle, ordered by id.
+    pub fn bundles(&mut self) -> Result<Vec<BundleInfo>, StoreError> {
+        let recs = self.records()?;
+        recs.into_iter()
+            .map(|(id, rec)| self.info_from(id, rec))
+            .collect()
+    }
+
+    /// One stored bundle.
+    pub fn info(&mut self, id: &BundleId) -> Result<Option<BundleInfo>, StoreError> {
+        let rec = {
+            let txn = self.db.begin_read()?;
+            Self::record_in(&txn.open_table(BUNDLES)?, id)?
+        };
+        rec.map(|r| self.info_from(*id, r)).transpose()
+    }
+
+    /// Which pieces of a bundle are stored.
+    pub fn bitfield(&mut self, id: &BundleId) -> Result<Option<Bitfield>, StoreError> {
+        let Some(vm) = self.manifest(id)? else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_read()?;
+        Self::bitfield_in(&txn.open_table(BITFIELDS)?, id, vm.piece_count()).map(Some)
+    }
+
+    /// Whether every piece of a bundle is stored.
+    pub fn is_complete(&mut self, id: &BundleId) -> Result<bool, StoreError> {
+        Ok(self.bitfield(id)?.is_some_and(|b| b.is_complete()))
+    }
+
+    /// A stored piece (as stored; it was verified before it was stored).
+    pub fn read_piece(
+        &self,
+        id: &BundleId,
+        index: PieceIndex,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PIECES)?;
+        Ok(table.get((&id.0, index))?.map(|v| v.value().to_vec()))
+    }
+
+    /// Marks a bundle wanted (to be exported and installed) or not. Only trusted bundles can
+    /// be wanted.
+    pub fn set_wanted(&mut self, id: &BundleId, wanted: bool) -> Result<(), StoreError> {
+        self.update_record(id, |rec| {
+            if wanted && !rec.trusted {
+                return Err(());
+            }
+            rec.wanted = wanted;
+            Ok(())
+        })
+        .and_then(|r| {
+            r.map_err(|()| StoreError::Untrusted {
+                id: *id,
+                publisher: String::from("(not in the trust list)"),
+            })
+        })
+    }
+
+    /// Applies `f` to a bundle's record in its own transaction; `f`'s `Err` aborts.
+    fn update_record<E>(
+        &mut self,
+        id: &BundleId,
+        f: impl FnOnce(&mut Record) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        let txn = self.begin_write()?;
+        {
+            let mut table = txn.open_table(BUNDLES)?;
+            let mut rec = Self::record_in(&table, id)?.ok_or(StoreError::UnknownBundle(*id))?;
+            if let Err(e) = f(&mut rec) {
+                return Ok(Err(e));
+            }
+            table.insert(&id.0, rec.encode().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Replaces the trust list and re-evaluates which stored bundles are trusted. Bundles that
+    /// lost trust stop being wanted.
+    pub fn set_trust(&mut self, trust: TrustList) -> Result<(), StoreError> {
+        self.opts.trust = trust;
+        let recs = self.records()?;
+        let txn = self.begin_write()?;
+        {
+            let mut table = txn.open_table(BUNDLES)?;
+            for (id, mut rec) in recs {
+                let vm = self
+                    .manifest(&id)?
+                    .ok_or_else(|| corrupt(id, "manifest", "missing"))?;
+                let trusted = rec.published || self.is_trusted(&vm);
+                if trusted != rec.trusted {
+                    rec.trusted = trusted;
+                    rec.wanted &= trusted;
+                    table.insert(&id.0, rec.encode().as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes a bundle and all its pieces; returns whether it was there.
+    pub fn remove(&mut self, id: &BundleId) -> Result<bool, StoreError> {
+        let txn = self.begin_write()?;
+        let found = Self::remove_in(&txn, id)?;
+        txn.commit()?;
+        self.manifests.remove(id);
+        Ok(found)
+    }
+
+    fn remove_in(txn: &WriteTransaction, id: &BundleId) -> Result<bool, StoreError> {
+        let found = txn.open_table(BUNDLES)?.remove(&id.0)?.is_some();
+        txn.open_table(MANIFESTS)?.remove(&id.0)?;
+        txn.open_table(BITFIELDS)?.remove(&id.0)?;
+        let mut pieces = txn.open_table(PIECES)?;
+        pieces.retain_in((&id.0, 0)..=(&id.0, u32::MAX), |_, _| false)?;
+        Ok(found)
+    }
+
+    /// Bytes of piece data stored.
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        let recs = self.records()?;
+        Ok(usage_of(&recs))
+    }
+
+    /// Stores one piece (verify, then one durable commit).
+    pub fn put_piece(
+        &mut self,
+        id: &BundleId,
+        index: PieceIndex,
+        data: &[u8],
+    ) -> Result<Put, PutError> {
+        let mut results = self.put_pieces(&[(*id, index, data)])?;
+        results.pop().unwrap_or(Ok(Put::AlreadyHad))
+    }
+
+    /// Verifies a batch of pieces, stores the good ones and commits once.
+    ///
+    /// Returns one result per piece, in order; a bad piece (unknown bundle, wrong length or
+    /// hash, no room) is rejected on its own and the others are still stored. The outer error
+    /// means the whole batch failed and nothing of it was stored.
+    pub fn put_pieces(
+        &mut self,
+        pieces: &[(BundleId, PieceIndex, &[u8])],
+    ) -> Result<Vec<Result<Put, PutError>>, StoreError> {
+        // Verify outside the transaction.
+        let mut results: Vec<Result<Put, PutError>> = Vec::with_capacity(pieces.len());
+        let mut batch: HashMap<BundleId, VerifiedManifest> = HashMap::new();
+        for (id, index, data) in pieces {
+            let vm = match batch.get(id) {
+                Some(vm) => Some(vm.clone()),
+                None => self.manifest(id)?,
+            };
+            results.push(match vm {
+                None => Err(PutError::UnknownBundle(*id)),
+                Some(vm) => {
+                    let r = verify_piece(&vm, *index, data).map(|()| Put::Stored);
+                    batch.insert(*id, vm);
+                    r.map_err(PutError::from)
+                }
+            });
+        }
+        if !results.iter().any(|r| r.is_ok()) {
+            return Ok(results);
+        }
+        let now = self.now();
+        let txn = self.begin_write()?;
+        let mut evicted = Vec::new();
+        {
+            let mut state: HashMap<BundleId, (Record, Bitfield)> = HashMap::new();
+            {
+                let bundles = txn.open_table(BUNDLES)?;
+                let bitfields = txn.open_table(BITFIELDS)?;
+                for (id, vm) in &batch {
+                    // A bundle can vanish between verification and here only if evicted
+                    // earlier; treat it as unknown.
+                    if let Some(rec) = Self::record_in(&bundles, id)? {
+                        let bf = Self::bitfield_in(&bitfields, id, vm.piece_count())?;
+                        state.insert(*id, (rec, bf));
+                    }
+                }
+            }
+            let mut others: Vec<(BundleId, Record)> = {
+                let bundles = txn.open_table(BUNDLES)?;
+                Self::all_records(&bundles)?
+                    .into_iter()
+                    .filter(|(id, _)| !batch.contains_key(id))
+                    .collect()
+            };
+            let mut usage = usage_of(&others);
+            for (rec, _) in state.values() {
+                usage.total += rec.bytes;
+                if !rec.trusted {
+                    usage.carry += rec.bytes;
+                }
+            }
+            let mut table = txn.open_table(PIECES)?;
+            for ((id, index, data), result) in pieces.iter().zip(results.iter_mut()) {
+                if result.is_err() {
+                    continue;
+                }
+                let Some((rec, bf)) = state.get_mut(id) else {
+                    *result = Err(PutError::UnknownBundle(*id));
+                    continue;
+                };
+                if bf.get(*index) {
+                    *result = Ok(Put::AlreadyHad);
+                    continue;
+                }
+                let need = data.len() as u64;
+                if let Err(full) =
+                    self.make_room(&txn, &mut others, &mut usage, need, rec, now, &mut evicted)
+                {
+                    *result = Err(PutError::Full(full));
+                    continue;
+                }
+                table.insert((&id.0, *index), *data)?;
+                bf.set(*index);
+                rec.bytes += need;
+                rec.have += 1;
+                usage.total += need;
+                if !rec.trusted {
+                    usage.carry += need;
+                }
+                if bf.is_complete() {
+                    rec.state = State::Complete;
+                    *result = Ok(Put::Completed);
+                }
+            }
+            drop(table);
+            let mut bundles = txn.open_table(BUNDLES)?;
+            let mut bitfields = txn.open_table(BITFIELDS)?;
+            for (id, (rec, bf)) in &state {
+                bundles.insert(&id.0, rec.encode().as_slice())?;
+                bitfields.insert(&id.0, bf.as_bytes())?;
+            }
+        }
+        txn.commit()?;
+        for id in evicted {
+            self.manifests.remove(&id);
+            tracing::info!(bundle = %id.short(), "evicted to make room");
+        }
+        Ok(results)
+    }
+
+    /// Evicts bundles from `others` (in this transaction) until `need` more bytes fit for a
+    /// piece of the bundle `rec`, or reports which quota is full (evicting nothing then).
+    #[allow(clippy::too_many_arguments)]
+    fn make_room(
+        &self,
+        txn: &WriteTransaction,
+        others: &mut Vec<(BundleId, Record)>,
+        usage: &mut Usage,
+        need: u64,
+        rec: &Record,
+        now: u64,
+        evicted: &mut Vec<BundleId>,
+    ) -> Result<(), StoreFull> {
+        let carry = !rec.trusted;
+        let fits = |u: &Usage| {
+            u.total + need <= self.opts.quota_bytes
+                && (!carry || u.carry + need <= self.opts.carry_quota_bytes)
+        };
+        if fits(usage) {
+            return Ok(());
+        }
+        let expired = |r: &Record| r.expires.is_some_and(|e| now >= e);
+        let mut candidates: Vec<usize> = (0..others.len())
+            .filter(|&i| {
+                let r = &others[i].1;
+                r.bytes > 0
+                    && !r.published
+                    && (expired(r)
+                        || (!r.wanted && (!r.trusted || r.priority >= rec.priority)))
+                    // Only untrusted bundles free carry quota; when only the carry quota is
+                    // short, evicting a trusted bundle would not help.
+                    && (!carry || !r.trusted || usage.total + need > self.opts.quota_bytes)
+            })
+            .collect();
+        candidates.sort_by_key(|&i| {
+            let r = &others[i].1;
+            (
+                !expired(r),
+                r.trusted,
+                std::cmp::Reverse(r.priority),
+                r.received_at,
+            )
+        });
+        // Plan first, so that nothing is evicted when the piece cannot fit anyway.
+        let mut plan = Vec::new();
+        let mut after = *usage;
+        for i in candidates {
+            if fits(&after) {
+                break;
+            }
+            let r = &others[i].1;
+            after.total -= r.bytes;
+            if !r.trusted {
+                after.carry -= r.bytes;
+            }
+            plan.push(i);
+        }
+        if !fits(&after) {
+            let (which, used, quota) = if usage.total + need > self.opts.quota_bytes {
+                ("total", usage.total, self.opts.quota_bytes)
+            } else {
+                ("carry", usage.carry, self.opts.carry_quota_bytes)
+            };
+            return Err(StoreFull {
+                needed: need,
+                used,
+                quota,
+                which,
+            });
+        }
+        plan.sort_unstable_by(|a, b| b.cmp(a));
+        for i in plan {
+            let (id, _) = others.swap_remove(i);
+            // An I/O error here poisons the transaction; the commit then fails and reports it.
+            if Self::remove_in(txn, &id).is_ok() {
+                evicted.push(id);
+            }
+        }
+        *usage = after;
+        Ok(())
+    }
+
+    /// Stores content read from `reader` as the pieces of bundle `id` (for a bundle this node
+    /// publishes or imports from a file), committing every [`CONTENT_BATCH_BYTES`].
+    /// Returns the number of pieces newly stored. Stops at the first bad piece.
+    pub fn put_content<R: Read>(&mut self, id: &BundleId, reader: R) -> Result<u32, PutError> {
+        let vm = self.manifest(id)?.ok_or(PutError::UnknownBundle(*id))?;
+        let per_batch = (CONTENT_BATCH_BYTES / vm.manifest().piece_size as usize).max(1);
+        let mut pieces = PieceReader::new(reader, vm.manifest().piece_size);
+        let mut index = 0u32;
+        let mut stored = 0;
+        let mut batch: Vec<(PieceIndex, Vec<u8>)> = Vec::with_capacity(per_batch);
+        loop {
+            let piece = pieces.next_piece().map_err(PutError::Read)?;
+            let end = piece.is_none();
+            if let Some(p) = piece {
+                batch.push((index, p.to_vec()));
+                index += 1;
+            }
+            if batch.len() == per_batch || (end && !batch.is_empty()) {
+                let refs: Vec<_> = batch.iter().map(|(i, d)| (*id, *i, &d[..])).collect();
+                for r in self.put_pieces(&refs)? {
+                    if r? != Put::AlreadyHad {
+                        stored += 1;
+                    }
+                }
+                batch.clear();
+            }
+            if end {
+                break;
+            }
+        }
+        if index != vm.piece_count() {
+            return Err(PieceError::NoSuchPiece {
+                index: index.min(vm.piece_count()),
+                count: vm.piece_count(),
+            }
+            .into());
+        }
+        Ok(stored)
+    }
+
+    /// Checks the whole store: every bitfield bit has a piece that verifies, every piece has
+    /// its bit, and the counters match. Returns the number of pieces checked.
+    pub fn verify_all(&mut self) -> Result<u64, StoreError> {
+        let recs = self.records()?;
+        let mut checked = 0;
+        for (id, rec) in recs {
+            let vm = self
+                .manifest(&id)?
+                .ok_or_else(|| corrupt(id, "manifest", "missing"))?;
+            let bf = self
+                .bitfield(&id)?
+                .ok_or_else(|| corrupt(id, "bitfield", "missing"))?;
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(PIECES)?;
+            let mut seen = Bitfield::new(vm.piece_count());
+            let mut bytes = 0;
+            for entry in table.range((&id.0, 0)..=(&id.0, u32::MAX))? {
+                let (k, v) = entry?;
+                let index = k.value().1;
+                verify_piece(&vm, index, v.value()).map_err(|e| corrupt(id, "piece", e))?;
+                seen.set(index);
+                bytes += v.value().len() as u64;
+                checked += 1;
+            }
+            if seen != bf {
+                return Err(corrupt(id, "bitfield", "does not match the stored pieces"));
+            }
+            if rec.have != bf.count() || rec.bytes != bytes {
+                return Err(corrupt(id, "record", "counters do not match the pieces"));
+            }
+            if bf.is_complete() == (rec.state == State::Incomplete) {
+                return Err(corrupt(id, "record", "state does not match the bitfield"));
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Records where a bundle was exported.
+    pub fn record_export(&mut self, id: &BundleId, path: &Path) -> Result<(), StoreError> {
+        let p = path.to_string_lossy().into_owned();
+        self.update_record(id, |rec| {
+            rec.export_path = Some(p);
+            Ok::<(), ()>(())
+        })
+        .map(|_| ())
+    }
+
+    /// Records that the bundle is installed (export done, on-complete command succeeded).
+    pub fn record_installed(&mut self, id: &BundleId) -> Result<(), StoreError> {
+        self.update_record(id, |rec| {
+            rec.state = State::Installed;
+            rec.failure = None;
+            Ok::<(), ()>(())
+        })
+        .map(|_| ())
+    }
+
+    /// Records a failed export or on-complete command at `at` (unix seconds).
+    pub fn record_failure(
+        &mut self,
+        id: &BundleId,
+        message: &str,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        // Bound what a chatty command can put into the store.
+        let mut message = message.to_owned();
+        if message.len() > 4096 {
+            let mut cut = 4096;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        self.update_record(id, |rec| {
+            let attempts = rec.failure.as_ref().map_or(0, |f| f.attempts) + 1;
+            rec.state = State::Failed;
+            rec.failure = Some(Failure {
+                at,
+                attempts,
+                message,
+            });
+            Ok::<(), ()>(())
+        })
+        .map(|_| ())
+    }
+
+    /// Clears a failure so the bundle is retried at once (the operator's explicit trigger).
+    pub fn retry(&mut self, id: &BundleId) -> Result<(), StoreError> {
+        self.update_record(id, |rec| {
+            if rec.state == State::Failed {
+                rec.state = State::Complete;
+                if let Some(f) = &mut rec.failure {
+                    f.at = 0;
+                }
+            }
+            Ok::<(), ()>(())
+        })
+        .map(|_| ())
+    }
+}
+
+fn usage_of(recs: &[(BundleId, Record)]) -> Usage {
+    let mut u = Usage {
+        bundles: recs.len(),
+        ..Usage::default()
+    };
+    for (_, r) in recs {
+        u.total += r.bytes;
+        if !r.trusted {
+            u.carry += r.bytes;
+        }
+    }
+    u
+}
