@@ -1,6 +1,7 @@
 //! Mule encounters: node identity, discovery, contact history and prediction.
 
 pub mod beacon;
+pub mod history;
 pub mod id;
 pub mod identity;
 pub mod neighbours;

@@ -1,0 +1,351 @@
+//! Contact history in redb: every contact with every peer, and statistics derived from it.
+//!
+//! The history lives in one table of a redb database the caller owns (the node's database, or
+//! a file of its own via [`History::open`]): table `contacts_v1`, key `(peer id, start ms)`,
+//! value a fixed 33-byte record `[format 1][end ms u64][transport u8][bytes sent u64]
+//! [bytes received u64][7 reserved zero bytes]` (little endian). A new format gets a new
+//! table name.
+//!
+//! Write a contact when it starts (`end == start`) and again when it ends: [`History::record`]
+//! is an upsert keyed by `(peer, start)`. At most `max_per_peer` contacts are kept per peer
+//! (oldest dropped first), which bounds the table.
+//!
+//! Calls are blocking (redb commits fsync with `Durability::Immediate`); from async code run
+//! them on a blocking thread. Statistics are computed by the pure [`Stats::from_contacts`], so
+//! the simulator can use them without a database.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::NodeId;
+use crate::neighbours::Transport;
+use crate::prediction::{self, Forecast, Span};
+use crate::time::Timestamp;
+
+const CONTACTS: TableDefinition<([u8; 32], u64), [u8; 33]> = TableDefinition::new("contacts_v1");
+const FORMAT: u8 = 1;
+
+/// Errors of the history store.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The database failed.
+    #[error("contact history database: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored record has a format this build does not know.
+    #[error("contact history record for {peer} at {start} has unknown format {format}")]
+    BadRecord {
+        /// Peer of the record.
+        peer: NodeId,
+        /// Start of the record (ms).
+        start: u64,
+        /// Format byte found.
+        format: u8,
+    },
+}
+
+/// One contact with a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contact {
+    /// The peer.
+    pub peer: NodeId,
+    /// When the contact started.
+    pub start: Timestamp,
+    /// When it ended (equal to `start` while it is going on).
+    pub end: Timestamp,
+    /// How the peer was reached.
+    pub transport: Transport,
+    /// Bytes we sent during the contact.
+    pub bytes_sent: u64,
+    /// Bytes we received during the contact.
+    pub bytes_received: u64,
+}
+
+impl Contact {
+    /// The contact's length.
+    pub fn duration(&self) -> Duration {
+        self.end.since(self.start)
+    }
+}
+
+/// Statistics about one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Number of contacts on record.
+    pub count: usize,
+    /// Median contact duration.
+    pub median_duration: Duration,
+    /// Duration of the most recent contact.
+    pub recent_duration: Duration,
+    /// Median time between the end of one contact and the start of the next (None with fewer
+    /// than two contacts).
+    pub median_inter_contact: Option<Duration>,
+    /// End of the most recent contact.
+    pub last_seen: Timestamp,
+    /// Total bytes exchanged (both directions).
+    pub bytes: u64,
+}
+
+impl Stats {
+    /// Statistics over `contacts` of one peer, sorted by start; `None` if empty.
+    pub fn from_contacts(contacts: &[Contact]) -> Option<Stats> {
+        let last = contacts.last()?;
+        let durations: Vec<u64> = contacts
+            .iter()
+            .map(|c| c.duration().as_millis() as u64)
+            .collect();
+        let gaps: Vec<u64> = contacts
+            .windows(2)
+            .map(|w| w[1].start.0.saturating_sub(w[0].end.0))
+            .collect();
+        Some(Stats {
+            count: contacts.len(),
+            median_duration: Duration::from_millis(prediction::median(&durations).unwrap_or(0)),
+            recent_duration: last.duration(),
+            median_inter_contact: prediction::median(&gaps).map(Duration::from_millis),
+            last_seen: contacts.iter().map(|c| c.end).max().unwrap_or(last.end),
+            bytes: contacts
+                .iter()
+                .map(|c| c.bytes_sent.saturating_add(c.bytes_received))
+                .fold(0u64, u64::saturating_add),
+        })
+    }
+}
+
+/// The contact history store.
+#[derive(Clone)]
+pub struct History {
+    db: Arc<Database>,
+    max_per_peer: usize,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History")
+            .field("max_per_peer", &self.max_per_peer)
+            .finish()
+    }
+}
+
+impl History {
+    /// Default bound on contacts kept per peer.
+    pub const DEFAULT_MAX_PER_PEER: usize = 1000;
+
+    /// Uses a database the caller already opened (creates the table if needed).
+    pub fn new(db: Arc<Database>) -> Result<History, HistoryError> {
+        let tx = db.begin_write().map_err(redb::Error::from)?;
+        tx.open_table(CONTACTS).map_err(redb::Error::from)?;
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(History {
+            db,
+            max_per_peer: Self::DEFAULT_MAX_PER_PEER,
+        })
+    }
+
+    /// Opens (or creates) a database file of its own.
+    pub fn open(path: &Path) -> Result<History, HistoryError> {
+        let db = Database::create(path).map_err(redb::Error::from)?;
+        Self::new(Arc::new(db))
+    }
+
+    /// Changes the per-peer bound (at least 1).
+    pub fn with_max_per_peer(mut self, n: usize) -> History {
+        self.max_per_peer = n.max(1);
+        self
+    }
+
+    /// Inserts or updates a contact (keyed by peer and start).
+    pub fn record(&self, c: &Contact) -> Result<(), HistoryError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut t = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
+            t.insert((c.peer.0, c.start.0), encode(c))
+                .map_err(redb::Error::from)?;
+            let keys: Vec<u64> = t
+                .range((c.peer.0, 0)..=(c.peer.0, u64::MAX))
+                .map_err(redb::Error::from)?
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()
+                .map_err(redb::Error::from)?;
+            let excess = keys.len().saturating_sub(self.max_per_peer);
+            for start in &keys[..excess] {
+                t.remove((c.peer.0, *start)).map_err(redb::Error::from)?;
+            }
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// All contacts with `peer`, sorted by start.
+    pub fn contacts(&self, peer: &NodeId) -> Result<Vec<Contact>, HistoryError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for r in t
+            .range((peer.0, 0)..=(peer.0, u64::MAX))
+            .map_err(redb::Error::from)?
+        {
+            let (k, v) = r.map_err(redb::Error::from)?;
+            out.push(decode(k.value(), &v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every contact that started at or after `since`, in (peer, start) order.
+    pub fn all_since(&self, since: Timestamp) -> Result<Vec<Contact>, HistoryError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for r in t.iter().map_err(redb::Error::from)? {
+            let (k, v) = r.map_err(redb::Error::from)?;
+            let key = k.value();
+            if key.1 >= since.0 {
+                out.push(decode(key, &v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every peer with at least one contact on record.
+    pub fn peers(&self) -> Result<Vec<NodeId>, HistoryError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
+        let mut out: Vec<NodeId> = Vec::new();
+        for r in t.iter().map_err(redb::Error::from)? {
+            let (k, _) = r.map_err(redb::Error::from)?;
+            let id = NodeId(k.value().0);
+            if out.last() != Some(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Statistics for `peer` (`None` if never met).
+    pub fn stats(&self, peer: &NodeId) -> Result<Option<Stats>, HistoryError> {
+        Ok(Stats::from_contacts(&self.contacts(peer)?))
+    }
+
+    /// Forecast of the next contact with `peer` (see [`prediction::forecast`]).
+    pub fn forecast(
+        &self,
+        peer: &NodeId,
+        now: Timestamp,
+        in_contact: bool,
+        window: usize,
+    ) -> Result<Forecast, HistoryError> {
+        let spans: Vec<Span> = self
+            .contacts(peer)?
+            .iter()
+            .map(|c| Span {
+                start: c.start,
+                end: c.end,
+            })
+            .collect();
+        Ok(prediction::forecast(&spans, now, in_contact, window))
+    }
+}
+
+fn encode(c: &Contact) -> [u8; 33] {
+    let mut v = [0u8; 33];
+    v[0] = FORMAT;
+    v[1..9].copy_from_slice(&c.end.0.to_le_bytes());
+    v[9] = match c.transport {
+        Transport::Beacon => 0,
+        Transport::Mdns => 1,
+        Transport::Ble => 2,
+    };
+    v[10..18].copy_from_slice(&c.bytes_sent.to_le_bytes());
+    v[18..26].copy_from_slice(&c.bytes_received.to_le_bytes());
+    v
+}
+
+fn decode(key: ([u8; 32], u64), v: &[u8; 33]) -> Result<Contact, HistoryError> {
+    let peer = NodeId(key.0);
+    let bad = |format| HistoryError::BadRecord {
+        peer,
+        start: key.1,
+        format,
+    };
+    if v[0] != FORMAT {
+        return Err(bad(v[0]));
+    }
+    let u = |r: std::ops::Range<usize>| u64::from_le_bytes(v[r].try_into().expect("8 bytes"));
+    let transport = match v[9] {
+        0 => Transport::Beacon,
+        1 => Transport::Mdns,
+        2 => Transport::Ble,
+        _ => return Err(bad(v[0])),
+    };
+    Ok(Contact {
+        peer,
+        start: Timestamp(key.1),
+        end: Timestamp(u(1..9)),
+        transport,
+        bytes_sent: u(10..18),
+        bytes_received: u(18..26),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(peer: u8, start: u64, end: u64) -> Contact {
+        Contact {
+            peer: NodeId([peer; 32]),
+            start: Timestamp::from_secs(start),
+            end: Timestamp::from_secs(end),
+            transport: Transport::Beacon,
+            bytes_sent: 10,
+            bytes_received: 5,
+        }
+    }
+
+    #[test]
+    fn records_upserts_and_derives_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        {
+            let h = History::open(&path).unwrap();
+            h.record(&c(1, 100, 100)).unwrap(); // started
+            h.record(&c(1, 100, 160)).unwrap(); // ended: same key
+            h.record(&c(1, 1000, 1030)).unwrap();
+            h.record(&c(1, 2000, 2100)).unwrap();
+            h.record(&c(2, 50, 55)).unwrap();
+        }
+        let h = History::open(&path).unwrap();
+        let list = h.contacts(&NodeId([1; 32])).unwrap();
+        assert_eq!(list.len(), 3);
+        let s = h.stats(&NodeId([1; 32])).unwrap().unwrap();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.median_duration, Duration::from_secs(60));
+        assert_eq!(s.recent_duration, Duration::from_secs(100));
+        assert_eq!(s.median_inter_contact, Some(Duration::from_secs(905)));
+        assert_eq!(s.last_seen, Timestamp::from_secs(2100));
+        assert_eq!(s.bytes, 45);
+        assert_eq!(h.peers().unwrap(), vec![NodeId([1; 32]), NodeId([2; 32])]);
+        assert_eq!(h.all_since(Timestamp::from_secs(900)).unwrap().len(), 2);
+        assert!(h.stats(&NodeId([3; 32])).unwrap().is_none());
+        let f = h
+            .forecast(&NodeId([1; 32]), Timestamp::from_secs(2200), false, 8)
+            .unwrap();
+        assert_eq!(f.next_duration, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn keeps_at_most_max_per_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("h.redb"))
+            .unwrap()
+            .with_max_per_peer(3);
+        for i in 0..10 {
+            h.record(&c(1, i * 10, i * 10 + 5)).unwrap();
+        }
+        let list = h.contacts(&NodeId([1; 32])).unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[0].start, Timestamp::from_secs(70));
+    }
+}
