@@ -1264,3 +1264,385 @@ fn usage_of(recs: &[(BundleId, Record)]) -> Usage {
     }
     u
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::MIN_PIECE_SIZE;
+    use crate::manifest::tests::{key, manifest_for};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const PS: u32 = MIN_PIECE_SIZE;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        time: Arc<AtomicU64>,
+    }
+
+    fn options(quota: u64, carry: u64, time: &Arc<AtomicU64>) -> StoreOptions {
+        let t = time.clone();
+        StoreOptions {
+            quota_bytes: quota,
+            carry_quota_bytes: carry,
+            carry_untrusted: true,
+            trust: [key(1).verifying_key().to_bytes()].into_iter().collect(),
+            clock: Arc::new(move || t.load(Ordering::SeqCst)),
+            ..StoreOptions::default()
+        }
+    }
+
+    fn fixture(quota: u64, carry: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let time = Arc::new(AtomicU64::new(1_700_000_100));
+        let store = Store::open(dir.path(), options(quota, carry, &time)).unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            time,
+        }
+    }
+
+    fn content(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    fn bundle(seed: u8, len: usize, signer: u8, prio: Priority) -> (VerifiedManifest, Vec<u8>) {
+        let c = content(seed, len);
+        let mut m = manifest_for(&c, PS, &key(signer));
+        m.priority = prio;
+        m.name = format!("b{seed}");
+        (m.sign(&key(signer)).unwrap(), c)
+    }
+
+    fn fill(store: &mut Store, vm: &VerifiedManifest, c: &[u8]) {
+        store.put_content(&vm.id(), c).unwrap();
+        assert!(store.is_complete(&vm.id()).unwrap());
+    }
+
+    #[test]
+    fn batch_put_keeps_good_pieces_and_rejects_bad_ones() {
+        let mut f = fixture(1 << 30, 0);
+        let (vm, c) = bundle(1, 3 * PS as usize + 100, 1, Priority::Normal);
+        let id = vm.id();
+        assert_eq!(
+            f.store.insert_manifest(&vm, Origin::Received).unwrap(),
+            Inserted::New
+        );
+        assert_eq!(
+            f.store.insert_manifest(&vm, Origin::Received).unwrap(),
+            Inserted::AlreadyPresent
+        );
+        let p = |i: usize| &c[i * PS as usize..((i + 1) * PS as usize).min(c.len())];
+        let mut flipped = p(1).to_vec();
+        flipped[100] ^= 0x10;
+        let unknown = BundleId([9; 32]);
+        let r = f
+            .store
+            .put_pieces(&[
+                (id, 0, p(0)),
+                (id, 1, &flipped),
+                (id, 3, &p(3)[..50]),
+                (unknown, 0, p(0)),
+                (id, 7, p(0)),
+                (id, 2, p(2)),
+            ])
+            .unwrap();
+        assert!(matches!(r[0], Ok(Put::Stored)));
+        assert!(matches!(
+            r[1],
+            Err(PutError::Piece(PieceError::HashMismatch { index: 1 }))
+        ));
+        assert!(matches!(
+            r[2],
+            Err(PutError::Piece(PieceError::WrongLength { index: 3, .. }))
+        ));
+        assert!(matches!(r[3], Err(PutError::UnknownBundle(u)) if u == unknown));
+        assert!(matches!(
+            r[4],
+            Err(PutError::Piece(PieceError::NoSuchPiece { .. }))
+        ));
+        assert!(matches!(r[5], Ok(Put::Stored)));
+        let bf = f.store.bitfield(&id).unwrap().unwrap();
+        assert_eq!(bf.iter_present().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(f.store.read_piece(&id, 1).unwrap(), None);
+        assert_eq!(f.store.read_piece(&id, 2).unwrap().unwrap(), p(2));
+        assert_eq!(f.store.verify_all().unwrap(), 2);
+
+        // A batch made only of bad pieces changes nothing.
+        let before = f.store.bundles().unwrap();
+        let r = f.store.put_pieces(&[(id, 1, &flipped)]).unwrap();
+        assert!(r[0].is_err());
+        assert_eq!(f.store.bundles().unwrap(), before);
+
+        assert!(matches!(
+            f.store.put_piece(&id, 0, p(0)),
+            Ok(Put::AlreadyHad)
+        ));
+        assert!(matches!(f.store.put_piece(&id, 1, p(1)), Ok(Put::Stored)));
+        assert!(matches!(
+            f.store.put_piece(&id, 3, p(3)),
+            Ok(Put::Completed)
+        ));
+        let info = f.store.info(&id).unwrap().unwrap();
+        assert_eq!(info.state, State::Complete);
+        assert_eq!(info.pieces_have, 4);
+        assert_eq!(info.bytes, c.len() as u64);
+        assert_eq!(f.store.usage().unwrap().total, c.len() as u64);
+        assert_eq!(f.store.verify_all().unwrap(), 4);
+    }
+
+    #[test]
+    fn reopen_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let time = Arc::new(AtomicU64::new(1_700_000_100));
+        let (vm, c) = bundle(2, 5 * PS as usize, 1, Priority::High);
+        {
+            let mut s = Store::open(dir.path(), options(1 << 30, 0, &time)).unwrap();
+            s.insert_manifest(&vm, Origin::Received).unwrap();
+            s.set_wanted(&vm.id(), true).unwrap();
+            s.put_pieces(&[(vm.id(), 4, &c[4 * PS as usize..])])
+                .unwrap();
+            // Still open: a second open is refused.
+            assert!(matches!(
+                Store::open(dir.path(), options(1 << 30, 0, &time)),
+                Err(StoreError::Locked(_))
+            ));
+        }
+        let mut s = Store::open(dir.path(), options(1 << 30, 0, &time)).unwrap();
+        let info = s.info(&vm.id()).unwrap().unwrap();
+        assert!(info.wanted && info.trusted && !info.published);
+        assert_eq!(info.pieces_have, 1);
+        assert_eq!(s.manifest(&vm.id()).unwrap().unwrap(), vm);
+        assert!(s.remove(&vm.id()).unwrap());
+        assert!(!s.remove(&vm.id()).unwrap());
+        assert_eq!(s.read_piece(&vm.id(), 4).unwrap(), None);
+        assert!(s.bundles().unwrap().is_empty());
+    }
+
+    #[test]
+    fn other_format_versions_are_refused() {
+        for found in [0u64, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(STORE_FILE_NAME);
+            drop(Store::open(dir.path(), StoreOptions::default()).unwrap());
+            {
+                let db = Database::create(&path).unwrap();
+                let txn = db.begin_write().unwrap();
+                txn.open_table(META)
+                    .unwrap()
+                    .insert("format", found)
+                    .unwrap();
+                txn.commit().unwrap();
+            }
+            let e = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+            assert!(
+                matches!(e, StoreError::UnsupportedFormat { found: f, supported: 1, .. } if f == found),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&format!("format version {found}")));
+        }
+        // A redb file that is not a Mule store.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE_NAME);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let t: TableDefinition<u64, u64> = TableDefinition::new("something_else");
+            txn.open_table(t).unwrap().insert(1, 2).unwrap();
+            txn.commit().unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path(), StoreOptions::default()),
+            Err(StoreError::NotAStore(_))
+        ));
+        // Not a database at all.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STORE_FILE_NAME), vec![0x55; 10_000]).unwrap();
+        assert!(Store::open(dir.path(), StoreOptions::default()).is_err());
+    }
+
+    #[test]
+    fn trust_rules() {
+        let mut f = fixture(1 << 30, 3 * PS as u64);
+        let (trusted, _) = bundle(1, PS as usize, 1, Priority::Normal);
+        let (untrusted, uc) = bundle(2, 5 * PS as usize, 2, Priority::Normal);
+        f.store.insert_manifest(&trusted, Origin::Received).unwrap();
+        f.store
+            .insert_manifest(&untrusted, Origin::Received)
+            .unwrap();
+        assert!(f.store.set_wanted(&trusted.id(), true).is_ok());
+        assert!(matches!(
+            f.store.set_wanted(&untrusted.id(), true),
+            Err(StoreError::Untrusted { .. })
+        ));
+        // Carried only within the carry quota: the batch keeps what fits, the rest is refused.
+        let r = f.store.put_content(&untrusted.id(), &uc[..]);
+        assert!(
+            matches!(r, Err(PutError::Full(StoreFull { which: "carry", .. }))),
+            "{r:?}"
+        );
+        assert_eq!(
+            f.store.bitfield(&untrusted.id()).unwrap().unwrap().count(),
+            3
+        );
+        assert!(matches!(
+            f.store
+                .put_piece(&untrusted.id(), 3, &uc[3 * PS as usize..4 * PS as usize]),
+            Err(PutError::Full(StoreFull { which: "carry", .. }))
+        ));
+        assert_eq!(f.store.usage().unwrap().carry, 3 * PS as u64);
+
+        // With carrying off, untrusted manifests are refused.
+        let mut opts = f.store.options().clone();
+        opts.carry_untrusted = false;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), opts).unwrap();
+        assert!(matches!(
+            s.insert_manifest(&untrusted, Origin::Received),
+            Err(StoreError::Untrusted { .. })
+        ));
+        // Our own bundles are trusted whatever the list says.
+        s.insert_manifest(&untrusted, Origin::Published).unwrap();
+        assert!(s.info(&untrusted.id()).unwrap().unwrap().trusted);
+        // Dropping a key from the trust list un-trusts and un-wants.
+        f.store.set_trust(TrustList::new()).unwrap();
+        let info = f.store.info(&trusted.id()).unwrap().unwrap();
+        assert!(!info.trusted && !info.wanted);
+    }
+
+    #[test]
+    fn eviction_order_and_protection() {
+        let ps = PS as u64;
+        let mut f = fixture(8 * ps, 8 * ps);
+        let now = f.time.load(Ordering::SeqCst);
+        // Two pieces each.
+        let mk = |seed: u8, prio: Priority, expires: Option<u64>| {
+            let c = content(seed, 2 * PS as usize);
+            let mut m = manifest_for(&c, PS, &key(1));
+            m.priority = prio;
+            m.name = format!("b{seed}");
+            m.expires = expires;
+            m.created = now - 10;
+            (m.sign(&key(1)).unwrap(), c)
+        };
+        let published = mk(1, Priority::Bulk, None);
+        let wanted = mk(2, Priority::Bulk, None);
+        let bulk = mk(3, Priority::Bulk, None);
+        let expiring = mk(4, Priority::Critical, Some(now + 5));
+        let s = &mut f.store;
+        s.insert_manifest(&published.0, Origin::Published).unwrap();
+        fill(s, &published.0, &published.1);
+        for b in [&wanted, &bulk, &expiring] {
+            s.insert_manifest(&b.0, Origin::Received).unwrap();
+            fill(s, &b.0, &b.1);
+        }
+        s.set_wanted(&wanted.0.id(), true).unwrap();
+        assert_eq!(s.usage().unwrap().total, 8 * ps);
+
+        // Expiry passes: the expired critical bundle goes first, before the bulk one.
+        f.time.store(now + 10, Ordering::SeqCst);
+        let normal = mk(5, Priority::Normal, None);
+        s.insert_manifest(&normal.0, Origin::Received).unwrap();
+        s.put_piece(&normal.0.id(), 0, &normal.1[..PS as usize])
+            .unwrap();
+        assert!(s.info(&expiring.0.id()).unwrap().is_none());
+        assert!(s.info(&bulk.0.id()).unwrap().is_some());
+        s.put_piece(&normal.0.id(), 1, &normal.1[PS as usize..])
+            .unwrap();
+        assert_eq!(s.usage().unwrap().total, 8 * ps);
+
+        // Next: the unwanted bulk bundle (less urgent than the incoming normal one).
+        f.time.store(now + 12, Ordering::SeqCst);
+        let normal2 = mk(6, Priority::Normal, None);
+        s.insert_manifest(&normal2.0, Origin::Received).unwrap();
+        s.put_piece(&normal2.0.id(), 0, &normal2.1[..PS as usize])
+            .unwrap();
+        assert!(s.info(&bulk.0.id()).unwrap().is_none());
+        s.put_piece(&normal2.0.id(), 1, &normal2.1[PS as usize..])
+            .unwrap();
+
+        // A bulk piece may not evict the normal bundles; published and wanted are protected:
+        // the store is full and says so, and nothing is lost.
+        let bulk2 = mk(7, Priority::Bulk, None);
+        s.insert_manifest(&bulk2.0, Origin::Received).unwrap();
+        let before = s.bundles().unwrap().len();
+        let e = s
+            .put_piece(&bulk2.0.id(), 0, &bulk2.1[..PS as usize])
+            .unwrap_err();
+        assert!(
+            matches!(e, PutError::Full(StoreFull { which: "total", .. })),
+            "{e}"
+        );
+        assert_eq!(s.bundles().unwrap().len(), before);
+        assert_eq!(s.verify_all().unwrap(), 8);
+        for b in [&published, &wanted] {
+            assert!(s.is_complete(&b.0.id()).unwrap());
+        }
+        // A critical piece may evict a normal unwanted bundle (the oldest first).
+        let crit = mk(8, Priority::Critical, None);
+        s.insert_manifest(&crit.0, Origin::Received).unwrap();
+        f.time.store(now + 20, Ordering::SeqCst);
+        s.put_piece(&crit.0.id(), 0, &crit.1[..PS as usize])
+            .unwrap();
+        assert!(s.info(&normal.0.id()).unwrap().is_none());
+        assert!(s.info(&normal2.0.id()).unwrap().is_some());
+    }
+
+    #[test]
+    fn expired_and_too_many_bundles_refused() {
+        let mut f = fixture(1 << 30, 0);
+        let (vm, _) = bundle(1, 100, 1, Priority::Normal);
+        f.time.store(1_800_000_000, Ordering::SeqCst);
+        assert!(matches!(
+            f.store.insert_manifest(&vm, Origin::Received),
+            Err(StoreError::Expired(_))
+        ));
+        let mut opts = f.store.options().clone();
+        opts.max_bundles = 1;
+        opts.clock = Arc::new(|| 0);
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), opts).unwrap();
+        s.insert_manifest(&vm, Origin::Received).unwrap();
+        let (vm2, _) = bundle(2, 100, 1, Priority::Normal);
+        assert!(matches!(
+            s.insert_manifest(&vm2, Origin::Received),
+            Err(StoreError::TooManyBundles(1))
+        ));
+    }
+
+    #[test]
+    fn failures_are_recorded_and_retry_clears_backoff() {
+        let mut f = fixture(1 << 30, 0);
+        let (vm, c) = bundle(1, 100, 1, Priority::Normal);
+        f.store.insert_manifest(&vm, Origin::Received).unwrap();
+        fill(&mut f.store, &vm, &c);
+        f.store
+            .record_failure(&vm.id(), "exit 3: boom", 50)
+            .unwrap();
+        f.store
+            .record_failure(&vm.id(), "exit 3: boom", 60)
+            .unwrap();
+        let info = f.store.info(&vm.id()).unwrap().unwrap();
+        assert_eq!(info.state, State::Failed);
+        let fail = info.failure.unwrap();
+        assert_eq!((fail.at, fail.attempts), (60, 2));
+        f.store.retry(&vm.id()).unwrap();
+        assert_eq!(
+            f.store.info(&vm.id()).unwrap().unwrap().state,
+            State::Complete
+        );
+        f.store.record_installed(&vm.id()).unwrap();
+        let info = f.store.info(&vm.id()).unwrap().unwrap();
+        assert_eq!(info.state, State::Installed);
+        assert!(info.failure.is_none());
+    }
+
+    #[test]
+    fn store_is_send() {
+        fn is_send<T: Send>() {}
+        is_send::<Store>();
+    }
+}
