@@ -12,6 +12,7 @@ mod cbor;
 
 pub mod bitfield;
 pub mod frame;
+pub mod scheduler;
 pub mod summary;
 
 pub use bitfield::Bitfield;
