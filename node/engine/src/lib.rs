@@ -11,7 +11,9 @@
 mod cbor;
 
 pub mod bitfield;
+pub mod claims;
 pub mod frame;
+pub mod penalty;
 pub mod scheduler;
 pub mod summary;
 

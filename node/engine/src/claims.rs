@@ -1,0 +1,113 @@
+//! Which session is fetching which piece, across all sessions of a node.
+//!
+//! When several neighbours offer the same bundle, every session requests pieces only after
+//! claiming them here, so no piece is requested twice; when a session ends (or its peer
+//! refuses a request), its claims are released and other sessions request those pieces at
+//! their next planning step. The driver owns one `PieceClaims` per node and lends it to
+//! [`Session::plan_requests`](crate::session::Session::plan_requests).
+
+use std::collections::{BTreeSet, HashMap};
+
+use mule_bundle::PieceRef;
+
+/// Identifies a session as the owner of claims (the driver assigns unique values).
+pub type ClaimOwner = u64;
+
+/// The claims of all sessions of one node. Size is bounded by the sessions' request windows.
+#[derive(Debug, Default, Clone)]
+pub struct PieceClaims {
+    by_piece: HashMap<PieceRef, ClaimOwner>,
+    by_owner: HashMap<ClaimOwner, BTreeSet<PieceRef>>,
+}
+
+impl PieceClaims {
+    /// No claims.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Claims `piece` for `owner`; true if `owner` now holds the claim (also when it
+    /// already did), false if another owner holds it.
+    pub fn try_claim(&mut self, piece: PieceRef, owner: ClaimOwner) -> bool {
+        match self.by_piece.get(&piece) {
+            Some(o) => *o == owner,
+            None => {
+                self.by_piece.insert(piece, owner);
+                self.by_owner.entry(owner).or_default().insert(piece);
+                true
+            }
+        }
+    }
+
+    /// Who holds the claim on `piece`.
+    pub fn owner(&self, piece: PieceRef) -> Option<ClaimOwner> {
+        self.by_piece.get(&piece).copied()
+    }
+
+    /// Releases `owner`'s claim on `piece` (no effect if someone else holds it).
+    pub fn release(&mut self, piece: PieceRef, owner: ClaimOwner) {
+        if self.by_piece.get(&piece) == Some(&owner) {
+            self.by_piece.remove(&piece);
+            if let Some(set) = self.by_owner.get_mut(&owner) {
+                set.remove(&piece);
+                if set.is_empty() {
+                    self.by_owner.remove(&owner);
+                }
+            }
+        }
+    }
+
+    /// Forgets the claim on a piece that is now stored, whoever held it.
+    pub fn complete(&mut self, piece: PieceRef) {
+        if let Some(owner) = self.by_piece.get(&piece).copied() {
+            self.release(piece, owner);
+        }
+    }
+
+    /// Releases everything `owner` held (its session ended) and returns those pieces, sorted.
+    pub fn release_owner(&mut self, owner: ClaimOwner) -> Vec<PieceRef> {
+        let set = self.by_owner.remove(&owner).unwrap_or_default();
+        for p in &set {
+            self.by_piece.remove(p);
+        }
+        set.into_iter().collect()
+    }
+
+    /// Number of claimed pieces.
+    pub fn len(&self) -> usize {
+        self.by_piece.len()
+    }
+
+    /// Whether nothing is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.by_piece.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mule_bundle::BundleId;
+
+    fn p(i: u32) -> PieceRef {
+        PieceRef {
+            bundle: BundleId([1; 32]),
+            index: i,
+        }
+    }
+
+    #[test]
+    fn one_owner_per_piece_and_release_on_session_end() {
+        let mut c = PieceClaims::new();
+        assert!(c.try_claim(p(0), 1) && c.try_claim(p(0), 1));
+        assert!(!c.try_claim(p(0), 2));
+        assert!(c.try_claim(p(1), 1) && c.try_claim(p(2), 2));
+        c.release(p(2), 1); // not its claim: no effect
+        assert_eq!(c.owner(p(2)), Some(2));
+        assert_eq!(c.release_owner(1), vec![p(0), p(1)]);
+        assert!(c.try_claim(p(0), 2));
+        c.complete(p(0));
+        assert_eq!(c.owner(p(0)), None);
+        assert_eq!(c.len(), 1);
+    }
+}
