@@ -2,6 +2,7 @@
 
 pub mod bitfield;
 mod cbor;
+pub mod complete;
 pub mod id;
 pub mod keys;
 pub mod manifest;
