@@ -1,0 +1,245 @@
+//! The systemd unit, the sysusers entry and the package metadata in
+//! `systemd/`: required directives present, `systemd-analyze verify` clean,
+//! `systemd-sysusers` accepts the user entry, every packaged file exists.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(repo().join(relative)).unwrap()
+}
+
+/// (section, key, value) of every assignment in a unit file.
+fn directives(unit: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+        } else {
+            let (k, v) = line.split_once('=').expect("a unit line is KEY=VALUE");
+            out.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Whether a check that needs a tool may be skipped here (never in CI).
+fn skip(test: &str, tool: &str) -> bool {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {tool} is required in CI (install systemd)");
+    }
+    eprintln!("SKIPPED: {test}: {tool} not installed");
+    true
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn unit_has_the_required_directives() {
+    let unit = read("systemd/mule.service");
+    let d = directives(&unit);
+    let get = |section: &str, key: &str| -> Vec<&str> {
+        d.iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    };
+    for (key, value) in [
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("WatchdogSec", "30"),
+        ("Restart", "on-failure"),
+        ("User", "mule"),
+        ("Group", "mule"),
+        ("StateDirectory", "mule"),
+        ("ConfigurationDirectory", "mule"),
+        (
+            "ExecStart",
+            "/usr/bin/mule run --config /etc/mule/mule.toml",
+        ),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        (
+            "RestrictAddressFamilies",
+            "AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_BLUETOOTH",
+        ),
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+        ("SystemCallFilter", "@system-service"),
+        ("SystemCallArchitectures", "native"),
+        ("LockPersonality", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("RestrictRealtime", "yes"),
+        ("RestrictNamespaces", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("ProtectClock", "yes"),
+        ("ProtectHostname", "yes"),
+        ("UMask", "0027"),
+    ] {
+        assert!(
+            get("Service", key).contains(&value),
+            "[Service] {key}={value} missing"
+        );
+    }
+    assert!(
+        get("Service", "DynamicUser").is_empty(),
+        "a static user is used, not DynamicUser"
+    );
+    assert_eq!(get("Install", "WantedBy"), ["multi-user.target"]);
+    // The unit's user is the one the sysusers entry creates.
+    let sysusers = read("systemd/mule.sysusers");
+    assert!(
+        sysusers.lines().any(|l| l.starts_with("u mule ")),
+        "{sysusers}"
+    );
+}
+
+#[test]
+fn unit_passes_systemd_analyze_verify() {
+    const TEST: &str = "unit_passes_systemd_analyze_verify";
+    if !have("systemd-analyze") && skip(TEST, "systemd-analyze") {
+        return;
+    }
+    // verify checks that ExecStart's program exists and is executable: point
+    // it at a stand-in inside a private temporary directory.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("mule");
+    std::fs::write(&fake, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unit = read("systemd/mule.service");
+    assert_eq!(unit.matches("ExecStart=/usr/bin/mule ").count(), 1);
+    let unit = unit.replace(
+        "ExecStart=/usr/bin/mule ",
+        &format!("ExecStart={} ", fake.display()),
+    );
+    let unit_path = dir.path().join("mule.service");
+    std::fs::write(&unit_path, unit).unwrap();
+
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Unknown keys and bad values are only warnings (exit 0): any output fails.
+    assert!(
+        out.status.success() && stdout.trim().is_empty() && stderr.trim().is_empty(),
+        "systemd-analyze verify failed ({}):\n{stdout}{stderr}",
+        out.status
+    );
+
+    // The check is real: a misspelt directive is reported.
+    let bad = std::fs::read_to_string(&unit_path)
+        .unwrap()
+        .replace("ProtectHome=yes", "ProtectHome=yes\nProtectHom=yes");
+    std::fs::write(&unit_path, bad).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit_path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown key 'ProtectHom'"));
+}
+
+#[test]
+fn sysusers_entry_creates_the_user() {
+    const TEST: &str = "sysusers_entry_creates_the_user";
+    if !have("systemd-sysusers") && skip(TEST, "systemd-sysusers") {
+        return;
+    }
+    // Applied to an empty root in a temporary directory, never to this host.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    let out = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(repo().join("systemd/mule.sysusers"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
+    let user = passwd
+        .lines()
+        .find(|l| l.starts_with("mule:"))
+        .expect("user mule created");
+    assert!(user.ends_with(":/var/lib/mule:/usr/sbin/nologin"), "{user}");
+    assert!(group.lines().any(|l| l.starts_with("mule:")), "{group}");
+    let bt = group
+        .lines()
+        .find(|l| l.starts_with("bluetooth:"))
+        .expect("group bluetooth");
+    assert!(bt.ends_with(":mule"), "{bt}");
+}
+
+#[test]
+fn deb_metadata_packages_files_that_exist() {
+    let text = read("systemd/deb-metadata.toml");
+    let meta: toml::Table = text.parse().unwrap();
+    let deb = meta["package"]["metadata"]["deb"].as_table().unwrap();
+    // Paths in the metadata are relative to node/, where it is pasted.
+    let node = repo().join("node");
+    let mut dests = Vec::new();
+    for asset in deb["assets"].as_array().unwrap() {
+        let a = asset.as_array().unwrap();
+        let (src, dest) = (a[0].as_str().unwrap(), a[1].as_str().unwrap());
+        if !src.starts_with("target/release/") {
+            assert!(
+                node.join(src).is_file(),
+                "asset source {src} does not exist"
+            );
+        }
+        dests.push(dest.to_string());
+    }
+    assert!(dests.contains(&"usr/bin/".to_string()));
+    assert!(dests.contains(&"etc/mule/mule.toml".to_string()));
+    assert_eq!(
+        deb["conf-files"].as_array().unwrap()[0].as_str(),
+        Some("/etc/mule/mule.toml")
+    );
+    let scripts = node.join(deb["maintainer-scripts"].as_str().unwrap());
+    for script in ["postinst", "postrm"] {
+        let body = std::fs::read_to_string(scripts.join(script)).unwrap();
+        assert!(body.contains("#DEBHELPER#"), "{script} lacks #DEBHELPER#");
+    }
+    let units = deb["systemd-units"].as_table().unwrap();
+    assert_eq!(
+        units["enable"].as_bool(),
+        Some(false),
+        "the package must not enable the service"
+    );
+    assert_eq!(
+        units["start"].as_bool(),
+        Some(false),
+        "the package must not start the service"
+    );
+    let unit_dir = node.join(units["unit-scripts"].as_str().unwrap());
+    assert!(unit_dir.join("mule.service").is_file());
+    assert!(unit_dir.join("mule.sysusers").is_file());
+}

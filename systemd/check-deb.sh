@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Checks a built mule .deb: the expected files are in it, with the expected
+# modes, the config is a conffile, the maintainer scripts create the user and
+# do not enable the service. Usage: systemd/check-deb.sh path/to/mule_*.deb
+# Exit status 0 when everything is there, 1 otherwise (each problem printed).
+set -euo pipefail
+
+deb=${1:?usage: $0 path/to/mule.deb}
+[ -f "$deb" ] || { echo "check-deb: no such file: $deb" >&2; exit 1; }
+
+contents=$(dpkg-deb -c "$deb")
+fail=0
+problem() { echo "check-deb: $*" >&2; fail=1; }
+
+# has MODE PATH...: one of the PATHs (alternatives) is in the package with MODE.
+has() {
+    local mode=$1; shift
+    local p
+    for p in "$@"; do
+        if awk -v p="./$p" -v m="$mode" '$6 == p && $1 == m { found = 1 } END { exit !found }' <<<"$contents"; then
+            return 0
+        fi
+    done
+    problem "missing ($mode): $*"
+}
+
+has -rwxr-xr-x usr/bin/mule
+has -rw-r--r-- etc/mule/mule.toml
+# cargo-deb 3.x installs units under usr/lib; older versions under lib.
+has -rw-r--r-- usr/lib/systemd/system/mule.service lib/systemd/system/mule.service
+has -rw-r--r-- usr/lib/sysusers.d/mule.conf
+has -rw-r--r-- usr/share/doc/mule/README.md
+has -rw-r--r-- usr/share/doc/mule/REFERENCE.md
+has -rw-r--r-- usr/share/doc/mule/examples/raspberry-pi.toml
+has -rw-r--r-- usr/share/doc/mule/examples/vehicle-gateway.toml
+
+# Nothing enabled at install: no symlinks into *.wants directories.
+if grep -q '\.wants/' <<<"$contents"; then
+    problem "the package enables a unit (a .wants/ link is shipped)"
+fi
+
+# Control files: the conffile and the maintainer scripts.
+control=$(mktemp -d)
+trap 'rm -rf "$control"' EXIT
+dpkg-deb -e "$deb" "$control"
+grep -qx '/etc/mule/mule.toml' "$control/conffiles" 2>/dev/null \
+    || problem "/etc/mule/mule.toml is not a conffile"
+grep -q 'systemd-sysusers' "$control/postinst" 2>/dev/null \
+    || problem "postinst does not create the mule user"
+if grep -Eq 'deb-systemd-helper (--quiet )?enable|systemctl( --system)? enable|deb-systemd-invoke (start|restart)' \
+    "$control/postinst" 2>/dev/null; then
+    # The generated was-enabled check only re-enables a unit the admin enabled.
+    if ! grep -q 'was-enabled' "$control/postinst"; then
+        problem "postinst enables or starts the service"
+    fi
+fi
+grep -q '^Package: mule$' "$control/control" || problem "package name is not mule"
+
+# The shipped configuration is the embedded default.
+cfg=$(mktemp)
+dpkg-deb --fsys-tarfile "$deb" | tar -xO ./etc/mule/mule.toml >"$cfg"
+here=$(cd "$(dirname "$0")/.." && pwd)
+cmp -s "$cfg" "$here/config/mule.toml" || problem "etc/mule/mule.toml differs from config/mule.toml"
+rm -f "$cfg"
+
+if [ "$fail" = 0 ]; then
+    echo "check-deb: $deb: all expected files present"
+fi
+exit "$fail"
