@@ -45,7 +45,8 @@ pub use schema::{
 pub use types::{LogFormat, PublisherKey, PublisherKeyError};
 pub use validate::{
     BEACON_INTERVAL_CEILING_MS, BEACON_INTERVAL_FLOOR_MS, CHANNEL_NAME_MAX, INTERFACE_NAME_MAX,
-    KEEPALIVE_FLOOR_MS, MAX_SESSIONS_LIMIT, PIECE_SIZE_MAX, PIECE_SIZE_MIN, SOCKET_PATH_MAX,
+    KEEPALIVE_FLOOR_MS, MAX_SESSIONS_LIMIT, ON_COMPLETE_TIMEOUT_MAX_S, PIECE_SIZE_MAX,
+    PIECE_SIZE_MIN, SOCKET_PATH_MAX,
 };
 
 use error::{Segment, line_column, offset_of, path_at, render_path};

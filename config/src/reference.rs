@@ -162,7 +162,7 @@ pub const KEYS: &[KeyDoc] = &[
     key(
         "store.piece_size_default",
         "integer, bytes",
-        "Piece size of bundles published here unless `mule publish --piece-size` says otherwise (1024 to 4194304).",
+        "Piece size of bundles published here unless `mule publish --piece-size` says otherwise (4096 to 4194304).",
     ),
     optional(
         "store.export_dir",
@@ -173,8 +173,13 @@ pub const KEYS: &[KeyDoc] = &[
     optional(
         "store.on_complete",
         "list of strings (program and arguments)",
-        "Command run after a wanted bundle is exported, without a shell; the exported file's path is appended.",
+        "Command run after a wanted, trusted bundle is exported, without a shell; `MULE_BUNDLE_PATH`, `MULE_BUNDLE_ID`, `MULE_BUNDLE_NAME`, `MULE_BUNDLE_VERSION`, `MULE_META_<KEY>` in its environment.",
         "nothing runs",
+    ),
+    key(
+        "store.on_complete_timeout_s",
+        "integer, seconds",
+        "The on-complete command is killed, and the failure recorded, after this long (1 to 86400).",
     ),
     key(
         "carry.quota_bytes",

@@ -229,17 +229,22 @@ pub struct Store {
     /// Most bytes of piece data the store holds, in bytes. When full, expired
     /// bundles are evicted first, then the lowest priority / least wanted;
     /// never one this node published or still wants. Must hold at least one
-    /// piece of the largest allowed size (`PIECE_SIZE_MAX`).
+    /// piece of the largest allowed size ([`crate::PIECE_SIZE_MAX`]).
     pub quota_bytes: u64,
     /// Piece size for bundles published by this node unless `mule publish
     /// --piece-size` says otherwise, in bytes.
     pub piece_size_default: u64,
     /// Where completed wanted bundles are exported. Unset: `DATA_DIR/export`.
     pub export_dir: Option<PathBuf>,
-    /// Command run after a wanted bundle is exported, as a list of arguments
-    /// (no shell), e.g. `["/usr/local/bin/install-update"]`; the exported
-    /// file's path is appended. Unset: nothing runs.
+    /// Command run after a wanted, trusted bundle is exported, as a list:
+    /// program and arguments, no shell, e.g. `["/usr/local/bin/install-update"]`.
+    /// It gets `MULE_BUNDLE_ID`, `MULE_BUNDLE_NAME`, `MULE_BUNDLE_VERSION`,
+    /// `MULE_BUNDLE_PATH` and `MULE_META_<KEY>` per manifest metadata entry
+    /// in its environment. Unset: nothing runs.
     pub on_complete: Option<Vec<String>>,
+    /// The on-complete command is killed (and the failure recorded) after
+    /// this long, in seconds.
+    pub on_complete_timeout_s: u64,
 }
 
 impl Default for Store {
@@ -249,6 +254,7 @@ impl Default for Store {
             piece_size_default: 64 * KIB,
             export_dir: None,
             on_complete: None,
+            on_complete_timeout_s: 300,
         }
     }
 }
@@ -259,6 +265,11 @@ impl Store {
         self.export_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("export"))
+    }
+
+    /// `on_complete_timeout_s` as a duration.
+    pub fn on_complete_timeout(&self) -> Duration {
+        Duration::from_secs(self.on_complete_timeout_s)
     }
 }
 

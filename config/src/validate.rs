@@ -10,9 +10,10 @@ use std::collections::HashSet;
 use crate::error::Segment;
 use crate::schema::Config;
 
-/// Smallest allowed `store.piece_size_default`, in bytes.
-pub const PIECE_SIZE_MIN: u64 = 1024;
-/// Largest allowed `store.piece_size_default`, in bytes; `store.quota_bytes`
+/// Smallest allowed `store.piece_size_default`, in bytes (the bundle format's minimum).
+pub const PIECE_SIZE_MIN: u64 = 4 * 1024;
+/// Largest allowed `store.piece_size_default`, in bytes (the bundle format's
+/// maximum); `store.quota_bytes`
 /// must be at least this, so the store can always hold one whole piece.
 pub const PIECE_SIZE_MAX: u64 = 4 * 1024 * 1024;
 /// Fastest allowed beacon interval, in milliseconds (a bound on beacon traffic).
@@ -27,6 +28,8 @@ pub const MAX_SESSIONS_LIMIT: u32 = 1024;
 pub const SOCKET_PATH_MAX: usize = 107;
 /// Longest interface name Linux accepts (`IFNAMSIZ` is 16 with the NUL).
 pub const INTERFACE_NAME_MAX: usize = 15;
+/// Longest allowed `store.on_complete_timeout_s` (one day).
+pub const ON_COMPLETE_TIMEOUT_MAX_S: u64 = 86_400;
 /// Longest channel name, in bytes.
 pub const CHANNEL_NAME_MAX: usize = 255;
 
@@ -317,6 +320,7 @@ fn check_quotas(c: &Config) -> Result<(), Problem> {
         ("session.idle_timeout_ms", c.session.idle_timeout_ms),
         ("prediction.time_unit_s", c.prediction.time_unit_s),
         ("prediction.i_typ_s", c.prediction.i_typ_s),
+        ("store.on_complete_timeout_s", c.store.on_complete_timeout_s),
     ] {
         if value > i64::MAX as u64 {
             return Err(problem(
@@ -464,6 +468,15 @@ fn check_misc(c: &Config) -> Result<(), Problem> {
             }
             Some(_) => {}
         }
+    }
+    if !(1..=ON_COMPLETE_TIMEOUT_MAX_S).contains(&c.store.on_complete_timeout_s) {
+        return Err(problem(
+            path("store.on_complete_timeout_s"),
+            format!(
+                "{} s is outside the allowed range 1..={ON_COMPLETE_TIMEOUT_MAX_S} s",
+                c.store.on_complete_timeout_s
+            ),
+        ));
     }
     if c.metrics.enabled && c.metrics.listen.port() == 0 {
         return Err(problem(
