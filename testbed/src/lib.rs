@@ -12,5 +12,11 @@
 //! is meant to reuse [`trace`], [`oracle`] and [`report`]: it only needs to produce the
 //! same per-node [`report::NodeResult`] rows from the daemons' metrics.
 
+pub mod mule_strategy;
+pub mod oracle;
+pub mod pieces;
+pub mod sim;
+pub mod strategy;
+pub mod synth;
 pub mod trace;
 pub mod units;
