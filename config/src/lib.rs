@@ -46,7 +46,7 @@ pub use types::{LogFormat, PublisherKey, PublisherKeyError};
 pub use validate::{
     BEACON_INTERVAL_CEILING_MS, BEACON_INTERVAL_FLOOR_MS, CHANNEL_NAME_MAX, INTERFACE_NAME_MAX,
     KEEPALIVE_FLOOR_MS, MAX_SESSIONS_LIMIT, ON_COMPLETE_TIMEOUT_MAX_S, PIECE_SIZE_MAX,
-    PIECE_SIZE_MIN, SOCKET_PATH_MAX,
+    PIECE_SIZE_MIN, SILENCE_CEILING_MS, SILENCE_FLOOR_MS, SOCKET_PATH_MAX,
 };
 
 use error::{Segment, line_column, offset_of, path_at, render_path};

@@ -66,7 +66,7 @@ pub const KEYS: &[KeyDoc] = &[
     key(
         "discovery.beacon_interval_ms",
         "integer, milliseconds",
-        "Beacon interval while a neighbour is up; at most half of `peer_silence_ms`.",
+        "Beacon interval while a neighbour is up; at most half of `peer_silence_ms` (a third is recommended).",
     ),
     key(
         "discovery.beacon_interval_min_ms",
@@ -81,7 +81,12 @@ pub const KEYS: &[KeyDoc] = &[
     key(
         "discovery.peer_silence_ms",
         "integer, milliseconds",
-        "A neighbour silent this long is reported down; at least twice `beacon_interval_ms`.",
+        "A neighbour silent this long is reported down; at least twice `beacon_interval_ms` (three times is recommended).",
+    ),
+    key(
+        "discovery.bluetooth_silence_ms",
+        "integer, milliseconds",
+        "A neighbour seen only over Bluetooth is reported down after this long without an advertisement.",
     ),
     key(
         "discovery.beacon_port",

@@ -69,8 +69,8 @@ pub struct Discovery {
     /// Turn off for a Bluetooth-only node.
     pub beacons: bool,
     /// Beacon interval while at least one neighbour is up, in milliseconds.
-    /// Must be at most half of `peer_silence_ms`, so one lost beacon never
-    /// ends a contact.
+    /// Must be at most half of `peer_silence_ms` (a third is recommended), so
+    /// one lost beacon never ends a contact.
     pub beacon_interval_ms: u64,
     /// Fastest beacon interval, used in bursts when neighbours or interfaces
     /// come and go, in milliseconds.
@@ -82,6 +82,10 @@ pub struct Discovery {
     /// (`PeerDown`), in milliseconds. mDNS never ends a contact (its records
     /// live 120 s); beacons and session keep-alives do.
     pub peer_silence_ms: u64,
+    /// A neighbour seen only over Bluetooth is reported down after this long
+    /// without an advertisement from it, in milliseconds (BLE scans report
+    /// less regularly than beacons arrive).
+    pub bluetooth_silence_ms: u64,
     /// UDP port of the beacons, shared by every node on a host
     /// (`SO_REUSEPORT`). All nodes that should meet must use the same port.
     pub beacon_port: u16,
@@ -107,8 +111,9 @@ impl Default for Discovery {
             beacons: true,
             beacon_interval_ms: 1000,
             beacon_interval_min_ms: 250,
-            beacon_interval_max_ms: 5000,
+            beacon_interval_max_ms: 2000,
             peer_silence_ms: 3000,
+            bluetooth_silence_ms: 10_000,
             beacon_port: 47700,
             ipv4_group: Ipv4Addr::new(239, 255, 77, 1),
             ipv6: true,
@@ -138,6 +143,11 @@ impl Discovery {
     /// `peer_silence_ms` as a duration.
     pub fn peer_silence(&self) -> Duration {
         Duration::from_millis(self.peer_silence_ms)
+    }
+
+    /// `bluetooth_silence_ms` as a duration.
+    pub fn bluetooth_silence(&self) -> Duration {
+        Duration::from_millis(self.bluetooth_silence_ms)
     }
 }
 
@@ -327,7 +337,7 @@ impl Default for Prediction {
             delta: 0.01,
             beta: 0.9,
             gamma: 0.999,
-            time_unit_s: 30,
+            time_unit_s: 60,
             i_typ_s: 300,
         }
     }

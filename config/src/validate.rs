@@ -20,6 +20,10 @@ pub const PIECE_SIZE_MAX: u64 = 4 * 1024 * 1024;
 pub const BEACON_INTERVAL_FLOOR_MS: u64 = 50;
 /// Slowest allowed beacon interval, in milliseconds (10 minutes).
 pub const BEACON_INTERVAL_CEILING_MS: u64 = 600_000;
+/// Shortest allowed `discovery.bluetooth_silence_ms`, in milliseconds.
+pub const SILENCE_FLOOR_MS: u64 = 100;
+/// Longest allowed `discovery.peer_silence_ms` and `discovery.bluetooth_silence_ms` (1 hour).
+pub const SILENCE_CEILING_MS: u64 = 3_600_000;
 /// Shortest allowed session keep-alive interval, in milliseconds.
 pub const KEEPALIVE_FLOOR_MS: u64 = 100;
 /// Most sessions a node may be configured to hold at once.
@@ -154,6 +158,24 @@ fn check_discovery(c: &Config) -> Result<(), Problem> {
             format!(
                 "{} ms is shorter than twice discovery.beacon_interval_ms ({} ms): one lost beacon would end a contact",
                 d.peer_silence_ms, d.beacon_interval_ms
+            ),
+        ));
+    }
+    if !(SILENCE_FLOOR_MS..=SILENCE_CEILING_MS).contains(&d.bluetooth_silence_ms) {
+        return Err(problem(
+            path("discovery.bluetooth_silence_ms"),
+            format!(
+                "{} ms is outside the allowed range {SILENCE_FLOOR_MS}..={SILENCE_CEILING_MS} ms",
+                d.bluetooth_silence_ms
+            ),
+        ));
+    }
+    if d.peer_silence_ms > SILENCE_CEILING_MS {
+        return Err(problem(
+            path("discovery.peer_silence_ms"),
+            format!(
+                "{} ms is above the maximum of {SILENCE_CEILING_MS} ms",
+                d.peer_silence_ms
             ),
         ));
     }

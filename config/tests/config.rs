@@ -91,7 +91,7 @@ fn unknown_keys_are_rejected_with_line_and_key() {
         error("[discovery]\nbeacon_interval_ms = 1000\nbeacon_intervall = 5\n"),
         "test.toml:3:1: discovery.beacon_intervall: unknown key `beacon_intervall`, expected one of \
          `interfaces`, `beacons`, `beacon_interval_ms`, `beacon_interval_min_ms`, `beacon_interval_max_ms`, \
-         `peer_silence_ms`, `beacon_port`, `ipv4_group`, `ipv6`, `mdns`, `bluetooth`, `bluetooth_adapter`"
+         `peer_silence_ms`, `bluetooth_silence_ms`, `beacon_port`, `ipv4_group`, `ipv6`, `mdns`, `bluetooth`, `bluetooth_adapter`"
     );
     let e = error("# a comment\n\n[storage]\nquota_bytes = 1\n");
     assert!(
