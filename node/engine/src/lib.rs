@@ -15,7 +15,9 @@ pub mod claims;
 pub mod frame;
 pub mod penalty;
 pub mod scheduler;
+pub mod session;
 pub mod summary;
 
 pub use bitfield::Bitfield;
 pub use cbor::CborError;
+pub use scheduler::RarityTracker;

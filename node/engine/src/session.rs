@@ -1,0 +1,1393 @@
+//! The contact session: a sans-IO, full-duplex state machine for one neighbour.
+//!
+//! # Goals
+//! - Mutually authenticate node ids (each side signs the other's fresh challenge).
+//! - Send a compact summary first, then move manifests and pieces with no stop-and-wait:
+//!   the receiver keeps a window of requests outstanding, the sender answers in order.
+//! - Bound every buffer: the outbound queue (piece data is fetched from the driver only when
+//!   the queue is below a low-water mark), outstanding requests in both directions, pieces
+//!   awaiting verification, remembered `Have`s and manifests per session.
+//! - Notice a dead link quickly: a `KeepAlive` after `keepalive_interval_ms` without sending,
+//!   and the session closes after `idle_timeout_ms` without receiving (the link may be cut
+//!   silently, with no FIN ever arriving).
+//! - End any protocol violation with a `Bye` reason code and a [`Penalty`] for the driver's
+//!   [`PenaltyBook`](crate::penalty::PenaltyBook).
+//!
+//! # Non-goals
+//! Sockets, clocks, verification of manifests and pieces (the driver verifies and stores,
+//! then reports the outcome), encryption (the transport's job if wanted).
+//!
+//! # States
+//! `AwaitHello` → `AwaitHelloAck` → `Exchanging` → `Closing` → `Closed`. Both sides send
+//! `Hello` at once; each answers the peer's `Hello` with a `HelloAck`; once the peer's
+//! `HelloAck` verifies, the peer is authenticated and our `Summary` goes out. The peer's
+//! first message after its `HelloAck` must be its `Summary`.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use mule_bundle::{BundleId, PieceRef};
+use mule_contacts::NodeId;
+
+use crate::RarityTracker;
+use crate::bitfield::Bitfield;
+use crate::claims::{ClaimOwner, PieceClaims};
+use crate::frame::{
+    self, ByeCode, FrameDecoder, FrameError, Hello, MAX_MANIFEST_FRAME, MAX_PIECE_BYTES,
+    MAX_PIECE_LIST, Message, RefuseReason,
+};
+use crate::penalty::Penalty;
+use crate::scheduler::{self, Budget, BundleMeta, Item, PeerView, ScheduleInput, SourceBundle};
+use crate::summary::{
+    BloomFilter, MAX_CHANNELS, MAX_IDS, MAX_PREDICTABILITIES, MAX_WANT_BUNDLES, PeerHoldings, Salt,
+    Summary,
+};
+
+/// Domain separation tag of the `HelloAck` signature transcript.
+pub const HELLO_ACK_TAG: &[u8] = b"mule/session/v1/hello-ack";
+
+/// Tuning of one session. `Default` is what the daemon uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    /// Send a `KeepAlive` after this long without sending anything (ms).
+    pub keepalive_interval_ms: u64,
+    /// Close after this long without receiving anything (ms).
+    pub idle_timeout_ms: u64,
+    /// Close if the peer is not authenticated within this time (ms).
+    pub handshake_timeout_ms: u64,
+    /// Most requests we keep outstanding at the peer.
+    pub max_outstanding_requests: u32,
+    /// Most payload bytes we keep requested at the peer.
+    pub max_outstanding_bytes: u64,
+    /// Most requests we accept outstanding from the peer (advertised in `Hello`).
+    pub max_peer_requests: u32,
+    /// Ask the driver for more piece data while fewer bytes than this are queued to send.
+    pub tx_low_water_bytes: usize,
+    /// Stop requesting while this many received bytes await the driver's verdict.
+    pub max_awaiting_store_bytes: u64,
+    /// Target false-positive rate of our summary filter.
+    pub bloom_fp_rate: f64,
+    /// Largest piece payload we accept (advertised in `Hello`).
+    pub piece_size_max: u32,
+    /// Most manifests the peer may offer in one session.
+    pub max_manifests_per_session: u32,
+    /// How long we expect the contact to last (sent in the summary), if known.
+    pub expected_contact_ms: Option<u64>,
+    /// Link rate estimate in bytes/s (for the contact budget of manifest offers), if known.
+    pub link_rate_bytes_per_s: Option<u64>,
+    /// If set, the peer must authenticate as this node.
+    pub expected_peer: Option<NodeId>,
+    /// This session's identity in the node's [`PieceClaims`].
+    pub claim_owner: ClaimOwner,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            keepalive_interval_ms: 1_000,
+            idle_timeout_ms: 3_000,
+            handshake_timeout_ms: 5_000,
+            max_outstanding_requests: 32,
+            max_outstanding_bytes: 4 << 20,
+            max_peer_requests: 256,
+            tx_low_water_bytes: 1 << 20,
+            max_awaiting_store_bytes: 8 << 20,
+            bloom_fp_rate: 0.01,
+            piece_size_max: MAX_PIECE_BYTES as u32,
+            max_manifests_per_session: 4096,
+            expected_contact_ms: None,
+            link_rate_bytes_per_s: None,
+            expected_peer: None,
+            claim_owner: 0,
+        }
+    }
+}
+
+/// Which side opened the transport connection (informational: the protocol is symmetric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We connected.
+    Initiator,
+    /// The peer connected.
+    Responder,
+}
+
+/// The randomness a session needs, supplied by the caller (fresh per session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSeed {
+    /// Challenge the peer must sign.
+    pub challenge: [u8; 32],
+    /// Salt of our summary filter.
+    pub salt: Salt,
+}
+
+/// A bundle whose verified manifest the node holds.
+#[derive(Debug, Clone)]
+pub struct LocalBundle {
+    /// Scheduling metadata from the manifest.
+    pub meta: BundleMeta,
+    /// Pieces held.
+    pub have: Bitfield,
+    /// The manifest bytes exactly as signed (offered to peers).
+    pub manifest: Arc<[u8]>,
+}
+
+/// The driver's snapshot of the node's state, kept current with `note_*` calls.
+#[derive(Debug, Clone, Default)]
+pub struct LocalView {
+    /// Bundles with a verified manifest.
+    pub bundles: BTreeMap<BundleId, LocalBundle>,
+    /// Channels this node subscribes to.
+    pub channels: Vec<String>,
+    /// Individual bundles this node asks for.
+    pub want_bundles: Vec<BundleId>,
+    /// This node's delivery predictabilities towards other nodes.
+    pub predictabilities: Vec<(NodeId, f32)>,
+    /// Bytes this node can still accept for bundles carried for others.
+    pub carry_quota_bytes: u64,
+}
+
+impl LocalView {
+    /// Whether this node wants the bundle for itself.
+    pub fn wants(&self, meta: &BundleMeta) -> bool {
+        self.want_bundles.contains(&meta.id) || self.channels.iter().any(|c| *c == meta.channel)
+    }
+
+    fn predictability(&self, node: &NodeId) -> f32 {
+        self.predictabilities
+            .iter()
+            .find(|(n, _)| n == node)
+            .map_or(0.0, |(_, p)| *p)
+    }
+}
+
+/// Why the driver could not store a received piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceRejection {
+    /// The data failed verification: the peer is penalised and the session closed.
+    Invalid,
+    /// The store is full: we stop requesting and tell the peer.
+    StoreFull,
+    /// The store is busy: the piece will be requested again later.
+    Busy,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The reason code (sent in our `Bye`, or received in the peer's).
+    pub code: ByeCode,
+    /// Whether the peer ended the session.
+    pub by_peer: bool,
+    /// Detail for the log.
+    pub detail: String,
+}
+
+/// What the session tells its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The peer proved it holds the key of `node`.
+    PeerAuthenticated {
+        /// The peer's node id.
+        node: NodeId,
+        /// Bytes it can carry for others.
+        carry_quota_bytes: u64,
+        /// Largest piece it accepts.
+        piece_size_max: u32,
+    },
+    /// The peer's summary arrived (see [`Session::peer_holdings`], e.g. for the rarity tracker).
+    SummaryReceived {
+        /// The peer's node id.
+        node: NodeId,
+        /// Bundles it holds completely.
+        complete: usize,
+        /// Manifests it knows.
+        manifests: usize,
+        /// Size of its filter in bytes.
+        filter_bytes: usize,
+    },
+    /// The peer offered a manifest: verify it, then call [`Session::note_manifest`] on every
+    /// session (or [`Session::handle_manifest_rejected`] on this one).
+    ManifestReceived {
+        /// The manifest bytes.
+        bytes: Vec<u8>,
+    },
+    /// A requested piece arrived: verify and store it, then call
+    /// [`Session::note_piece_stored`] on every session (or
+    /// [`Session::handle_piece_rejected`] on this one).
+    PieceReceived {
+        /// Which piece.
+        piece: PieceRef,
+        /// Its data.
+        data: Vec<u8>,
+    },
+    /// The peer requested a piece: fetch it and call [`Session::send_piece`] (or
+    /// [`Session::piece_unavailable`]). Emitted only while the send queue has room.
+    PieceRequested {
+        /// Which piece.
+        piece: PieceRef,
+    },
+    /// The session ended. Release its claims (`PieceClaims::release_owner`), record the
+    /// penalty, drain [`Session::poll_transmit`] (the `Bye`) and drop the transport.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Penalty to record against the peer (if it was identified).
+        penalty: Penalty,
+    },
+}
+
+/// Transfer counters of one session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Bytes handed out by `poll_transmit`.
+    pub bytes_sent: u64,
+    /// Bytes passed to `handle_bytes`.
+    pub bytes_received: u64,
+    /// Pieces sent.
+    pub pieces_sent: u64,
+    /// Piece payload bytes sent.
+    pub piece_bytes_sent: u64,
+    /// Pieces received (before verification).
+    pub pieces_received: u64,
+    /// Piece payload bytes received.
+    pub piece_bytes_received: u64,
+    /// Requests sent.
+    pub requests_sent: u64,
+}
+
+enum State {
+    AwaitHello,
+    AwaitHelloAck { peer: Hello },
+    Exchanging(Box<Exchange>),
+    Closing,
+    Closed,
+}
+
+struct Exchange {
+    peer_id: NodeId,
+    peer_hello: Hello,
+    /// The peer's summary plus updates; `None` until its summary arrives.
+    peer: Option<PeerHoldings>,
+    /// Requests we sent and that are not answered yet, with their payload size.
+    my_requests: HashMap<PieceRef, u64>,
+    outstanding_bytes: u64,
+    /// Pieces received and handed to the driver, awaiting its verdict.
+    awaiting_store: HashMap<PieceRef, u64>,
+    awaiting_bytes: u64,
+    /// Requests we cancelled: the piece may still arrive and is then dropped silently.
+    cancelled: HashSet<PieceRef>,
+    /// Claims to hand back at the next `plan_requests`.
+    release: Vec<PieceRef>,
+    /// Carry bytes requested in this session.
+    carry_requested: u64,
+    /// Requests from the peer, in its order, not yet handed to the driver.
+    peer_requests: VecDeque<PieceRef>,
+    peer_request_set: HashSet<PieceRef>,
+    /// Pieces the driver is fetching for us, with their size.
+    fetching: HashMap<PieceRef, u64>,
+    fetching_bytes: u64,
+    manifests_offered: HashSet<BundleId>,
+    manifests_received: u32,
+    peer_store_full: bool,
+    pending_haves: Vec<PieceRef>,
+    pending_refuse: Vec<PieceRef>,
+    pending_cancel: Vec<PieceRef>,
+}
+
+/// One contact session with one neighbour.
+///
+/// # Driving it
+/// 1. Create it with [`Session::new`] when a transport connection is up; it queues `Hello`.
+/// 2. Whenever bytes arrive call [`handle_bytes`](Self::handle_bytes); when the time from
+///    [`poll_timeout`](Self::poll_timeout) is reached call
+///    [`handle_timeout`](Self::handle_timeout).
+/// 3. After every `handle_*` / `note_*` / `send_piece` call:
+///    - call [`plan_requests`](Self::plan_requests) with the node's shared
+///      [`PieceClaims`] and [`RarityTracker`] (this is where requests are chosen);
+///    - drain [`poll_event`](Self::poll_event) and act on each event (answering
+///      `PieceRequested` with [`send_piece`](Self::send_piece), possibly later);
+///    - drain [`poll_transmit`](Self::poll_transmit) into the transport, and call
+///      `poll_event` again when the transport has room (piece data is requested lazily);
+///    - re-arm the timer from [`poll_timeout`](Self::poll_timeout).
+/// 4. Tell every session about changes of the node's state: [`note_piece_stored`]
+///    (Self::note_piece_stored), [`note_manifest`](Self::note_manifest),
+///    [`set_store_full`](Self::set_store_full).
+/// 5. After [`Event::Closed`], send what `poll_transmit` still returns, then drop the
+///    transport; [`is_closed`](Self::is_closed) turns true once nothing is left to send.
+///
+/// Time is milliseconds since any fixed origin, never decreasing.
+pub struct Session {
+    cfg: SessionConfig,
+    key: SigningKey,
+    local_id: NodeId,
+    role: Role,
+    seed: SessionSeed,
+    state: State,
+    local: LocalView,
+    store_full: bool,
+    decoder: FrameDecoder,
+    control: Vec<u8>,
+    tx_pieces: VecDeque<Vec<u8>>,
+    tx_piece_bytes: usize,
+    events: VecDeque<Event>,
+    now: u64,
+    started: u64,
+    last_rx: u64,
+    last_tx: u64,
+    stats: SessionStats,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("local", &self.local_id)
+            .field("peer", &self.peer_id())
+            .field("state", &self.state_name())
+            .finish()
+    }
+}
+
+/// Signature transcript: tag || challenge || signer id || verifier id.
+fn transcript(challenge: &[u8; 32], signer: &NodeId, verifier: &NodeId) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HELLO_ACK_TAG.len() + 96);
+    m.extend_from_slice(HELLO_ACK_TAG);
+    m.extend_from_slice(challenge);
+    m.extend_from_slice(signer.as_bytes());
+    m.extend_from_slice(verifier.as_bytes());
+    m
+}
+
+impl PeerView for PeerHoldings {
+    fn has(&self, piece: PieceRef) -> bool {
+        PeerHoldings::has(self, piece)
+    }
+    fn knows_manifest(&self, bundle: &BundleId) -> bool {
+        PeerHoldings::knows_manifest(self, bundle)
+    }
+    fn wants(&self, meta: &BundleMeta) -> bool {
+        PeerHoldings::wants(self, &meta.id, &meta.channel)
+    }
+    fn predictability(&self, node: &NodeId) -> f32 {
+        PeerHoldings::predictability(self, node)
+    }
+    fn carry_quota_bytes(&self) -> u64 {
+        self.carry_quota_bytes
+    }
+}
+
+/// Ourselves as the destination of the receiver-side schedule.
+struct SelfView<'a> {
+    local: &'a LocalView,
+    carry_left: u64,
+}
+
+impl PeerView for SelfView<'_> {
+    fn has(&self, piece: PieceRef) -> bool {
+        self.local
+            .bundles
+            .get(&piece.bundle)
+            .is_some_and(|b| b.have.get(piece.index))
+    }
+    fn knows_manifest(&self, bundle: &BundleId) -> bool {
+        self.local.bundles.contains_key(bundle)
+    }
+    fn wants(&self, meta: &BundleMeta) -> bool {
+        self.local.wants(meta)
+    }
+    fn predictability(&self, node: &NodeId) -> f32 {
+        self.local.predictability(node)
+    }
+    fn carry_quota_bytes(&self) -> u64 {
+        self.carry_left
+    }
+}
+
+impl Session {
+    /// Starts a session; `Hello` is queued at once.
+    pub fn new(
+        cfg: SessionConfig,
+        key: SigningKey,
+        role: Role,
+        now: u64,
+        seed: SessionSeed,
+        local: LocalView,
+    ) -> Self {
+        let local_id = NodeId(key.verifying_key().to_bytes());
+        let mut s = Session {
+            key,
+            local_id,
+            role,
+            seed,
+            state: State::AwaitHello,
+            local,
+            store_full: false,
+            decoder: FrameDecoder::new(),
+            control: Vec::with_capacity(4096),
+            tx_pieces: VecDeque::new(),
+            tx_piece_bytes: 0,
+            events: VecDeque::new(),
+            now,
+            started: now,
+            last_rx: now,
+            last_tx: now,
+            stats: SessionStats::default(),
+            cfg,
+        };
+        let hello = Hello {
+            node_id: s.local_id,
+            challenge: s.seed.challenge,
+            capabilities: 0,
+            carry_quota_bytes: s.local.carry_quota_bytes,
+            piece_size_max: s.cfg.piece_size_max,
+            max_requests: s.cfg.max_peer_requests,
+        };
+        s.send(&Message::Hello(hello));
+        s
+    }
+
+    // ----- accessors -----
+
+    /// Our node id.
+    pub fn local_id(&self) -> NodeId {
+        self.local_id
+    }
+
+    /// Which side opened the connection.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The authenticated peer, once known.
+    pub fn peer_id(&self) -> Option<NodeId> {
+        match &self.state {
+            State::Exchanging(x) => Some(x.peer_id),
+            _ => None,
+        }
+    }
+
+    /// The peer's `Hello` (its limits and carry quota), once authenticated.
+    pub fn peer_hello(&self) -> Option<&Hello> {
+        match &self.state {
+            State::Exchanging(x) => Some(&x.peer_hello),
+            _ => None,
+        }
+    }
+
+    /// What the peer holds and wants, once its summary arrived.
+    pub fn peer_holdings(&self) -> Option<&PeerHoldings> {
+        match &self.state {
+            State::Exchanging(x) => x.peer.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The node state as this session knows it.
+    pub fn local_view(&self) -> &LocalView {
+        &self.local
+    }
+
+    /// Transfer counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Requests we have outstanding at the peer.
+    pub fn outstanding_requests(&self) -> usize {
+        match &self.state {
+            State::Exchanging(x) => x.my_requests.len(),
+            _ => 0,
+        }
+    }
+
+    /// Name of the current state, for logs.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::AwaitHello => "await-hello",
+            State::AwaitHelloAck { .. } => "await-hello-ack",
+            State::Exchanging(_) => "exchanging",
+            State::Closing => "closing",
+            State::Closed => "closed",
+        }
+    }
+
+    /// True once the session ended and everything it had to send was taken.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    // ----- outputs -----
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.fill_fetches();
+        self.events.pop_front()
+    }
+
+    /// The next bytes to write to the transport (control frames first, then pieces).
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.flush_lists();
+        let out = if !self.control.is_empty() {
+            Some(std::mem::replace(
+                &mut self.control,
+                Vec::with_capacity(4096),
+            ))
+        } else if let Some(p) = self.tx_pieces.pop_front() {
+            self.tx_piece_bytes -= p.len();
+            Some(p)
+        } else {
+            None
+        };
+        match &out {
+            Some(b) => {
+                self.stats.bytes_sent += b.len() as u64;
+                self.last_tx = self.now;
+            }
+            None => {
+                if matches!(self.state, State::Closing) {
+                    self.state = State::Closed;
+                }
+            }
+        }
+        out
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next (ms), if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.state {
+            State::Closing | State::Closed => None,
+            State::Exchanging(_) => Some(
+                (self.last_rx + self.cfg.idle_timeout_ms)
+                    .min(self.last_tx + self.cfg.keepalive_interval_ms),
+            ),
+            _ => Some(
+                (self.last_rx + self.cfg.idle_timeout_ms)
+                    .min(self.started + self.cfg.handshake_timeout_ms)
+                    .min(self.last_tx + self.cfg.keepalive_interval_ms),
+            ),
+        }
+    }
+
+    // ----- inputs -----
+
+    /// Time passed: keep-alives, idle and handshake timeouts.
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        match self.state {
+            State::Closing | State::Closed => return,
+            State::Exchanging(_) => {}
+            _ => {
+                if now >= self.started + self.cfg.handshake_timeout_ms {
+                    self.close(
+                        ByeCode::HandshakeTimeout,
+                        Penalty::Minor,
+                        "handshake timed out",
+                    );
+                    return;
+                }
+            }
+        }
+        if now >= self.last_rx + self.cfg.idle_timeout_ms {
+            // The contact ended (or the link was cut silently): not the peer's fault.
+            self.close(
+                ByeCode::IdleTimeout,
+                Penalty::None,
+                &format!("nothing received for {} ms", now - self.last_rx),
+            );
+            return;
+        }
+        if now >= self.last_tx + self.cfg.keepalive_interval_ms
+            && self.control.is_empty()
+            && self.tx_pieces.is_empty()
+        {
+            self.send(&Message::KeepAlive);
+            // Counts as sent for the timer even if the driver drains it a little later.
+            self.last_tx = now;
+        }
+    }
+
+    /// Bytes arrived from the transport.
+    pub fn handle_bytes(&mut self, now: u64, bytes: &[u8]) {
+        self.now = self.now.max(now);
+        if matches!(self.state, State::Closing | State::Closed) {
+            return;
+        }
+        self.last_rx = self.now;
+        self.stats.bytes_received += bytes.len() as u64;
+        let mut input = bytes;
+        // Fast path: parse straight from the input while nothing is buffered.
+        if self.decoder.buffered() == 0 {
+            loop {
+                match frame::decode_frame(input) {
+                    Ok(Some((msg, used))) => {
+                        input = &input[used..];
+                        self.handle_message(msg);
+                        if !self.is_open() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.frame_error(e),
+                }
+            }
+        }
+        if input.is_empty() {
+            return;
+        }
+        self.decoder.push(input);
+        loop {
+            match self.decoder.next_message() {
+                Ok(Some(msg)) => {
+                    self.handle_message(msg);
+                    if !self.is_open() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => return self.frame_error(e),
+            }
+        }
+    }
+
+    /// Ends the session from our side (e.g. shutdown): a `Bye` is queued.
+    pub fn close_with(&mut self, code: ByeCode, text: &str) {
+        self.close(code, Penalty::None, text);
+    }
+
+    /// The driver fetched a requested piece: queue it (one copy of `data`). Returns false
+    /// if the piece is no longer wanted (cancelled meanwhile) or was never requested.
+    pub fn send_piece(&mut self, piece: PieceRef, data: &[u8]) -> bool {
+        let State::Exchanging(x) = &mut self.state else {
+            return false;
+        };
+        let Some(size) = x.fetching.remove(&piece) else {
+            return false;
+        };
+        x.fetching_bytes -= size;
+        let mut buf = Vec::with_capacity(data.len() + 48);
+        frame::encode_piece(piece, data, &mut buf);
+        self.tx_piece_bytes += buf.len();
+        self.tx_pieces.push_back(buf);
+        self.stats.pieces_sent += 1;
+        self.stats.piece_bytes_sent += data.len() as u64;
+        true
+    }
+
+    /// The driver cannot serve a requested piece (evicted, unreadable): tell the peer.
+    pub fn piece_unavailable(&mut self, piece: PieceRef) {
+        if let State::Exchanging(x) = &mut self.state
+            && let Some(size) = x.fetching.remove(&piece)
+        {
+            x.fetching_bytes -= size;
+            x.pending_refuse.push(piece);
+        }
+    }
+
+    /// The driver stored a piece (from this session or any other): update the view, send a
+    /// `Have` to the peer, and cancel our request for it here if another session got it.
+    pub fn note_piece_stored(&mut self, piece: PieceRef) {
+        let Some(b) = self.local.bundles.get_mut(&piece.bundle) else {
+            return;
+        };
+        if !b.have.set(piece.index) {
+            return;
+        }
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        if let Some(size) = x.awaiting_store.remove(&piece) {
+            // Came from this peer: it knows.
+            x.awaiting_bytes -= size;
+            x.release.push(piece);
+            return;
+        }
+        if let Some(size) = x.my_requests.remove(&piece) {
+            x.outstanding_bytes -= size;
+            x.cancelled.insert(piece);
+            x.pending_cancel.push(piece);
+            x.release.push(piece);
+        }
+        if x.peer.is_some() {
+            x.pending_haves.push(piece);
+        }
+    }
+
+    /// The driver could not store a piece this session delivered.
+    pub fn handle_piece_rejected(&mut self, piece: PieceRef, why: PieceRejection) {
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        let Some(size) = x.awaiting_store.remove(&piece) else {
+            return;
+        };
+        x.awaiting_bytes -= size;
+        x.release.push(piece);
+        match why {
+            PieceRejection::Invalid => self.close(
+                ByeCode::BadPiece,
+                Penalty::Severe,
+                &format!(
+                    "piece {} of {} failed verification",
+                    piece.index,
+                    piece.bundle.short()
+                ),
+            ),
+            PieceRejection::StoreFull => self.set_store_full(true),
+            PieceRejection::Busy => {
+                if let Some(p) = x.peer.as_mut() {
+                    // Do not ask this peer again in this session; another may serve it.
+                    p.add_lack(piece);
+                }
+            }
+        }
+    }
+
+    /// A manifest became known (verified and stored), from this session or elsewhere.
+    pub fn note_manifest(&mut self, bundle: LocalBundle) {
+        let id = bundle.meta.id;
+        self.local.bundles.entry(id).or_insert(bundle);
+        self.offer_manifests();
+    }
+
+    /// A manifest this session delivered failed verification: close with a penalty.
+    pub fn handle_manifest_rejected(&mut self, detail: &str) {
+        self.close(ByeCode::BadManifest, Penalty::Severe, detail);
+    }
+
+    /// The store became full (or has room again). While full we request nothing, cancel
+    /// what is outstanding and tell the peer with `Refuse{StoreFull}`.
+    pub fn set_store_full(&mut self, full: bool) {
+        if self.store_full == full {
+            return;
+        }
+        self.store_full = full;
+        if !full {
+            return;
+        }
+        if let State::Exchanging(x) = &mut self.state {
+            let pieces: Vec<PieceRef> = x.my_requests.drain().map(|(p, _)| p).collect();
+            x.outstanding_bytes = 0;
+            for p in &pieces {
+                x.cancelled.insert(*p);
+                x.release.push(*p);
+            }
+            x.pending_cancel.extend(pieces);
+            let msg = Message::Refuse {
+                reason: RefuseReason::StoreFull,
+                pieces: Vec::new(),
+            };
+            msg.encode(&mut self.control);
+        }
+    }
+
+    /// Updates our predictabilities (sent in the next session's summary; used at once for
+    /// carry decisions).
+    pub fn note_predictabilities(&mut self, predictabilities: Vec<(NodeId, f32)>) {
+        self.local.predictabilities = predictabilities;
+    }
+
+    /// Chooses and sends requests for pieces the peer holds and we want (or should carry),
+    /// claiming each in the node-wide `claims` so no two sessions request the same piece,
+    /// and releasing claims this session no longer needs.
+    pub fn plan_requests(&mut self, claims: &mut PieceClaims, rarity: &RarityTracker) {
+        let owner = self.cfg.claim_owner;
+        let store_full = self.store_full;
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        for p in x.release.drain(..) {
+            claims.release(p, owner);
+        }
+        let Some(peer) = x.peer.as_ref() else {
+            return;
+        };
+        let window = self.cfg.max_outstanding_requests as usize;
+        if store_full
+            || x.awaiting_bytes >= self.cfg.max_awaiting_store_bytes
+            || x.my_requests.len() * 4 > window * 3
+            || x.outstanding_bytes * 4 > self.cfg.max_outstanding_bytes * 3
+        {
+            return;
+        }
+        // Receiver-side schedule: the peer is the source, we are the destination.
+        let holds: Vec<(BundleId, Box<dyn Fn(u32) -> bool + '_>)> = self
+            .local
+            .bundles
+            .values()
+            .filter(|b| !b.have.is_complete())
+            .map(|b| {
+                let id = b.meta.id;
+                let f: Box<dyn Fn(u32) -> bool + '_> =
+                    Box::new(move |index| peer.has(PieceRef { bundle: id, index }));
+                (id, f)
+            })
+            .collect();
+        let bundles = holds
+            .iter()
+            .map(|(id, f)| SourceBundle {
+                meta: &self.local.bundles[id].meta,
+                holds: &**f,
+            })
+            .collect();
+        let me = SelfView {
+            local: &self.local,
+            carry_left: self
+                .local
+                .carry_quota_bytes
+                .saturating_sub(x.carry_requested),
+        };
+        let input = ScheduleInput {
+            bundles,
+            peer: &me,
+            local_predictability: &|n| peer.predictability(n),
+            rarity: &|p| rarity.holders(p),
+            budget: Budget::UNLIMITED,
+        };
+        let plan = scheduler::schedule(&input);
+        let mut batch = Vec::new();
+        let mut carry_added = 0;
+        for d in plan {
+            let Item::Piece(piece) = d.item else { continue };
+            if x.my_requests.len() >= window
+                || x.outstanding_bytes >= self.cfg.max_outstanding_bytes
+            {
+                break;
+            }
+            if x.my_requests.contains_key(&piece)
+                || x.awaiting_store.contains_key(&piece)
+                || x.cancelled.contains(&piece)
+                || !claims.try_claim(piece, owner)
+            {
+                continue;
+            }
+            let size = self.local.bundles[&piece.bundle]
+                .meta
+                .piece_len(piece.index);
+            if d.reason.class == scheduler::Class::Carry {
+                carry_added += size;
+            }
+            tracing::trace!(piece = piece.index, bundle = %piece.bundle.short(), reason = %d.reason, "request");
+            x.my_requests.insert(piece, size);
+            x.outstanding_bytes += size;
+            batch.push(piece);
+        }
+        drop(holds);
+        x.carry_requested += carry_added;
+        self.stats.requests_sent += batch.len() as u64;
+        for chunk in batch.chunks(MAX_PIECE_LIST) {
+            Message::Request(chunk.to_vec()).encode(&mut self.control);
+        }
+    }
+
+    // ----- internals -----
+
+    fn is_open(&self) -> bool {
+        !matches!(self.state, State::Closing | State::Closed)
+    }
+
+    fn send(&mut self, msg: &Message) {
+        msg.encode(&mut self.control);
+    }
+
+    fn close(&mut self, code: ByeCode, penalty: Penalty, detail: &str) {
+        if !self.is_open() {
+            return;
+        }
+        tracing::debug!(code = ?code, ?penalty, detail, "session closing");
+        self.control.clear();
+        self.tx_pieces.clear();
+        self.tx_piece_bytes = 0;
+        self.send(&Message::Bye {
+            code,
+            text: detail.to_owned(),
+        });
+        self.state = State::Closing;
+        self.events.push_back(Event::Closed {
+            reason: CloseReason {
+                code,
+                by_peer: false,
+                detail: detail.to_owned(),
+            },
+            penalty,
+        });
+    }
+
+    fn violation(&mut self, code: ByeCode, penalty: Penalty, detail: String) {
+        self.close(code, penalty, &detail);
+    }
+
+    fn frame_error(&mut self, e: FrameError) {
+        let penalty = match e {
+            FrameError::UnsupportedVersion(_) => Penalty::None,
+            _ => Penalty::Major,
+        };
+        self.violation(ByeCode::from(&e), penalty, e.to_string());
+    }
+
+    fn flush_lists(&mut self) {
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        for (list, kind) in [
+            (&mut x.pending_cancel, 0u8),
+            (&mut x.pending_refuse, 1),
+            (&mut x.pending_haves, 2),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            for chunk in list.chunks(MAX_PIECE_LIST) {
+                let pieces = chunk.to_vec();
+                let msg = match kind {
+                    0 => Message::Cancel(pieces),
+                    1 => Message::Refuse {
+                        reason: RefuseReason::NotHeld,
+                        pieces,
+                    },
+                    _ => Message::Have(pieces),
+                };
+                msg.encode(&mut self.control);
+            }
+            list.clear();
+        }
+    }
+
+    /// Hands requested pieces to the driver while the send queue is below the low-water mark.
+    fn fill_fetches(&mut self) {
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        while self.tx_piece_bytes as u64 + x.fetching_bytes < self.cfg.tx_low_water_bytes as u64 {
+            let Some(piece) = x.peer_requests.pop_front() else {
+                break;
+            };
+            x.peer_request_set.remove(&piece);
+            let size = match self.local.bundles.get(&piece.bundle) {
+                Some(b) if b.have.get(piece.index) => b.meta.piece_len(piece.index),
+                _ => {
+                    x.pending_refuse.push(piece);
+                    continue;
+                }
+            };
+            x.fetching.insert(piece, size);
+            x.fetching_bytes += size;
+            self.events.push_back(Event::PieceRequested { piece });
+        }
+    }
+
+    fn build_summary(&self) -> Summary {
+        let partial: usize = self
+            .local
+            .bundles
+            .values()
+            .filter(|b| !b.have.is_complete())
+            .map(|b| b.have.count() as usize)
+            .sum();
+        let mut filter = BloomFilter::for_items(self.seed.salt, partial, self.cfg.bloom_fp_rate);
+        let mut complete = Vec::new();
+        let mut manifests = Vec::new();
+        for b in self.local.bundles.values() {
+            if b.have.is_complete() {
+                complete.push(b.meta.id);
+            } else {
+                manifests.push(b.meta.id);
+                for index in b.have.iter() {
+                    filter.insert(PieceRef {
+                        bundle: b.meta.id,
+                        index,
+                    });
+                }
+            }
+        }
+        complete.truncate(MAX_IDS);
+        manifests.truncate(MAX_IDS);
+        let mut preds: Vec<(NodeId, f32)> = self
+            .local
+            .predictabilities
+            .iter()
+            .copied()
+            .filter(|(_, p)| p.is_finite() && (0.0..=1.0).contains(p))
+            .collect();
+        preds.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        preds.truncate(MAX_PREDICTABILITIES);
+        Summary {
+            filter,
+            complete,
+            manifests,
+            channels: self
+                .local
+                .channels
+                .iter()
+                .filter(|c| c.len() <= crate::summary::MAX_CHANNEL_LEN)
+                .take(MAX_CHANNELS)
+                .cloned()
+                .collect(),
+            want_bundles: self
+                .local
+                .want_bundles
+                .iter()
+                .take(MAX_WANT_BUNDLES)
+                .copied()
+                .collect(),
+            predictabilities: preds,
+            carry_quota_bytes: self.local.carry_quota_bytes,
+            expected_contact_ms: self.cfg.expected_contact_ms,
+        }
+    }
+
+    /// Sender side: offer the manifests the scheduler picks (peer lacks them and wants or
+    /// should carry them).
+    fn offer_manifests(&mut self) {
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        let Some(peer) = x.peer.as_ref() else {
+            return;
+        };
+        if x.peer_store_full {
+            return;
+        }
+        let holds: Vec<(BundleId, &Bitfield)> = self
+            .local
+            .bundles
+            .values()
+            .filter(|b| {
+                !x.manifests_offered.contains(&b.meta.id) && !peer.knows_manifest(&b.meta.id)
+            })
+            .map(|b| (b.meta.id, &b.have))
+            .collect();
+        if holds.is_empty() {
+            return;
+        }
+        let closures: Vec<Box<dyn Fn(u32) -> bool + '_>> = holds
+            .iter()
+            .map(|(_, bf)| {
+                let bf = *bf;
+                Box::new(move |i| bf.get(i)) as Box<dyn Fn(u32) -> bool>
+            })
+            .collect();
+        let local = &self.local;
+        let input = ScheduleInput {
+            bundles: holds
+                .iter()
+                .zip(&closures)
+                .map(|((id, _), f)| SourceBundle {
+                    meta: &local.bundles[id].meta,
+                    holds: &**f,
+                })
+                .collect(),
+            peer,
+            local_predictability: &|n| local.predictability(n),
+            rarity: &|_| 0,
+            budget: Budget {
+                expected_contact_ms: self.cfg.expected_contact_ms.or(peer.expected_contact_ms),
+                link_rate_bytes_per_s: self.cfg.link_rate_bytes_per_s,
+                slack: 0.25,
+                per_piece_overhead: 48,
+            },
+        };
+        let plan = scheduler::schedule(&input);
+        let mut offer = Vec::new();
+        for d in plan {
+            if let Item::Manifest(id) = d.item {
+                tracing::trace!(bundle = %id.short(), reason = %d.reason, "offer manifest");
+                offer.push(id);
+            }
+        }
+        drop(closures);
+        for id in offer {
+            let bytes = &self.local.bundles[&id].manifest;
+            if bytes.len() + 16 > MAX_MANIFEST_FRAME {
+                continue;
+            }
+            x.manifests_offered.insert(id);
+            Message::Manifest {
+                bytes: bytes.to_vec(),
+            }
+            .encode(&mut self.control);
+        }
+        if let Some(p) = x.peer.as_mut() {
+            for id in &x.manifests_offered {
+                p.add_manifest(*id);
+            }
+        }
+    }
+
+    fn handle_message(&mut self, msg: Message) {
+        match msg {
+            Message::Bye { code, text } => {
+                self.state = State::Closed;
+                self.control.clear();
+                self.tx_pieces.clear();
+                self.tx_piece_bytes = 0;
+                self.events.push_back(Event::Closed {
+                    reason: CloseReason {
+                        code,
+                        by_peer: true,
+                        detail: text,
+                    },
+                    penalty: Penalty::None,
+                });
+                return;
+            }
+            Message::KeepAlive => return,
+            _ => {}
+        }
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        match state {
+            State::AwaitHello => match msg {
+                Message::Hello(h) => self.on_hello(h),
+                other => {
+                    self.state = State::AwaitHello;
+                    self.unexpected(&other);
+                }
+            },
+            State::AwaitHelloAck { peer } => match msg {
+                Message::HelloAck { signature } => self.on_hello_ack(peer, signature),
+                other => {
+                    self.state = State::AwaitHelloAck { peer };
+                    self.unexpected(&other);
+                }
+            },
+            State::Exchanging(x) => {
+                self.state = State::Exchanging(x);
+                self.on_exchange(msg);
+            }
+            s @ (State::Closing | State::Closed) => self.state = s,
+        }
+    }
+
+    fn unexpected(&mut self, msg: &Message) {
+        self.violation(
+            ByeCode::UnexpectedMessage,
+            Penalty::Minor,
+            format!("unexpected {:?} in state {}", msg.kind(), self.state_name()),
+        );
+    }
+
+    fn on_hello(&mut self, h: Hello) {
+        self.state = State::AwaitHello;
+        if h.node_id == self.local_id {
+            return self.close(
+                ByeCode::SelfConnection,
+                Penalty::None,
+                "connected to ourselves",
+            );
+        }
+        if let Some(expected) = self.cfg.expected_peer
+            && expected != h.node_id
+        {
+            return self.violation(
+                ByeCode::AuthFailed,
+                Penalty::Minor,
+                format!(
+                    "expected node {}, peer says {}",
+                    expected.short(),
+                    h.node_id.short()
+                ),
+            );
+        }
+        let msg = transcript(&h.challenge, &self.local_id, &h.node_id);
+        let signature = self.key.sign(&msg).to_bytes();
+        self.send(&Message::HelloAck { signature });
+        self.state = State::AwaitHelloAck { peer: h };
+    }
+
+    fn on_hello_ack(&mut self, peer: Hello, signature: [u8; 64]) {
+        let msg = transcript(&self.seed.challenge, &peer.node_id, &self.local_id);
+        let ok = VerifyingKey::from_bytes(peer.node_id.as_bytes())
+            .and_then(|k| k.verify_strict(&msg, &Signature::from_bytes(&signature)))
+            .is_ok();
+        if !ok {
+            self.state = State::AwaitHelloAck { peer };
+            return self.violation(
+                ByeCode::AuthFailed,
+                Penalty::Severe,
+                "challenge signature does not verify".into(),
+            );
+        }
+        self.events.push_back(Event::PeerAuthenticated {
+            node: peer.node_id,
+            carry_quota_bytes: peer.carry_quota_bytes,
+            piece_size_max: peer.piece_size_max,
+        });
+        let summary = self.build_summary();
+        self.send(&Message::Summary(Box::new(summary)));
+        self.state = State::Exchanging(Box::new(Exchange {
+            peer_id: peer.node_id,
+            peer_hello: peer,
+            peer: None,
+            my_requests: HashMap::new(),
+            outstanding_bytes: 0,
+            awaiting_store: HashMap::new(),
+            awaiting_bytes: 0,
+            cancelled: HashSet::new(),
+            release: Vec::new(),
+            carry_requested: 0,
+            peer_requests: VecDeque::new(),
+            peer_request_set: HashSet::new(),
+            fetching: HashMap::new(),
+            fetching_bytes: 0,
+            manifests_offered: HashSet::new(),
+            manifests_received: 0,
+            peer_store_full: false,
+            pending_haves: Vec::new(),
+            pending_refuse: Vec::new(),
+            pending_cancel: Vec::new(),
+        }));
+    }
+
+    fn on_exchange(&mut self, msg: Message) {
+        let max_peer_requests = self.cfg.max_peer_requests as usize;
+        let max_manifests = self.cfg.max_manifests_per_session;
+        let piece_size_max = self.cfg.piece_size_max as usize;
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        if x.peer.is_none() {
+            return match msg {
+                Message::Summary(s) => {
+                    let node = x.peer_id;
+                    let ev = Event::SummaryReceived {
+                        node,
+                        complete: s.complete.len(),
+                        manifests: s.manifests.len(),
+                        filter_bytes: s.filter.bits().len(),
+                    };
+                    x.peer = Some(PeerHoldings::new(*s));
+                    self.events.push_back(ev);
+                    self.offer_manifests();
+                }
+                other => self.unexpected(&other),
+            };
+        }
+        let peer = x.peer.as_mut().expect("checked above");
+        match msg {
+            Message::Hello(_) | Message::HelloAck { .. } | Message::Summary(_) => {
+                self.unexpected(&msg)
+            }
+            Message::Manifest { bytes } => {
+                x.manifests_received += 1;
+                if x.manifests_received > max_manifests {
+                    return self.violation(
+                        ByeCode::TooManyRequests,
+                        Penalty::Major,
+                        format!("more than {max_manifests} manifests offered"),
+                    );
+                }
+                self.events.push_back(Event::ManifestReceived { bytes });
+            }
+            Message::Request(pieces) => {
+                for piece in pieces {
+                    if x.peer_request_set.contains(&piece) || x.fetching.contains_key(&piece) {
+                        continue;
+                    }
+                    let held = self
+                        .local
+                        .bundles
+                        .get(&piece.bundle)
+                        .is_some_and(|b| b.have.get(piece.index));
+                    if !held {
+                        x.pending_refuse.push(piece);
+                        continue;
+                    }
+                    if x.peer_requests.len() + x.fetching.len() >= max_peer_requests {
+                        return self.violation(
+                            ByeCode::TooManyRequests,
+                            Penalty::Major,
+                            format!("more than {max_peer_requests} requests outstanding"),
+                        );
+                    }
+                    x.peer_request_set.insert(piece);
+                    x.peer_requests.push_back(piece);
+                }
+            }
+            Message::Cancel(pieces) => {
+                for piece in pieces {
+                    if x.peer_request_set.remove(&piece) {
+                        x.peer_requests.retain(|p| *p != piece);
+                    } else if let Some(size) = x.fetching.remove(&piece) {
+                        x.fetching_bytes -= size;
+                    }
+                }
+            }
+            Message::Piece { piece, data } => {
+                if let Some(size) = x.my_requests.remove(&piece) {
+                    x.outstanding_bytes -= size;
+                    if data.len() as u64 != size || data.len() > piece_size_max {
+                        return self.violation(
+                            ByeCode::BadPiece,
+                            Penalty::Severe,
+                            format!(
+                                "piece {} of {} has {} bytes, expected {size}",
+                                piece.index,
+                                piece.bundle.short(),
+                                data.len()
+                            ),
+                        );
+                    }
+                    x.awaiting_store.insert(piece, size);
+                    x.awaiting_bytes += size;
+                    self.stats.pieces_received += 1;
+                    self.stats.piece_bytes_received += size;
+                    self.events.push_back(Event::PieceReceived { piece, data });
+                } else if !x.cancelled.remove(&piece) {
+                    self.violation(
+                        ByeCode::UnsolicitedPiece,
+                        Penalty::Major,
+                        format!(
+                            "unrequested piece {} of {}",
+                            piece.index,
+                            piece.bundle.short()
+                        ),
+                    );
+                }
+            }
+            Message::Have(pieces) => {
+                for piece in pieces {
+                    if !peer.add_have(piece) {
+                        return self.violation(
+                            ByeCode::TooManyRequests,
+                            Penalty::Major,
+                            "too many have-updates".into(),
+                        );
+                    }
+                }
+            }
+            Message::Refuse { reason, pieces } => {
+                if pieces.is_empty()
+                    && matches!(
+                        reason,
+                        RefuseReason::StoreFull | RefuseReason::QuotaExceeded
+                    )
+                {
+                    x.peer_store_full = true;
+                }
+                for piece in pieces {
+                    if let Some(size) = x.my_requests.remove(&piece) {
+                        x.outstanding_bytes -= size;
+                        x.release.push(piece);
+                        peer.add_lack(piece);
+                    }
+                }
+            }
+            Message::KeepAlive | Message::Bye { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transcript_binds_challenge_and_both_ids() {
+        let a = transcript(&[1; 32], &NodeId([2; 32]), &NodeId([3; 32]));
+        let b = transcript(&[1; 32], &NodeId([3; 32]), &NodeId([2; 32]));
+        assert_ne!(a, b);
+        assert!(a.starts_with(HELLO_ACK_TAG));
+        assert_eq!(a.len(), HELLO_ACK_TAG.len() + 96);
+    }
+}
