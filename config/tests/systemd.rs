@@ -243,3 +243,106 @@ fn deb_metadata_packages_files_that_exist() {
     assert!(unit_dir.join("mule.service").is_file());
     assert!(unit_dir.join("mule.sysusers").is_file());
 }
+
+/// Builds a .deb from a tree with dpkg-deb; `skip` leaves one file out.
+fn fake_deb(dir: &Path, skip: Option<&str>) -> PathBuf {
+    let root = dir.join(format!("root-{}", skip.unwrap_or("full").replace('/', "_")));
+    let files: &[(&str, &str, u32)] = &[
+        ("usr/bin/mule", "#!/bin/sh\n", 0o755),
+        ("etc/mule/mule.toml", &read("config/mule.toml"), 0o644),
+        (
+            "usr/lib/systemd/system/mule.service",
+            &read("systemd/mule.service"),
+            0o644,
+        ),
+        (
+            "usr/lib/sysusers.d/mule.conf",
+            &read("systemd/mule.sysusers"),
+            0o644,
+        ),
+        ("usr/share/doc/mule/README.md", "# Mule\n", 0o644),
+        (
+            "usr/share/doc/mule/REFERENCE.md",
+            &read("config/REFERENCE.md"),
+            0o644,
+        ),
+        ("usr/share/doc/mule/examples/raspberry-pi.toml", "", 0o644),
+        (
+            "usr/share/doc/mule/examples/vehicle-gateway.toml",
+            "",
+            0o644,
+        ),
+        (
+            "DEBIAN/control",
+            "Package: mule\nVersion: 0.1.0-1\nArchitecture: all\nMaintainer: t <t@example.invalid>\n\
+             Description: test\n",
+            0o644,
+        ),
+        ("DEBIAN/conffiles", "/etc/mule/mule.toml\n", 0o644),
+        ("DEBIAN/postinst", &read("systemd/debian/postinst"), 0o755),
+    ];
+    for (path, body, mode) in files {
+        if Some(*path) == skip {
+            continue;
+        }
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode)).unwrap();
+    }
+    let deb = dir.join(format!(
+        "{}.deb",
+        root.file_name().unwrap().to_string_lossy()
+    ));
+    let out = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    deb
+}
+
+#[test]
+fn check_deb_script_accepts_a_complete_package_and_rejects_a_gap() {
+    const TEST: &str = "check_deb_script_accepts_a_complete_package_and_rejects_a_gap";
+    if !have("dpkg-deb") && skip(TEST, "dpkg-deb") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = repo().join("systemd/check-deb.sh");
+    let good = fake_deb(dir.path(), None);
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for missing in [
+        "usr/lib/sysusers.d/mule.conf",
+        "usr/bin/mule",
+        "usr/lib/systemd/system/mule.service",
+        "DEBIAN/conffiles",
+    ] {
+        let bad = fake_deb(dir.path(), Some(missing));
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "check-deb.sh accepted a package without {missing}"
+        );
+    }
+}
