@@ -13,6 +13,7 @@ mod cbor;
 pub mod bitfield;
 pub mod claims;
 pub mod frame;
+pub mod harness;
 pub mod penalty;
 pub mod scheduler;
 pub mod session;

@@ -325,6 +325,7 @@ pub struct Session {
     role: Role,
     seed: SessionSeed,
     state: State,
+    peer_id: Option<NodeId>,
     local: LocalView,
     store_full: bool,
     decoder: FrameDecoder,
@@ -421,6 +422,7 @@ impl Session {
             role,
             seed,
             state: State::AwaitHello,
+            peer_id: None,
             local,
             store_full: false,
             decoder: FrameDecoder::new(),
@@ -454,17 +456,19 @@ impl Session {
         self.local_id
     }
 
+    /// This session's identity in the node's [`PieceClaims`].
+    pub fn claim_owner(&self) -> ClaimOwner {
+        self.cfg.claim_owner
+    }
+
     /// Which side opened the connection.
     pub fn role(&self) -> Role {
         self.role
     }
 
-    /// The authenticated peer, once known.
+    /// The authenticated peer, once known (still known after the session closed).
     pub fn peer_id(&self) -> Option<NodeId> {
-        match &self.state {
-            State::Exchanging(x) => Some(x.peer_id),
-            _ => None,
-        }
+        self.peer_id
     }
 
     /// The peer's `Hello` (its limits and carry quota), once authenticated.
@@ -1208,6 +1212,7 @@ impl Session {
                 "challenge signature does not verify".into(),
             );
         }
+        self.peer_id = Some(peer.node_id);
         self.events.push_back(Event::PeerAuthenticated {
             node: peer.node_id,
             carry_quota_bytes: peer.carry_quota_bytes,

@@ -1,0 +1,389 @@
+//! Sessions wired together in virtual time through the in-memory harness.
+
+use std::collections::HashSet;
+
+use mule_bundle::{BundleId, PieceRef, Priority};
+use mule_engine::frame::{ByeCode, Hello, Message};
+use mule_engine::harness::{Catalog, CatalogEntry, MemNode, World, payload};
+use mule_engine::penalty::{Penalty, Verdict};
+use mule_engine::session::{Event, LocalView, Role, Session, SessionConfig, SessionSeed};
+
+const PIECE: u32 = 64 * 1024;
+
+/// A world with a publisher (node 0, holds the bundle) and a subscriber (node 1).
+fn pair(len: usize) -> (World, CatalogEntry, Vec<u8>) {
+    let mut catalog = Catalog::default();
+    let data = payload(len, 7);
+    let e = catalog.publish("fw-1", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut w = World::new(catalog);
+    let mut a = MemNode::new(1, &[]);
+    a.hold(&e, &data, 0..e.meta.pieces);
+    w.add(a);
+    w.add(MemNode::new(2, &["fw"]));
+    (w, e, data)
+}
+
+fn assembled(node: &MemNode, e: &CatalogEntry) -> Vec<u8> {
+    (0..e.meta.pieces)
+        .flat_map(|i| {
+            node.store[&PieceRef {
+                bundle: e.meta.id,
+                index: i,
+            }]
+                .clone()
+        })
+        .collect()
+}
+
+fn closed_code(w: &World, link: usize, side: usize) -> Option<(ByeCode, Penalty)> {
+    w.links[link].ends[side]
+        .closed
+        .as_ref()
+        .map(|(r, p)| (r.code, *p))
+}
+
+#[test]
+fn hello_authenticates_both_sides() {
+    let (mut w, _, _) = pair(1000);
+    let l = w.connect(0, 1, None);
+    w.settle();
+    let (a, b) = (w.nodes[0].id, w.nodes[1].id);
+    assert_eq!(w.links[l].ends[0].session.peer_id(), Some(b));
+    assert_eq!(w.links[l].ends[1].session.peer_id(), Some(a));
+    assert_eq!(w.links[l].ends[1].session.state_name(), "exchanging");
+    assert!(w.links[l].ends[1].session.peer_holdings().is_some());
+}
+
+fn raw_session(seed: u8) -> Session {
+    Session::new(
+        SessionConfig::default(),
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32]),
+        Role::Responder,
+        0,
+        SessionSeed {
+            challenge: [seed; 32],
+            salt: [seed; 16],
+        },
+        LocalView::default(),
+    )
+}
+
+fn closed_event(s: &mut Session) -> Option<(ByeCode, Penalty)> {
+    while let Some(ev) = s.poll_event() {
+        if let Event::Closed { reason, penalty } = ev {
+            return Some((reason.code, penalty));
+        }
+    }
+    None
+}
+
+#[test]
+fn wrong_signature_is_rejected() {
+    let mut victim = raw_session(1);
+    let impostor = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let claimed = mule_contacts::NodeId(
+        ed25519_dalek::SigningKey::from_bytes(&[3; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    let mut wire = Vec::new();
+    Message::Hello(Hello {
+        node_id: claimed,
+        challenge: [5; 32],
+        capabilities: 0,
+        carry_quota_bytes: 0,
+        piece_size_max: 1 << 18,
+        max_requests: 64,
+    })
+    .encode(&mut wire);
+    // Signed with a key that is not the claimed node's.
+    use ed25519_dalek::Signer;
+    let sig = impostor.sign(b"whatever").to_bytes();
+    Message::HelloAck { signature: sig }.encode(&mut wire);
+    victim.handle_bytes(1, &wire);
+    assert_eq!(
+        closed_event(&mut victim),
+        Some((ByeCode::AuthFailed, Penalty::Severe))
+    );
+    // The Bye goes out, then the session is closed.
+    let bye = victim.poll_transmit().expect("bye queued");
+    assert!(!bye.is_empty());
+    while victim.poll_transmit().is_some() {}
+    assert!(victim.is_closed());
+}
+
+#[test]
+fn multi_piece_bundle_crosses_and_is_byte_identical() {
+    let (mut w, e, data) = pair(2_000_000 + 123);
+    // 8 Mbit/s = 1000 bytes/ms.
+    let l = w.connect(0, 1, Some(1000));
+    assert!(w.run_until(10_000, |w| w.nodes[1].complete(&e.meta.id)));
+    assert_eq!(assembled(&w.nodes[1], &e), data);
+    assert!(
+        w.nodes[1].received.values().all(|&n| n == 1),
+        "no duplicates"
+    );
+    // Efficiency: payload over bytes on the link.
+    let on_link = w.links[l].delivered[0] + w.links[l].delivered[1];
+    assert!(
+        (data.len() as f64 / on_link as f64) > 0.99,
+        "payload {} on link {on_link}",
+        data.len()
+    );
+    // Contact efficiency: time is close to payload / rate.
+    assert!(w.now < 2_200, "took {} ms", w.now);
+}
+
+#[test]
+fn transfer_resumes_after_a_silent_cut_without_duplicates() {
+    let (mut w, e, data) = pair(1_000_000);
+    let l1 = w.connect(0, 1, Some(1000));
+    w.run_for(400);
+    let before = w.nodes[1].pieces_of(&e.meta.id);
+    assert!(before > 0 && before < e.meta.pieces, "held {before}");
+    let cut_at = w.now;
+    w.cut(l1);
+    // Both sides notice the dead link by the idle timeout (3 s), not later.
+    assert!(w.run_until(5_000, |w| {
+        w.links[l1].ends[0].closed.is_some() && w.links[l1].ends[1].closed.is_some()
+    }));
+    assert!(
+        w.now - cut_at <= 3_002,
+        "noticed after {} ms",
+        w.now - cut_at
+    );
+    assert_eq!(
+        closed_code(&w, l1, 1),
+        Some((ByeCode::IdleTimeout, Penalty::None))
+    );
+    assert_eq!(w.nodes[1].claims.len(), 0, "claims released");
+    let held = w.nodes[1].pieces_of(&e.meta.id);
+    // Next contact: resumes from what is held.
+    let l2 = w.connect(0, 1, Some(1000));
+    assert!(w.run_until(10_000, |w| w.nodes[1].complete(&e.meta.id)));
+    assert_eq!(assembled(&w.nodes[1], &e), data);
+    assert!(
+        w.nodes[1].received.values().all(|&n| n == 1),
+        "no duplicates"
+    );
+    let sent_again = w.links[l2].ends[0].session.stats().pieces_sent;
+    assert_eq!(sent_again, (e.meta.pieces - held) as u64);
+}
+
+#[test]
+fn keepalives_hold_an_idle_link_and_a_one_way_link_dies() {
+    let (mut w, _, _) = pair(1000);
+    let l = w.connect(0, 1, None);
+    w.settle();
+    w.run_for(20_000);
+    assert!(w.links[l].ends[0].closed.is_none() && w.links[l].ends[1].closed.is_none());
+    // Bytes from 0 to 1 stop flowing: 1 notices within the idle timeout.
+    w.links[l].flowing[0] = false;
+    let t = w.now;
+    assert!(w.run_until(4_000, |w| w.links[l].ends[1].closed.is_some()));
+    assert!(w.now - t <= 3_001);
+    assert_eq!(
+        closed_code(&w, l, 1),
+        Some((ByeCode::IdleTimeout, Penalty::None))
+    );
+}
+
+/// An authenticated link between a victim (node 1, end 1) and a peer (node 0, end 0) whose
+/// session is bypassed to inject raw bytes.
+fn authenticated() -> (World, usize, CatalogEntry) {
+    let (mut w, e, _) = pair(300_000);
+    // The victim must not request anything yet: it learns the bundle only via the manifest.
+    let l = w.connect(0, 1, Some(10));
+    w.run_for(50);
+    assert_eq!(w.links[l].ends[1].session.state_name(), "exchanging");
+    (w, l, e)
+}
+
+fn inject(w: &mut World, l: usize, bytes: &[u8]) -> Option<(ByeCode, Penalty)> {
+    let now = w.now;
+    w.links[l].ends[1].session.handle_bytes(now, bytes);
+    w.run_for(2);
+    closed_code(w, l, 1)
+}
+
+#[test]
+fn garbage_closes_with_malformed_frame() {
+    let (mut w, l, _) = authenticated();
+    let got = inject(&mut w, l, &[0, 0, 0, 4, 7, 0xff, 0xff, 0xff]);
+    assert_eq!(got, Some((ByeCode::MalformedFrame, Penalty::Major)));
+    let peer = w.nodes[0].id;
+    assert!(matches!(
+        w.nodes[1].penalties.check(&peer, w.now),
+        Verdict::Backoff { .. }
+    ));
+}
+
+#[test]
+fn unknown_type_and_oversized_frames_close() {
+    let (mut w, l, _) = authenticated();
+    assert_eq!(
+        inject(&mut w, l, &[0, 0, 0, 1, 200]),
+        Some((ByeCode::UnknownMessage, Penalty::Major))
+    );
+    let (mut w, l, _) = authenticated();
+    assert_eq!(
+        inject(&mut w, l, &[0x10, 0, 0, 0, 6]),
+        Some((ByeCode::OversizedFrame, Penalty::Major))
+    );
+}
+
+#[test]
+fn unsolicited_piece_closes() {
+    let (mut w, l, e) = authenticated();
+    let mut wire = Vec::new();
+    Message::Piece {
+        piece: PieceRef {
+            bundle: BundleId([0xee; 32]),
+            index: 0,
+        },
+        data: vec![1; 100],
+    }
+    .encode(&mut wire);
+    let _ = e;
+    assert_eq!(
+        inject(&mut w, l, &wire),
+        Some((ByeCode::UnsolicitedPiece, Penalty::Major))
+    );
+}
+
+#[test]
+fn forged_manifest_closes_with_severe_penalty() {
+    let (mut w, l, _) = authenticated();
+    let mut wire = Vec::new();
+    Message::Manifest {
+        bytes: b"forged".to_vec(),
+    }
+    .encode(&mut wire);
+    assert_eq!(
+        inject(&mut w, l, &wire),
+        Some((ByeCode::BadManifest, Penalty::Severe))
+    );
+    let peer = w.nodes[0].id;
+    assert!(matches!(
+        w.nodes[1].penalties.check(&peer, w.now),
+        Verdict::Banned { .. }
+    ));
+}
+
+#[test]
+fn bad_piece_data_closes_and_store_stays_intact() {
+    let (mut w, e, _) = pair(500_000);
+    w.nodes[0].corrupt_pieces = true;
+    let l = w.connect(0, 1, Some(1000));
+    assert!(w.run_until(2_000, |w| w.links[l].ends[1].closed.is_some()));
+    assert_eq!(
+        closed_code(&w, l, 1),
+        Some((ByeCode::BadPiece, Penalty::Severe))
+    );
+    assert_eq!(w.nodes[1].pieces_of(&e.meta.id), 0);
+    assert!(w.nodes[1].store.is_empty());
+    // The sender learns why.
+    assert!(w.run_until(100, |w| w.links[l].ends[0].closed.is_some()));
+    let (reason, _) = w.links[l].ends[0].closed.clone().unwrap();
+    assert!(reason.by_peer && reason.code == ByeCode::BadPiece);
+}
+
+#[test]
+fn full_store_refuses_politely_and_stays_bounded() {
+    let (mut w, e, _) = pair(1_000_000);
+    w.nodes[1].capacity = Some(5);
+    let l = w.connect(0, 1, Some(1000));
+    w.run_for(3_000);
+    assert_eq!(w.nodes[1].store.len(), 5);
+    assert!(w.nodes[1].pieces_of(&e.meta.id) == 5);
+    // No violation: the session stays up, kept alive, requesting nothing more.
+    assert!(w.links[l].ends[1].closed.is_none() && w.links[l].ends[0].closed.is_none());
+    assert_eq!(w.links[l].ends[1].session.outstanding_requests(), 0);
+}
+
+#[test]
+fn two_senders_share_a_download_and_the_survivor_finishes_it() {
+    let mut catalog = Catalog::default();
+    let data = payload(3_000_000, 11);
+    let e = catalog.publish("fw-2", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut w = World::new(catalog);
+    w.add(MemNode::new(1, &["fw"])); // receiver
+    for seed in [2, 3] {
+        let mut s = MemNode::new(seed, &[]);
+        s.hold(&e, &data, 0..e.meta.pieces);
+        w.add(s);
+    }
+    let l1 = w.connect(1, 0, Some(1000));
+    let l2 = w.connect(2, 0, Some(1000));
+    w.links[l1].tap = true;
+    w.links[l2].tap = true;
+    w.run_for(800);
+    // Both senders contributed, and no piece was requested from both.
+    let from1 = w.links[l1].ends[0].session.stats().pieces_sent;
+    let from2 = w.links[l2].ends[0].session.stats().pieces_sent;
+    assert!(from1 > 0 && from2 > 0, "{from1} {from2}");
+    let r1: HashSet<PieceRef> = w.links[l1].requests_seen.keys().copied().collect();
+    let r2: HashSet<PieceRef> = w.links[l2].requests_seen.keys().copied().collect();
+    assert!(r1.is_disjoint(&r2));
+    assert!(w.links[l1].requests_seen.values().all(|&n| n == 1));
+    // Sender 1 vanishes mid-transfer.
+    let pending: HashSet<PieceRef> = r1
+        .iter()
+        .copied()
+        .filter(|p| !w.nodes[0].store.contains_key(p))
+        .collect();
+    assert!(!pending.is_empty());
+    w.cut(l1);
+    assert!(w.run_until(10_000, |w| w.nodes[0].complete(&e.meta.id)));
+    assert_eq!(assembled(&w.nodes[0], &e), data);
+    assert!(
+        w.nodes[0].received.values().all(|&n| n == 1),
+        "no duplicates"
+    );
+    // Pieces requested on both links are exactly the ones lost with sender 1.
+    let r2: HashSet<PieceRef> = w.links[l2].requests_seen.keys().copied().collect();
+    let both: HashSet<PieceRef> = r1.intersection(&r2).copied().collect();
+    assert_eq!(both, pending);
+    assert!(w.links[l2].requests_seen.values().all(|&n| n == 1));
+}
+
+#[test]
+fn store_carry_forward_through_a_carrier() {
+    let mut catalog = Catalog::default();
+    let data = payload(2_000_000, 5);
+    let e = catalog.publish("fw-3", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut w = World::new(catalog);
+    let mut a = MemNode::new(1, &[]);
+    a.hold(&e, &data, 0..e.meta.pieces);
+    w.add(a);
+    w.add(MemNode::new(2, &[])); // carrier: not subscribed
+    w.add(MemNode::new(3, &["fw"]));
+    let ab = w.connect(0, 1, Some(1000));
+    assert!(w.run_until(5_000, |w| w.nodes[1].complete(&e.meta.id)));
+    w.cut(ab);
+    let t = w.now;
+    w.connect(1, 2, Some(1000));
+    assert!(w.run_until(5_000, |w| w.nodes[2].complete(&e.meta.id)));
+    assert_eq!(assembled(&w.nodes[2], &e), data);
+    // 2 MB at 8 Mbit/s: the hop completes in about 2.1 s (target ≤ 3.5 s).
+    assert!(w.now - t <= 2_300, "hop took {} ms", w.now - t);
+}
+
+#[test]
+fn critical_bundle_arrives_before_bulk() {
+    let mut catalog = Catalog::default();
+    let bulk_data = payload(1_000_000, 1);
+    let crit_data = payload(300_000, 2);
+    let bulk = catalog.publish("bulk", "fw", Priority::Bulk, vec![], &bulk_data, PIECE);
+    let crit = catalog.publish("crit", "fw", Priority::Critical, vec![], &crit_data, PIECE);
+    let mut w = World::new(catalog);
+    let mut a = MemNode::new(1, &[]);
+    a.hold(&bulk, &bulk_data, 0..bulk.meta.pieces);
+    a.hold(&crit, &crit_data, 0..crit.meta.pieces);
+    w.add(a);
+    w.add(MemNode::new(2, &["fw"]));
+    w.connect(0, 1, Some(1000));
+    assert!(w.run_until(5_000, |w| w.nodes[1].complete(&crit.meta.id)));
+    assert!(!w.nodes[1].complete(&bulk.meta.id));
+    assert!(w.run_until(5_000, |w| w.nodes[1].complete(&bulk.meta.id)));
+}
