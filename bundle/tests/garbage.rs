@@ -81,8 +81,13 @@ fn decoder_survives_100k_random_and_mutated_inputs() {
     eprintln!("garbage test seed: {seed}");
     let mut rng = SmallRng::seed_from_u64(seed);
     let seeds = seeds();
-    for s in &seeds {
+    for (i, s) in seeds.iter().enumerate() {
         VerifiedManifest::decode(s).unwrap();
+        // `MULE_WRITE_FUZZ_SEEDS=fuzz/corpus/manifest_decode` refreshes the fuzz seed corpus.
+        if let Some(dir) = std::env::var_os("MULE_WRITE_FUZZ_SEEDS") {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(std::path::Path::new(&dir).join(format!("seed-{i}")), s).unwrap();
+        }
     }
     let (mut rejected, mut accepted) = (0u32, 0u32);
     for n in 0..100_000u32 {

@@ -1,0 +1,194 @@
+//! Piece-ingest benchmark: verify + durable (fsync) redb commit, per piece size; manifest sign
+//! and verify time; peak memory.
+//!
+//! `cargo bench -p mule-bundle --bench ingest` (set `MULE_BENCH_DIR` to choose the disk; the
+//! default is a temporary directory). Content is a deterministic BLAKE3 XOF stream generated
+//! piece by piece, so memory holds one batch, not the content; generation is not timed.
+//! Every figure is the median of `RUNS` runs, each on a fresh store.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use mule_bundle::keys::SigningKey;
+use mule_bundle::store::{Origin, Store, StoreOptions};
+use mule_bundle::{PublishOptions, VerifiedManifest, publish};
+
+const RUNS: usize = 3;
+const CONTENT_LEN: u64 = 64 << 20;
+const SINGLE_LEN: u64 = 8 << 20;
+const BATCH_BYTES: usize = 1 << 20;
+const SIZES_KIB: [u32; 5] = [16, 32, 64, 128, 256];
+
+/// The content: BLAKE3 XOF output, readable from any offset.
+struct Content {
+    xof: blake3::OutputReader,
+    left: u64,
+}
+
+impl Content {
+    fn new(len: u64) -> Self {
+        Content {
+            xof: blake3::Hasher::new().update(b"mule bench").finalize_xof(),
+            left: len,
+        }
+    }
+
+    fn piece(offset: u64, len: usize) -> Vec<u8> {
+        let mut xof = blake3::Hasher::new().update(b"mule bench").finalize_xof();
+        xof.set_position(offset);
+        let mut buf = vec![0; len];
+        xof.fill(&mut buf);
+        buf
+    }
+}
+
+impl Read for Content {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        self.xof.fill(&mut buf[..n]);
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    match std::env::var_os("MULE_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Ingests every piece of `vm` into a fresh store, `per_commit` pieces per `put_pieces`;
+/// returns the time spent in `put_pieces` (verification + commit).
+fn ingest(vm: &VerifiedManifest, per_commit: usize, quick_repair: bool) -> Duration {
+    let dir = bench_dir();
+    let opts = StoreOptions {
+        quota_bytes: 1 << 40,
+        quick_repair,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open(dir.path(), opts).unwrap();
+    store.insert_manifest(vm, Origin::Published).unwrap();
+    let id = vm.id();
+    let ps = u64::from(vm.manifest().piece_size);
+    let mut spent = Duration::ZERO;
+    let indices: Vec<u32> = (0..vm.piece_count()).collect();
+    for chunk in indices.chunks(per_commit) {
+        let data: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|&i| Content::piece(u64::from(i) * ps, vm.piece_len(i).unwrap() as usize))
+            .collect();
+        let batch: Vec<_> = chunk
+            .iter()
+            .zip(&data)
+            .map(|(&i, d)| (id, i, &d[..]))
+            .collect();
+        let t = Instant::now();
+        for r in store.put_pieces(&batch).unwrap() {
+            r.unwrap();
+        }
+        spent += t.elapsed();
+    }
+    assert!(store.is_complete(&id).unwrap());
+    spent
+}
+
+fn manifest(len: u64, piece_size: u32, key: &SigningKey) -> VerifiedManifest {
+    let mut opts = PublishOptions::new("bench", "1", 1_700_000_000);
+    opts.piece_size = piece_size;
+    publish(Content::new(len), &opts, key).unwrap()
+}
+
+fn row(label: &str, size_kib: u32, per_commit: usize, len: u64, t: Duration) {
+    let secs = t.as_secs_f64();
+    let pieces = len.div_ceil(u64::from(size_kib) * 1024) as f64;
+    println!(
+        "{label:<22} {size_kib:>4} KiB  {per_commit:>4} pieces/commit  {:>8.1} MB/s  {:>8.0} pieces/s  {:>6.0} commits/s",
+        len as f64 / 1e6 / secs,
+        pieces / secs,
+        (pieces / per_commit as f64).ceil() / secs,
+    );
+}
+
+fn vm_hwm_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let key = SigningKey::from_bytes(&[1; 32]);
+    println!(
+        "durable ingest (verify + redb commit with fsync), {} MiB content, median of {RUNS} runs",
+        CONTENT_LEN >> 20
+    );
+    for kib in SIZES_KIB {
+        let vm = manifest(CONTENT_LEN, kib * 1024, &key);
+        let per_commit = (BATCH_BYTES / (kib as usize * 1024)).max(1);
+        let t = median((0..RUNS).map(|_| ingest(&vm, per_commit, true)).collect());
+        row("batch ~1 MiB", kib, per_commit, CONTENT_LEN, t);
+        let t = median((0..RUNS).map(|_| ingest(&vm, 8, true)).collect());
+        row("batch 8 pieces", kib, 8, CONTENT_LEN, t);
+    }
+    println!(
+        "single-piece commits ({} MiB content, median of {RUNS} runs)",
+        SINGLE_LEN >> 20
+    );
+    for kib in SIZES_KIB {
+        let vm = manifest(SINGLE_LEN, kib * 1024, &key);
+        let t = median((0..RUNS).map(|_| ingest(&vm, 1, true)).collect());
+        row("1 piece", kib, 1, SINGLE_LEN, t);
+    }
+    {
+        let kib = mule_bundle::DEFAULT_PIECE_SIZE / 1024;
+        let vm = manifest(CONTENT_LEN, kib * 1024, &key);
+        let per_commit = (BATCH_BYTES / (kib as usize * 1024)).max(1);
+        let t = median((0..RUNS).map(|_| ingest(&vm, per_commit, false)).collect());
+        row("~1 MiB, no quick-repair", kib, per_commit, CONTENT_LEN, t);
+    }
+
+    // Manifest sign / verify, for a 64 MiB bundle at the default piece size.
+    let vm = manifest(CONTENT_LEN, mule_bundle::DEFAULT_PIECE_SIZE, &key);
+    let m = vm.manifest().clone();
+    let n = 200;
+    let sign = median(
+        (0..n)
+            .map(|_| {
+                let m = m.clone();
+                let t = Instant::now();
+                let v = m.sign(&key).unwrap();
+                let d = t.elapsed();
+                assert_eq!(v.id(), vm.id());
+                d
+            })
+            .collect(),
+    );
+    let verify = median(
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let v = VerifiedManifest::decode(vm.as_bytes()).unwrap();
+                let d = t.elapsed();
+                assert_eq!(v.id(), vm.id());
+                d
+            })
+            .collect(),
+    );
+    println!(
+        "manifest ({} pieces, {} bytes): sign {:.1} µs, verify (decode + canonical check + verify_strict) {:.1} µs (median of {n})",
+        vm.piece_count(),
+        vm.as_bytes().len(),
+        sign.as_secs_f64() * 1e6,
+        verify.as_secs_f64() * 1e6
+    );
+    match vm_hwm_kib() {
+        Some(k) => println!("peak RSS (VmHWM): {:.1} MiB", k as f64 / 1024.0),
+        None => println!("peak RSS: /proc/self/status not readable"),
+    }
+}
