@@ -433,6 +433,9 @@ pub fn install(
     result
 }
 
+/// One bundle's install attempt: its id and the exported path or the error.
+pub type InstallOutcome = (BundleId, Result<PathBuf, CompleteError>);
+
 /// Installs every ready bundle in dependency order ([`pending`] then [`install`] each);
 /// a bundle whose dependency failed in this round waits. Returns each attempt's outcome.
 pub fn install_pending(
@@ -440,7 +443,7 @@ pub fn install_pending(
     export_dir: &Path,
     hook: Option<&Hook>,
     now: u64,
-) -> Result<Vec<(BundleId, Result<PathBuf, CompleteError>)>, StoreError> {
+) -> Result<Vec<InstallOutcome>, StoreError> {
     let mut out = Vec::new();
     for id in pending(store, now)? {
         match install(store, &id, export_dir, hook, now) {

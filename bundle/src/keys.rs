@@ -44,6 +44,11 @@ pub fn generate() -> Result<SigningKey, KeyError> {
     Ok(SigningKey::from_bytes(&secret))
 }
 
+/// The public key in hex (what `mule key show` prints and trust lists hold).
+pub fn public_hex(key: &SigningKey) -> String {
+    hex::encode(key.verifying_key().to_bytes())
+}
+
 /// Writes `key` to a new file at `path` with mode 0600; fails if the file exists.
 pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
     let shown = path.display().to_string();

@@ -17,7 +17,9 @@ pub use manifest::{
     DEFAULT_PIECE_SIZE, MAX_MANIFEST_BYTES, MAX_PIECE_SIZE, MIN_PIECE_SIZE, Manifest,
     ManifestError, PieceError, VerifiedManifest, verify_piece,
 };
-pub use publish::{PieceReader, PublishError, PublishOptions, publish, publish_file};
+pub use publish::{
+    PieceReader, PublishError, PublishOptions, publish, publish_file, publish_to_store,
+};
 pub use store::{
     BundleInfo, Failure, Inserted, Origin, Put, PutError, State, Store, StoreError, StoreFull,
     StoreOptions, Usage,

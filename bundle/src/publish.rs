@@ -66,6 +66,13 @@ pub enum PublishError {
     /// The options or content break a manifest rule (piece size, limits, too many pieces...).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// Storing the manifest failed ([`publish_to_store`] only).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Storing the content failed, e.g. the file changed while publishing or the store is
+    /// full ([`publish_to_store`] only).
+    #[error("storing content: {0}")]
+    Put(#[from] crate::store::PutError),
 }
 
 /// Reads content one piece at a time into a reused buffer.
@@ -162,6 +169,22 @@ pub fn publish_file(
     publish(io::BufReader::with_capacity(1 << 16, file), opts, key)
 }
 
+/// Publishes a file into a store: [`publish_file`], then the manifest is stored as
+/// [`crate::store::Origin::Published`] and the content is stored piece by piece (the file is
+/// read twice, streaming; if it changed in between, the pieces fail to verify and this errs).
+pub fn publish_to_store(
+    store: &mut crate::store::Store,
+    path: &Path,
+    opts: &PublishOptions,
+    key: &SigningKey,
+) -> Result<VerifiedManifest, PublishError> {
+    let vm = publish_file(path, opts, key)?;
+    store.insert_manifest(&vm, crate::store::Origin::Published)?;
+    let file = std::fs::File::open(path)?;
+    store.put_content(&vm.id(), io::BufReader::with_capacity(1 << 16, file))?;
+    Ok(vm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +218,25 @@ mod tests {
         opts.piece_size = MIN_PIECE_SIZE;
         opts.expires = Some(10);
         assert!(publish(&content[..], &opts, &key).is_err());
+    }
+
+    #[test]
+    fn publish_to_store_stores_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pkg.tar");
+        let content: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&file, &content).unwrap();
+        let mut store =
+            crate::store::Store::open(&dir.path().join("data"), Default::default()).unwrap();
+        let key = SigningKey::from_bytes(&[2; 32]);
+        let vm =
+            publish_to_store(&mut store, &file, &PublishOptions::new("p", "1", 5), &key).unwrap();
+        let info = store.info(&vm.id()).unwrap().unwrap();
+        assert!(info.published && info.trusted);
+        assert_eq!(info.state, crate::store::State::Complete);
+        let out = dir.path().join("out");
+        crate::complete::export_to(&mut store, &vm.id(), &out).unwrap();
+        assert_eq!(std::fs::read(out).unwrap(), content);
     }
 
     #[test]

@@ -170,7 +170,7 @@ fn sigkill_during_ingest_never_loses_committed_pieces() {
         let have = check(dir, &vm, &reported);
         // Batches commit atomically: a crash never leaves part of a batch visible.
         assert!(
-            have as usize % BATCH == 0 || have == vm.piece_count(),
+            (have as usize).is_multiple_of(BATCH) || have == vm.piece_count(),
             "partial batch visible: {have} pieces"
         );
         let mut unique = reported.clone();
