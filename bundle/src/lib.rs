@@ -1,4 +1,40 @@
 //! Mule bundles: signed manifests, verified pieces and the crash-safe piece store.
+//!
+//! - [`manifest`]: the canonical CBOR manifest, [`VerifiedManifest`] (only verification makes
+//!   one) and [`verify_piece`].
+//! - [`publish`]: cut content into pieces and sign ([`publish()`], [`publish_to_store`]).
+//! - [`store`]: the redb piece store ([`Store`]): verified, batched, durable puts; quota with
+//!   eviction; trust.
+//! - [`complete`]: atomic export and the on-complete command, in dependency order.
+//! - [`keys`], [`trust`], [`bitfield`]: key files, the trust list, piece sets.
+//!
+//! ```
+//! use mule_bundle::{complete, keys, store::{Origin, Store, StoreOptions}, PublishOptions};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let key = keys::generate().unwrap();
+//! let content = vec![7u8; 100_000];
+//! let vm = mule_bundle::publish(&content[..], &PublishOptions::new("tool", "1.0", 0), &key)
+//!     .unwrap();
+//!
+//! // A receiving node: trusts the publisher, stores the manifest, then verified pieces.
+//! let opts = StoreOptions {
+//!     trust: [key.verifying_key().to_bytes()].into_iter().collect(),
+//!     ..StoreOptions::default()
+//! };
+//! let mut store = Store::open(&dir.path().join("data"), opts).unwrap();
+//! let vm = mule_bundle::VerifiedManifest::decode(vm.as_bytes()).unwrap();
+//! store.insert_manifest(&vm, Origin::Received).unwrap();
+//! store.set_wanted(&vm.id(), true).unwrap();
+//! let ps = vm.manifest().piece_size as usize;
+//! let pieces: Vec<_> = content.chunks(ps).enumerate()
+//!     .map(|(i, p)| (vm.id(), i as u32, p)).collect();
+//! for r in store.put_pieces(&pieces).unwrap() {
+//!     r.unwrap();
+//! }
+//! let done = complete::install_pending(&mut store, &dir.path().join("export"), None, 0).unwrap();
+//! assert_eq!(std::fs::read(done[0].1.as_ref().unwrap()).unwrap(), content);
+//! ```
 
 pub mod bitfield;
 mod cbor;
@@ -25,3 +61,5 @@ pub use store::{
     StoreOptions, Usage,
 };
 pub use trust::TrustList;
+
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
