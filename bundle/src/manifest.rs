@@ -210,7 +210,11 @@ impl Manifest {
             return None;
         }
         let start = u64::from(index) * u64::from(self.piece_size);
-        let len = (self.content_len - start).min(u64::from(self.piece_size));
+        // Saturating: a hand-built, unvalidated manifest may list more hashes than it has bytes.
+        let len = self
+            .content_len
+            .saturating_sub(start)
+            .min(u64::from(self.piece_size));
         Some(len as u32)
     }
 
@@ -721,6 +725,26 @@ pub(crate) mod tests {
             // Decoding then re-encoding gives the identical bytes.
             prop_assert_eq!(back.manifest().encode_body(), m.encode_body());
             prop_assert_eq!(back.as_bytes(), v.as_bytes());
+        }
+
+        #[test]
+        fn any_single_bit_flip_of_a_piece_is_rejected(
+            len in 1usize..3 * MIN_PIECE_SIZE as usize,
+            fill in any::<u8>(),
+            pick in any::<usize>(),
+        ) {
+            let content: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_add(fill)).collect();
+            let v = manifest_for(&content, MIN_PIECE_SIZE, &key(7)).sign(&key(7)).unwrap();
+            let bit = pick % (len * 8);
+            let index = (bit / 8 / MIN_PIECE_SIZE as usize) as u32;
+            let start = index as usize * MIN_PIECE_SIZE as usize;
+            let mut piece = content[start..(start + MIN_PIECE_SIZE as usize).min(len)].to_vec();
+            prop_assert!(verify_piece(&v, index, &piece).is_ok());
+            piece[bit / 8 - start] ^= 1 << (bit % 8);
+            prop_assert_eq!(
+                verify_piece(&v, index, &piece),
+                Err(PieceError::HashMismatch { index })
+            );
         }
 
         #[test]
