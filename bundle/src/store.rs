@@ -1141,11 +1141,10 @@ impl Store {
             }
         }
         if index != vm.piece_count() {
-            return Err(PieceError::NoSuchPiece {
-                index: index.min(vm.piece_count()),
-                count: vm.piece_count(),
-            }
-            .into());
+            return Err(PutError::Read(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("content ended after {index} of {} pieces", vm.piece_count()),
+            )));
         }
         Ok(stored)
     }
