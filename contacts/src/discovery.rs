@@ -612,7 +612,9 @@ impl Driver {
                 self.digest,
                 &met,
             );
-            match sock.try_send_to(&pkt, dest) {
+            // A direct non-blocking sendto: tokio's try_send_to refuses until the reactor has
+            // seen the socket writable, which loses the first (most urgent) beacon.
+            match socket2::SockRef::from(&*sock).send_to(&pkt, &dest.into()) {
                 Ok(_) => {
                     inc(&self.counters.beacons_sent, 1);
                     inc(&self.counters.beacon_bytes_sent, pkt.len() as u64);

@@ -14,6 +14,12 @@
 //!   when a peer left, so it never ends a contact on its own; a contact found only by mDNS
 //!   ends when the session layer stops calling [`NeighbourTable::handle_alive`].
 //!
+//! A node that was seen by a *liveness* transport (beacon or Bluetooth) in the current
+//! contact is down as soon as its last beacon/Bluetooth way expires, whatever mDNS says:
+//! its mDNS ways go with it, and mDNS sightings of it are ignored for `mdns_hold` afterwards
+//! (mdns-sd replays cached records, which would otherwise resurrect a peer that left). Only
+//! nodes found by mDNS alone live on their mDNS ways.
+//!
 //! Session keep-alives ([`NeighbourTable::handle_alive`]) refresh every way of a node.
 //!
 //! # Best way
@@ -184,6 +190,7 @@ pub struct Neighbour {
     /// Latest recently-met list heard.
     pub met: Vec<ShortId>,
     best: Option<(Transport, PeerAddr)>,
+    live_seen: bool,
 }
 
 impl Neighbour {
@@ -259,6 +266,8 @@ pub struct NeighbourTable {
     peers: HashMap<NodeId, Neighbour>,
     events: VecDeque<Event>,
     rejected_full: u64,
+    /// Nodes that left while beacons tracked them: stale mDNS sightings ignored until then.
+    quarantine: HashMap<NodeId, Instant>,
 }
 
 impl NeighbourTable {
@@ -269,6 +278,7 @@ impl NeighbourTable {
             peers: HashMap::new(),
             events: VecDeque::new(),
             rejected_full: 0,
+            quarantine: HashMap::new(),
         }
     }
 
@@ -279,6 +289,16 @@ impl NeighbourTable {
 
     /// Feeds one sighting made at `now`.
     pub fn handle_observation(&mut self, now: Instant, obs: Observation) {
+        let live = obs.transport != Transport::Mdns;
+        if live {
+            self.quarantine.remove(&obs.node);
+        } else if self
+            .quarantine
+            .get(&obs.node)
+            .is_some_and(|until| now < *until)
+        {
+            return;
+        }
         let full = self.peers.len() >= self.cfg.max_neighbours;
         if full && !self.peers.contains_key(&obs.node) {
             self.rejected_full += 1;
@@ -292,7 +312,9 @@ impl NeighbourTable {
             digest: None,
             met: Vec::new(),
             best: None,
+            live_seen: false,
         });
+        n.live_seen |= live;
         match n
             .ways
             .iter_mut()
@@ -341,10 +363,18 @@ impl NeighbourTable {
     pub fn handle_timeout(&mut self, now: Instant) {
         let cfg = self.cfg.clone();
         let mut changed = Vec::new();
+        self.quarantine.retain(|_, until| now < *until);
         for (id, n) in &mut self.peers {
             let before = n.ways.len();
             n.ways
                 .retain(|w| now < w.last_seen + hold(&cfg, w.transport));
+            if n.live_seen && !n.ways.iter().any(|w| w.transport != Transport::Mdns) {
+                // Its beacons/advertisements stopped: gone, whatever mDNS still caches.
+                n.ways.clear();
+                if self.quarantine.len() < cfg.max_neighbours {
+                    self.quarantine.insert(*id, now + cfg.mdns_hold);
+                }
+            }
             if n.ways.len() != before {
                 changed.push(*id);
             }
@@ -515,7 +545,7 @@ mod tests {
     }
 
     #[test]
-    fn merges_transports_prefers_ip_and_mdns_never_ends_quickly() {
+    fn merges_transports_prefers_ip_and_ends_with_beacons() {
         let t0 = Instant::now();
         let mut t = NeighbourTable::new(TableConfig::default());
         let ble = PeerAddr::Ble {
@@ -545,20 +575,42 @@ mod tests {
             }
         );
         assert_eq!(t.get(&NodeId([1; 32])).unwrap().ways.len(), 4);
-        // Beacons stop: falls back to mDNS, and stays up (no PeerDown from mDNS silence).
+        // Beacons and BLE stop: down at once, mDNS does not keep it up, and stale mDNS
+        // sightings do not bring it back.
         t.handle_timeout(t0 + Duration::from_secs(20));
-        let ev = drain(&mut t);
-        assert!(
-            matches!(
-                ev.last(),
-                Some(Event::PeerChanged {
-                    transport: Transport::Mdns,
-                    ..
-                })
-            ),
-            "{ev:?}"
+        assert_eq!(
+            drain(&mut t),
+            vec![Event::PeerDown {
+                node: NodeId([1; 32])
+            }]
         );
-        assert!(!ev.iter().any(|e| matches!(e, Event::PeerDown { .. })));
+        t.handle_observation(
+            t0 + Duration::from_secs(21),
+            obs(1, Transport::Mdns, ip("10.0.0.2:7000")),
+        );
+        assert!(drain(&mut t).is_empty() && t.is_empty());
+        // A beacon brings it back at once.
+        t.handle_observation(
+            t0 + Duration::from_secs(22),
+            obs(1, Transport::Beacon, ip("10.0.0.2:7000")),
+        );
+        assert!(matches!(drain(&mut t)[..], [Event::PeerUp { .. }]));
+    }
+
+    #[test]
+    fn mdns_only_neighbour_lives_on_mdns_hold_and_keepalives() {
+        let t0 = Instant::now();
+        let mut t = NeighbourTable::new(TableConfig::default());
+        t.handle_observation(t0, obs(1, Transport::Mdns, ip("10.0.0.2:7000")));
+        assert!(matches!(
+            drain(&mut t)[..],
+            [Event::PeerUp {
+                transport: Transport::Mdns,
+                ..
+            }]
+        ));
+        t.handle_timeout(t0 + Duration::from_secs(20));
+        assert!(drain(&mut t).is_empty(), "no PeerDown from mDNS silence");
         // Session keep-alives keep it up beyond the mDNS hold.
         t.handle_alive(t0 + Duration::from_secs(100), &NodeId([1; 32]));
         t.handle_timeout(t0 + Duration::from_secs(150));
