@@ -476,6 +476,37 @@ mod tests {
         assert!(!a.is_empty() && a != b);
     }
 
+    #[test]
+    fn mutated_summaries_never_panic() {
+        // 100k mutations of a valid encoding (byte flips, truncations, insertions): each
+        // decodes to a typed result, and a filter that validates answers `contains`.
+        let mut valid = Vec::new();
+        sample().encode(&mut valid);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..100_000 {
+            let mut buf = valid.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % buf.len();
+                match next() % 3 {
+                    0 => buf[at] = next() as u8,
+                    1 => buf.truncate(at.max(1)),
+                    _ => buf.insert(at, next() as u8),
+                }
+            }
+            let mut r = Reader::new(&buf);
+            if let Ok(s) = Summary::decode(&mut r) {
+                let h = PeerHoldings::new(s);
+                let _ = h.has(piece(1, 3));
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn no_false_negatives(
