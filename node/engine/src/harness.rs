@@ -129,6 +129,8 @@ pub struct MemNode {
     pub received: HashMap<PieceRef, u32>,
     /// If set, every piece this node serves is corrupted (hostile sender).
     pub corrupt_pieces: bool,
+    /// If set, this node never answers piece requests (stuck sender).
+    pub mute: bool,
 }
 
 impl MemNode {
@@ -150,6 +152,7 @@ impl MemNode {
             penalties: PenaltyBook::new(PenaltyConfig::default()),
             received: HashMap::new(),
             corrupt_pieces: false,
+            mute: false,
         }
     }
 
@@ -512,6 +515,9 @@ impl World {
             }
             Event::PieceRequested { piece } => {
                 let node = &self.nodes[n];
+                if node.mute {
+                    return;
+                }
                 let session = &mut self.links[li].ends[side].session;
                 match node.store.get(&piece) {
                     Some(data) if node.corrupt_pieces => {

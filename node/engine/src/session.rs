@@ -70,6 +70,9 @@ pub struct SessionConfig {
     pub bloom_fp_rate: f64,
     /// Largest piece payload we accept (advertised in `Hello`).
     pub piece_size_max: u32,
+    /// Give up on outstanding requests after this long without any answer (ms): they are
+    /// cancelled and released so other sessions can fetch those pieces.
+    pub request_stall_ms: u64,
     /// Most manifests the peer may offer in one session.
     pub max_manifests_per_session: u32,
     /// How long we expect the contact to last (sent in the summary), if known.
@@ -95,6 +98,7 @@ impl Default for SessionConfig {
             max_awaiting_store_bytes: 8 << 20,
             bloom_fp_rate: 0.01,
             piece_size_max: MAX_PIECE_BYTES as u32,
+            request_stall_ms: 10_000,
             max_manifests_per_session: 4096,
             expected_contact_ms: None,
             link_rate_bytes_per_s: None,
@@ -280,6 +284,8 @@ struct Exchange {
     cancelled: HashSet<PieceRef>,
     /// Claims to hand back at the next `plan_requests`.
     release: Vec<PieceRef>,
+    /// Last time a request was answered (or the first one sent after none were pending).
+    last_progress: u64,
     /// Carry bytes requested in this session.
     carry_requested: u64,
     /// Requests from the peer, in its order, not yet handed to the driver.
@@ -561,10 +567,15 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.state {
             State::Closing | State::Closed => None,
-            State::Exchanging(_) => Some(
-                (self.last_rx + self.cfg.idle_timeout_ms)
-                    .min(self.last_tx + self.cfg.keepalive_interval_ms),
-            ),
+            State::Exchanging(ref x) => {
+                let t = (self.last_rx + self.cfg.idle_timeout_ms)
+                    .min(self.last_tx + self.cfg.keepalive_interval_ms);
+                Some(if x.my_requests.is_empty() {
+                    t
+                } else {
+                    t.min(x.last_progress + self.cfg.request_stall_ms)
+                })
+            }
             _ => Some(
                 (self.last_rx + self.cfg.idle_timeout_ms)
                     .min(self.started + self.cfg.handshake_timeout_ms)
@@ -601,6 +612,24 @@ impl Session {
                 &format!("nothing received for {} ms", now - self.last_rx),
             );
             return;
+        }
+        if let State::Exchanging(x) = &mut self.state
+            && !x.my_requests.is_empty()
+            && now >= x.last_progress + self.cfg.request_stall_ms
+        {
+            // The peer is alive but does not answer: let other sessions fetch these.
+            let stalled: Vec<PieceRef> = x.my_requests.drain().map(|(p, _)| p).collect();
+            x.outstanding_bytes = 0;
+            x.last_progress = now;
+            for p in &stalled {
+                x.cancelled.insert(*p);
+                x.release.push(*p);
+                if let Some(h) = x.peer.as_mut() {
+                    h.add_lack(*p);
+                }
+            }
+            tracing::debug!(pieces = stalled.len(), "requests stalled; cancelled");
+            x.pending_cancel.extend(stalled);
         }
         if now >= self.last_tx + self.cfg.keepalive_interval_ms
             && self.control.is_empty()
@@ -820,7 +849,7 @@ impl Session {
             .local
             .bundles
             .values()
-            .filter(|b| !b.have.is_complete())
+            .filter(|b| !b.have.is_complete() && b.meta.piece_size <= self.cfg.piece_size_max)
             .map(|b| {
                 let id = b.meta.id;
                 let f: Box<dyn Fn(u32) -> bool + '_> =
@@ -850,6 +879,9 @@ impl Session {
             budget: Budget::UNLIMITED,
         };
         let plan = scheduler::schedule(&input);
+        if x.my_requests.is_empty() {
+            x.last_progress = self.now;
+        }
         let mut batch = Vec::new();
         let mut carry_added = 0;
         for d in plan {
@@ -1230,6 +1262,7 @@ impl Session {
             awaiting_bytes: 0,
             cancelled: HashSet::new(),
             release: Vec::new(),
+            last_progress: self.now,
             carry_requested: 0,
             peer_requests: VecDeque::new(),
             peer_request_set: HashSet::new(),
@@ -1295,6 +1328,15 @@ impl Session {
                         .get(&piece.bundle)
                         .is_some_and(|b| b.have.get(piece.index));
                     if !held {
+                        if x.pending_refuse.len() >= max_peer_requests {
+                            return self.violation(
+                                ByeCode::TooManyRequests,
+                                Penalty::Major,
+                                format!(
+                                    "more than {max_peer_requests} unanswerable requests queued"
+                                ),
+                            );
+                        }
                         x.pending_refuse.push(piece);
                         continue;
                     }
@@ -1321,6 +1363,7 @@ impl Session {
             Message::Piece { piece, data } => {
                 if let Some(size) = x.my_requests.remove(&piece) {
                     x.outstanding_bytes -= size;
+                    x.last_progress = self.now;
                     if data.len() as u64 != size || data.len() > piece_size_max {
                         return self.violation(
                             ByeCode::BadPiece,
@@ -1373,6 +1416,7 @@ impl Session {
                 for piece in pieces {
                     if let Some(size) = x.my_requests.remove(&piece) {
                         x.outstanding_bytes -= size;
+                        x.last_progress = self.now;
                         x.release.push(piece);
                         peer.add_lack(piece);
                     }

@@ -387,3 +387,29 @@ fn critical_bundle_arrives_before_bulk() {
     assert!(!w.nodes[1].complete(&bulk.meta.id));
     assert!(w.run_until(5_000, |w| w.nodes[1].complete(&bulk.meta.id)));
 }
+
+#[test]
+fn requests_to_a_stuck_peer_are_moved_to_another() {
+    let mut catalog = Catalog::default();
+    let data = payload(1_500_000, 13);
+    let e = catalog.publish("fw-4", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut w = World::new(catalog);
+    w.add(MemNode::new(1, &["fw"]));
+    for (seed, mute) in [(2, true), (3, false)] {
+        let mut s = MemNode::new(seed, &[]);
+        s.hold(&e, &data, 0..e.meta.pieces);
+        s.mute = mute;
+        w.add(s);
+    }
+    let stuck = w.connect(1, 0, Some(1000));
+    w.run_for(100);
+    assert!(w.links[stuck].ends[1].session.outstanding_requests() > 0);
+    w.connect(2, 0, Some(1000));
+    assert!(w.run_until(20_000, |w| w.nodes[0].complete(&e.meta.id)));
+    assert_eq!(assembled(&w.nodes[0], &e), data);
+    // The stuck peer kept the session alive (keep-alives) but lost its claims after the
+    // stall timeout.
+    assert!(w.links[stuck].ends[1].closed.is_none());
+    assert_eq!(w.links[stuck].ends[1].session.outstanding_requests(), 0);
+    assert!(w.now < 10_000 + 2_500, "took {} ms", w.now);
+}
