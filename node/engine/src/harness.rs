@@ -539,6 +539,10 @@ impl World {
                     node.penalties.record_close(peer, now, penalty);
                 }
                 self.links[li].ends[side].closed = Some((reason, penalty));
+                // Its claims are free again: let the node's other sessions pick them up.
+                for (l, s) in self.sessions_of(n) {
+                    self.links[l].ends[s].session.replan();
+                }
             }
         }
     }

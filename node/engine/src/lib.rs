@@ -7,6 +7,15 @@
 //!
 //! - [`frame`]: length-prefixed canonical CBOR frames with hard limits.
 //! - [`summary`]: the salted Bloom summary of held pieces and what a peer holds.
+//! - [`scheduler`]: the pure function deciding what to move first, and [`RarityTracker`].
+//! - [`session`]: the contact state machine (`handle_*` in, `poll_*` out).
+//! - [`claims`]: node-wide piece claims so several neighbours are downloaded from at once
+//!   without requesting a piece twice.
+//! - [`penalty`]: per-peer penalties, backoff and bans.
+//! - [`harness`]: an in-memory world of nodes and links in virtual time (tests, benches,
+//!   simulator).
+//!
+//! The wire protocol is specified in `node/PROTOCOL.md`.
 
 mod cbor;
 

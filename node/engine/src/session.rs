@@ -47,6 +47,9 @@ use crate::summary::{
 /// Domain separation tag of the `HelloAck` signature transcript.
 pub const HELLO_ACK_TAG: &[u8] = b"mule/session/v1/hello-ack";
 
+/// Longest time between two full planning steps while requests could be made (ms).
+pub const REPLAN_INTERVAL_MS: u64 = 200;
+
 /// Tuning of one session. `Default` is what the daemon uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
@@ -320,8 +323,11 @@ struct Exchange {
 /// 4. Tell every session about changes of the node's state: [`note_piece_stored`]
 ///    (Self::note_piece_stored), [`note_manifest`](Self::note_manifest),
 ///    [`set_store_full`](Self::set_store_full).
-/// 5. After [`Event::Closed`], send what `poll_transmit` still returns, then drop the
-///    transport; [`is_closed`](Self::is_closed) turns true once nothing is left to send.
+/// 5. After [`Event::Closed`]: release the session's claims
+///    (`claims.release_owner(session.claim_owner())`), record the penalty, call
+///    [`replan`](Self::replan) on the node's other sessions, send what `poll_transmit` still
+///    returns (the `Bye`), then drop the transport; [`is_closed`](Self::is_closed) turns true
+///    once nothing is left to send.
 ///
 /// Time is milliseconds since any fixed origin, never decreasing.
 pub struct Session {
@@ -340,6 +346,9 @@ pub struct Session {
     tx_piece_bytes: usize,
     events: VecDeque<Event>,
     now: u64,
+    /// Something changed that may allow new requests.
+    plan_dirty: bool,
+    last_plan: u64,
     started: u64,
     last_rx: u64,
     last_tx: u64,
@@ -437,6 +446,8 @@ impl Session {
             tx_piece_bytes: 0,
             events: VecDeque::new(),
             now,
+            plan_dirty: true,
+            last_plan: now,
             started: now,
             last_rx: now,
             last_tx: now,
@@ -629,6 +640,7 @@ impl Session {
                 }
             }
             tracing::debug!(pieces = stalled.len(), "requests stalled; cancelled");
+            self.plan_dirty = true;
             x.pending_cancel.extend(stalled);
         }
         if now >= self.last_tx + self.cfg.keepalive_interval_ms
@@ -734,6 +746,7 @@ impl Session {
             // Came from this peer: it knows.
             x.awaiting_bytes -= size;
             x.release.push(piece);
+            self.plan_dirty = true;
             return;
         }
         if let Some(size) = x.my_requests.remove(&piece) {
@@ -742,9 +755,8 @@ impl Session {
             x.pending_cancel.push(piece);
             x.release.push(piece);
         }
-        if x.peer.is_some() {
-            x.pending_haves.push(piece);
-        }
+        // Our summary went out when we entered `Exchanging`; anything newer is a Have.
+        x.pending_haves.push(piece);
     }
 
     /// The driver could not store a piece this session delivered.
@@ -781,6 +793,7 @@ impl Session {
     pub fn note_manifest(&mut self, bundle: LocalBundle) {
         let id = bundle.meta.id;
         self.local.bundles.entry(id).or_insert(bundle);
+        self.plan_dirty = true;
         self.offer_manifests();
     }
 
@@ -796,6 +809,7 @@ impl Session {
             return;
         }
         self.store_full = full;
+        self.plan_dirty = true;
         if !full {
             return;
         }
@@ -824,6 +838,10 @@ impl Session {
     /// Chooses and sends requests for pieces the peer holds and we want (or should carry),
     /// claiming each in the node-wide `claims` so no two sessions request the same piece,
     /// and releasing claims this session no longer needs.
+    ///
+    /// The full schedule runs only when something changed (summary, `Have`, manifest, an
+    /// answered or refused request, [`replan`](Self::replan)) or every
+    /// [`REPLAN_INTERVAL_MS`] otherwise, so claims released by other sessions are picked up.
     pub fn plan_requests(&mut self, claims: &mut PieceClaims, rarity: &RarityTracker) {
         let owner = self.cfg.claim_owner;
         let store_full = self.store_full;
@@ -836,6 +854,9 @@ impl Session {
         let Some(peer) = x.peer.as_ref() else {
             return;
         };
+        if !self.plan_dirty && self.now < self.last_plan + REPLAN_INTERVAL_MS {
+            return;
+        }
         let window = self.cfg.max_outstanding_requests as usize;
         if store_full
             || x.awaiting_bytes >= self.cfg.max_awaiting_store_bytes
@@ -879,6 +900,8 @@ impl Session {
             budget: Budget::UNLIMITED,
         };
         let plan = scheduler::schedule(&input);
+        self.plan_dirty = false;
+        self.last_plan = self.now;
         if x.my_requests.is_empty() {
             x.last_progress = self.now;
         }
@@ -915,6 +938,12 @@ impl Session {
         for chunk in batch.chunks(MAX_PIECE_LIST) {
             Message::Request(chunk.to_vec()).encode(&mut self.control);
         }
+    }
+
+    /// Forces a full planning step at the next [`plan_requests`](Self::plan_requests), e.g.
+    /// after another session of the node closed and released its claims.
+    pub fn replan(&mut self) {
+        self.plan_dirty = true;
     }
 
     // ----- internals -----
@@ -1295,6 +1324,7 @@ impl Session {
                         filter_bytes: s.filter.bits().len(),
                     };
                     x.peer = Some(PeerHoldings::new(*s));
+                    self.plan_dirty = true;
                     self.events.push_back(ev);
                     self.offer_manifests();
                 }
@@ -1378,6 +1408,7 @@ impl Session {
                     }
                     x.awaiting_store.insert(piece, size);
                     x.awaiting_bytes += size;
+                    self.plan_dirty = true;
                     self.stats.pieces_received += 1;
                     self.stats.piece_bytes_received += size;
                     self.events.push_back(Event::PieceReceived { piece, data });
@@ -1394,6 +1425,7 @@ impl Session {
                 }
             }
             Message::Have(pieces) => {
+                self.plan_dirty = true;
                 for piece in pieces {
                     if !peer.add_have(piece) {
                         return self.violation(
@@ -1405,6 +1437,7 @@ impl Session {
                 }
             }
             Message::Refuse { reason, pieces } => {
+                self.plan_dirty = true;
                 if pieces.is_empty()
                     && matches!(
                         reason,
