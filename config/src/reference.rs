@@ -140,6 +140,11 @@ pub const KEYS: &[KeyDoc] = &[
         "Most sessions open at once (1 to 1024).",
     ),
     key(
+        "session.peers",
+        "list of \"ADDR:PORT\"",
+        "Peers dialled whenever no session with them is open, without discovery (wired gateways, loopback tests).",
+    ),
+    key(
         "subscriptions.channels",
         "list of strings",
         "Channels whose bundles this node wants, exports and installs; empty means it only carries for others.",

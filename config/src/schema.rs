@@ -169,6 +169,11 @@ pub struct Session {
     pub idle_timeout_ms: u64,
     /// Most sessions open at once; further neighbours wait.
     pub max_sessions: u32,
+    /// Session addresses of peers to dial whenever no session with them is
+    /// open, without waiting for discovery (wired gateways with known
+    /// addresses; tests on loopback, where multicast discovery does not
+    /// apply). Their node ids are learnt from the handshake.
+    pub peers: Vec<SocketAddr>,
 }
 
 impl Default for Session {
@@ -181,6 +186,7 @@ impl Default for Session {
             keepalive_ms: 1000,
             idle_timeout_ms: 4000,
             max_sessions: 16,
+            peers: Vec::new(),
         }
     }
 }
