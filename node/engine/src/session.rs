@@ -733,12 +733,12 @@ impl Session {
     /// The driver stored a piece (from this session or any other): update the view, send a
     /// `Have` to the peer, and cancel our request for it here if another session got it.
     pub fn note_piece_stored(&mut self, piece: PieceRef) {
-        let Some(b) = self.local.bundles.get_mut(&piece.bundle) else {
-            return;
-        };
-        if !b.have.set(piece.index) {
-            return;
-        }
+        // Also when the store already had it (a duplicate): the bookkeeping below must run.
+        let newly = self
+            .local
+            .bundles
+            .get_mut(&piece.bundle)
+            .is_some_and(|b| b.have.set(piece.index));
         let State::Exchanging(x) = &mut self.state else {
             return;
         };
@@ -754,9 +754,12 @@ impl Session {
             x.cancelled.insert(piece);
             x.pending_cancel.push(piece);
             x.release.push(piece);
+            self.plan_dirty = true;
         }
         // Our summary went out when we entered `Exchanging`; anything newer is a Have.
-        x.pending_haves.push(piece);
+        if newly {
+            x.pending_haves.push(piece);
+        }
     }
 
     /// The driver could not store a piece this session delivered.

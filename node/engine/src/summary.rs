@@ -362,9 +362,33 @@ impl PeerHoldings {
         self.want_bundles.contains(bundle) || self.channels.contains(channel)
     }
 
-    /// The peer's predictability towards `node` (0 when not advertised).
+    /// The peer's advertised predictability vector, sorted by node id (for
+    /// PRoPHET transitivity).
+    pub fn predictabilities(&self) -> Vec<(NodeId, f64)> {
+        let mut v: Vec<(NodeId, f64)> = self
+            .predictabilities
+            .iter()
+            .map(|(n, p)| (*n, f64::from(*p)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The peer's delivery predictability towards `node` (0 when unknown).
     pub fn predictability(&self, node: &NodeId) -> f32 {
         self.predictabilities.get(node).copied().unwrap_or(0.0)
+    }
+
+    /// The peer's advertised predictabilities, sorted by node id (e.g. for PRoPHET's
+    /// transitive update).
+    pub fn predictabilities(&self) -> Vec<(NodeId, f64)> {
+        let mut v: Vec<(NodeId, f64)> = self
+            .predictabilities
+            .iter()
+            .map(|(n, p)| (*n, *p as f64))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Records an in-session `Have`; returns false when the per-peer cap is reached.
