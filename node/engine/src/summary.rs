@@ -379,18 +379,6 @@ impl PeerHoldings {
         self.predictabilities.get(node).copied().unwrap_or(0.0)
     }
 
-    /// The peer's advertised predictabilities, sorted by node id (e.g. for PRoPHET's
-    /// transitive update).
-    pub fn predictabilities(&self) -> Vec<(NodeId, f64)> {
-        let mut v: Vec<(NodeId, f64)> = self
-            .predictabilities
-            .iter()
-            .map(|(n, p)| (*n, *p as f64))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
     /// Records an in-session `Have`; returns false when the per-peer cap is reached.
     pub fn add_have(&mut self, piece: PieceRef) -> bool {
         self.lacks.remove(&piece);
