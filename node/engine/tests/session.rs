@@ -413,3 +413,104 @@ fn requests_to_a_stuck_peer_are_moved_to_another() {
     assert_eq!(w.links[stuck].ends[1].session.outstanding_requests(), 0);
     assert!(w.now < 10_000 + 2_500, "took {} ms", w.now);
 }
+
+/// Tiny deterministic generator for the seeded scenarios below.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn seeded_flapping_contacts_with_partial_senders_complete_without_duplicates() {
+    for seed in 1..=12u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut catalog = Catalog::default();
+        let data = payload(1_200_000, seed);
+        let e = catalog.publish(
+            &format!("fw-s{seed}"),
+            "fw",
+            Priority::Normal,
+            vec![],
+            &data,
+            PIECE,
+        );
+        let mut w = World::new(catalog);
+        w.add(MemNode::new(1, &["fw"]));
+        // Three senders, each holding a random subset; together they hold everything.
+        let mut holdings: Vec<Vec<u32>> = vec![Vec::new(); 3];
+        for i in 0..e.meta.pieces {
+            holdings[rng.below(3) as usize].push(i);
+            if rng.below(2) == 0 {
+                holdings[rng.below(3) as usize].push(i);
+            }
+        }
+        for (k, h) in holdings.iter().enumerate() {
+            let mut s = MemNode::new(10 + k as u8, &[]);
+            s.hold(&e, &data, h.iter().copied());
+            w.add(s);
+        }
+        let mut links: Vec<Option<usize>> = vec![None; 3];
+        let mut t = 0;
+        while !w.nodes[0].complete(&e.meta.id) && t < 60_000 {
+            for k in 0..3 {
+                let up = links[k].is_some_and(|l| w.links[l].ends[0].closed.is_none());
+                if !up && rng.below(4) == 0 {
+                    links[k] = Some(w.connect(k + 1, 0, Some(200 + rng.below(800))));
+                } else if up && rng.below(5) == 0 {
+                    w.cut(links[k].unwrap());
+                }
+            }
+            let step = 200 + rng.below(800);
+            w.run_for(step);
+            t += step;
+        }
+        assert!(
+            w.nodes[0].complete(&e.meta.id),
+            "seed {seed}: incomplete after {t} ms"
+        );
+        assert_eq!(assembled(&w.nodes[0], &e), data, "seed {seed}");
+        assert!(
+            w.nodes[0].received.values().all(|&n| n == 1),
+            "seed {seed}: a piece arrived twice"
+        );
+    }
+}
+
+#[test]
+fn random_bytes_after_authentication_close_cleanly() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut closed = 0;
+    for _ in 0..300 {
+        let (mut w, l, _) = authenticated();
+        let len = 1 + rng.below(200) as usize;
+        let mut junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if rng.below(2) == 0 && len > 5 {
+            // A plausible header so the body parser is reached.
+            junk[0..4].copy_from_slice(&((len - 4) as u32).to_be_bytes());
+            junk[4] = 1 + rng.below(11) as u8;
+        }
+        let now = w.now;
+        w.links[l].ends[1].session.handle_bytes(now, &junk);
+        w.run_for(5);
+        if let Some((code, penalty)) = closed_code(&w, l, 1) {
+            closed += 1;
+            assert_ne!(code, ByeCode::Normal);
+            if code != ByeCode::BadVersion {
+                assert_ne!(penalty, Penalty::None, "{code:?}");
+            }
+        }
+        // Nothing from junk reached the store.
+        assert!(w.nodes[1].store.len() <= 5);
+    }
+    // Junk that is merely an incomplete frame keeps the session waiting; nearly all closes.
+    assert!(closed >= 270, "only {closed} of 300 closed");
+}
