@@ -15,6 +15,9 @@
 pub mod mule_strategy;
 pub mod oracle;
 pub mod pieces;
+pub mod plot;
+pub mod report;
+pub mod run;
 pub mod sim;
 pub mod strategy;
 pub mod synth;

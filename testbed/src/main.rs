@@ -1,1 +1,261 @@
-fn main() {}
+//! `mule-testbed`: simulate Mule and baselines on contact traces and report with plots.
+//!
+//! Subcommands: `simulate` (deterministic fleet simulation), `oracle` (the lower bound
+//! alone), `gen-trace` (synthetic traces). `emulate` (real daemons in network
+//! namespaces) reuses the trace, oracle and report modules; it needs the daemon.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow_free::Result;
+use clap::{Parser, Subcommand};
+use mule_testbed::run::{Audience, Publish, PublishAt, SimulateArgs, StrategyKind};
+use mule_testbed::trace::{self, Format, Trace};
+use mule_testbed::units::{Rate, Size, fmt_secs};
+
+/// `main` only needs a boxed error: keep the dependency list short.
+mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "mule-testbed",
+    version,
+    about = "Replay contact traces: simulate Mule and baselines, report with plots"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct TraceArgs {
+    /// Contact trace: CSV `start_s,end_s,node_a,node_b` or The ONE `time CONN a b up|down`.
+    #[arg(long)]
+    trace: PathBuf,
+    /// Trace format (default: guessed from the content).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Node count (default: highest id + 1); ids must be below it.
+    #[arg(long)]
+    nodes: Option<u32>,
+    /// Contacts shorter than this many seconds are extended to it (not dropped).
+    #[arg(long, default_value_t = trace::DEFAULT_MIN_CONTACT_S)]
+    min_contact: f64,
+    /// Only use the trace between these times, `FROM:TO` in seconds.
+    #[arg(long, value_parser = parse_window)]
+    window: Option<(f64, f64)>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Deterministic simulation of Mule and baselines in virtual time.
+    Simulate {
+        #[command(flatten)]
+        trace: TraceArgs,
+        /// Link rate per contact direction, e.g. 8mbit, 1gbit, 500kbit.
+        #[arg(long, default_value = "8mbit")]
+        rate: Rate,
+        /// What to publish where: SIZE@NODE, e.g. 2MB@0.
+        #[arg(long)]
+        publish: Publish,
+        /// When to publish: fraction of the trace (0.25, 25%) or seconds (3600s).
+        #[arg(long, default_value = "0.25")]
+        publish_at: PublishAt,
+        /// Who subscribes: `all` (every node but the origin) or a fraction (0.3, 30%).
+        #[arg(long, default_value = "all")]
+        audience: Audience,
+        /// RNG seed (audience choice, Bloom false positives, tie breaks).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Piece size.
+        #[arg(long, default_value = "64KiB")]
+        piece_size: Size,
+        /// Bytes a node outside the audience may carry (the daemon's default: 256 MiB).
+        #[arg(long, default_value = "256MiB")]
+        carry_quota: Size,
+        /// False-positive rate the Bloom summaries are sized for.
+        #[arg(long, default_value_t = 0.01)]
+        fpr: f64,
+        /// Strategies to compare, comma separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "mule,rarest,epidemic,client-server"
+        )]
+        strategies: Vec<StrategyKind>,
+        /// Turn off social prediction in the Mule strategy.
+        #[arg(long)]
+        no_prediction: bool,
+        /// Output directory for results.json, nodes.csv, contacts.csv, summary.md, plots.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the oracle bound for each node.
+    Oracle {
+        #[command(flatten)]
+        trace: TraceArgs,
+        /// Link rate, e.g. 8mbit.
+        #[arg(long, default_value = "8mbit")]
+        rate: Rate,
+        /// SIZE@NODE.
+        #[arg(long)]
+        publish: Publish,
+        /// Fraction of the trace or seconds.
+        #[arg(long, default_value = "0.25")]
+        publish_at: PublishAt,
+    },
+    /// Write a synthetic community trace as CSV.
+    GenTrace {
+        /// Number of nodes.
+        #[arg(long)]
+        nodes: u32,
+        /// Length in days.
+        #[arg(long, default_value_t = 3.0)]
+        days: f64,
+        /// RNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_window(s: &str) -> std::result::Result<(f64, f64), String> {
+    let (a, b) = s.split_once(':').ok_or("expected FROM:TO in seconds")?;
+    let a: f64 = a.parse().map_err(|_| format!("{a:?} is not a number"))?;
+    let b: f64 = b.parse().map_err(|_| format!("{b:?} is not a number"))?;
+    Ok((a, b))
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("mule-testbed: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Simulate {
+            trace,
+            rate,
+            publish,
+            publish_at,
+            audience,
+            seed,
+            piece_size,
+            carry_quota,
+            fpr,
+            strategies,
+            no_prediction,
+            out,
+        } => {
+            let args = SimulateArgs {
+                trace: trace.trace,
+                format: trace.format,
+                rate,
+                publish,
+                publish_at,
+                audience,
+                nodes: trace.nodes,
+                min_contact: trace.min_contact,
+                window: trace.window,
+                seed,
+                piece_size,
+                carry_quota,
+                fpr,
+                strategies,
+                prediction: !no_prediction,
+            };
+            let t0 = Instant::now();
+            let mut last = Instant::now();
+            let mut progress = |name: &str, f: f64| {
+                if last.elapsed().as_millis() >= 500 || f >= 1.0 {
+                    last = Instant::now();
+                    eprint!(
+                        "\r{name:>14}: {:5.1}% of contacts  [{:.1} s]   ",
+                        100.0 * f,
+                        t0.elapsed().as_secs_f64()
+                    );
+                    if f >= 1.0 {
+                        eprintln!();
+                    }
+                    let _ = std::io::stderr().flush();
+                }
+            };
+            let (trace, report) = mule_testbed::run::simulate_run(&args, &mut progress)?;
+            for w in mule_testbed::run::write_report(&report, &trace, &out)? {
+                eprintln!("mule-testbed: warning: {w}");
+            }
+            println!("{}", report.headline_table());
+            eprintln!(
+                "simulated {} strategies on {} nodes / {} contacts in {:.2} s; report in {}",
+                report.outcomes.len(),
+                report.info.nodes,
+                report.info.contacts,
+                t0.elapsed().as_secs_f64(),
+                out.display()
+            );
+        }
+        Cmd::Oracle {
+            trace,
+            rate,
+            publish,
+            publish_at,
+        } => {
+            let opts = trace::Options {
+                min_contact: trace.min_contact,
+                nodes: trace.nodes,
+                window: trace.window,
+            };
+            let t = Trace::load(&trace.trace, trace.format, &opts)?;
+            if publish.node >= t.nodes {
+                return Err(
+                    format!("origin {} not in the trace (0..{})", publish.node, t.nodes).into(),
+                );
+            }
+            let at = match publish_at {
+                PublishAt::Fraction(f) => t.start + f * t.duration(),
+                PublishAt::Seconds(s) => s,
+            };
+            let o =
+                mule_testbed::oracle::Oracle::compute(&t, publish.node, at, publish.size.0, rate);
+            println!("node,earliest_arrival_s,complete_s");
+            for v in 0..t.nodes as usize {
+                println!("{v},{},{}", o.earliest_arrival[v] - at, o.complete[v] - at);
+            }
+            eprintln!(
+                "{} nodes, min contact {} s, published at {}",
+                t.nodes,
+                t.min_contact,
+                fmt_secs(at)
+            );
+        }
+        Cmd::GenTrace {
+            nodes,
+            days,
+            seed,
+            out,
+        } => {
+            let t0 = Instant::now();
+            let t = mule_testbed::synth::synthetic(nodes, days, seed);
+            let csv = t.to_csv();
+            match out {
+                Some(p) => std::fs::write(&p, csv)?,
+                None => std::io::stdout().write_all(csv.as_bytes())?,
+            }
+            eprintln!(
+                "generated {} contacts for {} nodes over {days} days in {:.2} s",
+                t.contacts.len(),
+                t.nodes,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}

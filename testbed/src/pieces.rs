@@ -138,6 +138,16 @@ impl PieceSet {
         None
     }
 
+    /// Makes `self` the union of `a` and `b` (all three over the same length).
+    pub fn assign_union(&mut self, a: &PieceSet, b: &PieceSet) {
+        let mut count = 0;
+        for ((w, x), y) in self.words.iter_mut().zip(&a.words).zip(&b.words) {
+            *w = x | y;
+            count += w.count_ones();
+        }
+        self.count = count;
+    }
+
     /// Adds every member of `other`.
     pub fn union_with(&mut self, other: &PieceSet) {
         let mut count = 0;
@@ -172,6 +182,9 @@ mod tests {
         assert_eq!(only_low.first_minus2_from(&a, &b, 100), Some(3));
         assert_eq!(only_low.first_minus2_from(&a, &only_low, 100), None);
         assert!(s.remove(0) && !s.remove(0));
+        let mut u = PieceSet::new(130);
+        u.assign_union(&a, &s);
+        assert_eq!(u.count(), 2);
         a.union_with(&s);
         assert_eq!(a.count(), 2);
         assert!(PieceSet::full(130).is_full());

@@ -1,0 +1,382 @@
+//! One `simulate` run from parsed arguments to a written report: load the trace,
+//! build the scenario, compute the oracle, simulate each strategy, write files.
+//! `main.rs` only parses the command line into [`SimulateArgs`].
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mule_strategy::Mule;
+use crate::oracle::Oracle;
+use crate::report::{Report, ReportError, RunInfo};
+use crate::sim::{Overheads, Scenario, simulate};
+use crate::strategy::{ClientServer, Epidemic, Strategy};
+use crate::trace::{self, Format, NodeIx, Trace, TraceError};
+use crate::units::{Rate, Size, UnitError};
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The trace was rejected.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The report could not be written.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// An argument makes no sense for this trace.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `SIZE@NODE`: what to publish where.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Publish {
+    /// Bundle size.
+    pub size: Size,
+    /// Origin node.
+    pub node: NodeIx,
+}
+
+impl FromStr for Publish {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (size, node) = s
+            .split_once('@')
+            .ok_or_else(|| format!("{s:?}: expected SIZE@NODE, e.g. 2MB@0"))?;
+        Ok(Publish {
+            size: size.parse().map_err(|e: UnitError| e.to_string())?,
+            node: node
+                .trim()
+                .parse()
+                .map_err(|_| format!("{node:?}: expected a node index"))?,
+        })
+    }
+}
+
+/// When to publish: a fraction of the trace (`0.25`, `25%`) or seconds (`3600s`, or
+/// any number above 1).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PublishAt {
+    /// Fraction of the trace's duration after its start.
+    Fraction(f64),
+    /// Seconds after the trace's start.
+    Seconds(f64),
+}
+
+impl FromStr for PublishAt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = || format!("{s:?}: expected a fraction (0.25, 25%) or seconds (3600s)");
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.parse().map_err(|_| bad())?;
+            return if (0.0..=100.0).contains(&p) {
+                Ok(PublishAt::Fraction(p / 100.0))
+            } else {
+                Err(bad())
+            };
+        }
+        if let Some(x) = s.strip_suffix('s') {
+            let x: f64 = x.parse().map_err(|_| bad())?;
+            return if x >= 0.0 && x.is_finite() {
+                Ok(PublishAt::Seconds(x))
+            } else {
+                Err(bad())
+            };
+        }
+        let x: f64 = s.parse().map_err(|_| bad())?;
+        if !(x >= 0.0 && x.is_finite()) {
+            Err(bad())
+        } else if x <= 1.0 {
+            Ok(PublishAt::Fraction(x))
+        } else {
+            Ok(PublishAt::Seconds(x))
+        }
+    }
+}
+
+/// Who subscribes: everybody but the origin, or a seeded fraction of the others.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Audience {
+    /// Every node except the origin.
+    All,
+    /// This fraction of the non-origin nodes (seeded choice).
+    Fraction(f64),
+}
+
+impl FromStr for Audience {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "all" {
+            return Ok(Audience::All);
+        }
+        let f = match s.strip_suffix('%') {
+            Some(p) => p.parse::<f64>().map(|p| p / 100.0),
+            None => s.parse::<f64>(),
+        }
+        .map_err(|_| format!("{s:?}: expected `all` or a fraction like 0.3 or 30%"))?;
+        if (0.0..=1.0).contains(&f) && f > 0.0 {
+            Ok(Audience::Fraction(f))
+        } else {
+            Err(format!("{s:?}: the audience fraction must be in (0, 1]"))
+        }
+    }
+}
+
+impl std::fmt::Display for Audience {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Audience::All => f.write_str("all"),
+            Audience::Fraction(x) => write!(f, "{:.0}%", x * 100.0),
+        }
+    }
+}
+
+/// The strategies a run can compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StrategyKind {
+    /// Mule's own scheduler and prediction.
+    Mule,
+    /// Rarest-first without prediction.
+    Rarest,
+    /// Naive epidemic.
+    Epidemic,
+    /// Client–server.
+    ClientServer,
+}
+
+impl FromStr for StrategyKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "mule" => Ok(StrategyKind::Mule),
+            "rarest" | "rarest-first" => Ok(StrategyKind::Rarest),
+            "epidemic" => Ok(StrategyKind::Epidemic),
+            "client-server" | "cs" => Ok(StrategyKind::ClientServer),
+            other => Err(format!(
+                "unknown strategy {other:?} (expected mule, rarest, epidemic, client-server)"
+            )),
+        }
+    }
+}
+
+/// Arguments of `mule-testbed simulate`.
+#[derive(Clone, Debug)]
+pub struct SimulateArgs {
+    /// The trace file.
+    pub trace: PathBuf,
+    /// Its format (`None`: guess).
+    pub format: Option<Format>,
+    /// Link rate.
+    pub rate: Rate,
+    /// Bundle size and origin.
+    pub publish: Publish,
+    /// When to publish.
+    pub publish_at: PublishAt,
+    /// Who subscribes.
+    pub audience: Audience,
+    /// Declared node count.
+    pub nodes: Option<u32>,
+    /// Minimum contact length, seconds.
+    pub min_contact: f64,
+    /// Optional time window `[from, to]` seconds.
+    pub window: Option<(f64, f64)>,
+    /// RNG seed.
+    pub seed: u64,
+    /// Piece size.
+    pub piece_size: Size,
+    /// Bytes a non-audience node may carry.
+    pub carry_quota: Size,
+    /// Bloom false-positive rate.
+    pub fpr: f64,
+    /// Strategies to compare, in order.
+    pub strategies: Vec<StrategyKind>,
+    /// Social prediction in the Mule strategy.
+    pub prediction: bool,
+}
+
+/// Loads the trace and builds the scenario for `args`.
+pub fn prepare(args: &SimulateArgs) -> Result<(Trace, Scenario), RunError> {
+    let opts = trace::Options {
+        min_contact: args.min_contact,
+        nodes: args.nodes,
+        window: args.window,
+    };
+    let trace = Trace::load(&args.trace, args.format, &opts)?;
+    let origin = args.publish.node;
+    if origin >= trace.nodes {
+        return Err(RunError::Invalid(format!(
+            "--publish: origin node {origin} is not in the trace (nodes 0..{})",
+            trace.nodes
+        )));
+    }
+    let publish_at = match args.publish_at {
+        PublishAt::Fraction(f) => trace.start + f * trace.duration(),
+        PublishAt::Seconds(s) => s,
+    };
+    if publish_at < trace.start || publish_at > trace.end {
+        return Err(RunError::Invalid(format!(
+            "--publish-at {publish_at} s is outside the trace [{}, {}]",
+            trace.start, trace.end
+        )));
+    }
+    let ps = args.piece_size.0;
+    let max_piece = mule_engine::frame::MAX_PIECE_BYTES as u64;
+    if !(1024..=max_piece).contains(&ps) {
+        return Err(RunError::Invalid(format!(
+            "--piece-size {} is outside 1 KiB..256 KiB (the session's largest piece)",
+            args.piece_size
+        )));
+    }
+    if !(args.fpr > 0.0 && args.fpr < 0.5) {
+        return Err(RunError::Invalid(format!(
+            "--fpr {} is outside (0, 0.5)",
+            args.fpr
+        )));
+    }
+    let pieces = args.publish.size.0.div_ceil(ps);
+    if pieces > 1 << 22 {
+        return Err(RunError::Invalid(format!(
+            "{pieces} pieces is too many: use a larger --piece-size"
+        )));
+    }
+    let fraction = match args.audience {
+        Audience::All => 1.0,
+        Audience::Fraction(f) => f,
+    };
+    let sc = Scenario {
+        rate: args.rate,
+        bundle: args.publish.size.0,
+        piece_size: ps as u32,
+        origin,
+        publish_at,
+        audience: Scenario::pick_audience(trace.nodes, origin, fraction, args.seed),
+        carry_quota_pieces: (args.carry_quota.0 / ps).min(u32::MAX as u64) as u32,
+        fpr: args.fpr,
+        overheads: Overheads::mule(ps as u32),
+        seed: args.seed,
+    };
+    Ok((trace, sc))
+}
+
+/// Builds the strategy objects for a run.
+pub fn strategies(
+    kinds: &[StrategyKind],
+    sc: &Scenario,
+    nodes: u32,
+    prediction: bool,
+) -> Vec<Box<dyn Strategy>> {
+    kinds
+        .iter()
+        .map(|k| -> Box<dyn Strategy> {
+            match k {
+                StrategyKind::Mule => Box::new(Mule::new(sc, nodes, prediction)),
+                StrategyKind::Rarest => Box::new(Mule::rarest(sc, nodes)),
+                StrategyKind::Epidemic => Box::new(Epidemic),
+                StrategyKind::ClientServer => Box::new(ClientServer),
+            }
+        })
+        .collect()
+}
+
+/// Runs the simulation and returns the report (not yet written). `progress(name,
+/// fraction)` is called as each strategy advances.
+pub fn simulate_run(
+    args: &SimulateArgs,
+    progress: &mut dyn FnMut(&str, f64),
+) -> Result<(Trace, Report), RunError> {
+    let (trace, sc) = prepare(args)?;
+    let oracle = Oracle::compute(&trace, sc.origin, sc.publish_at, sc.bundle, sc.rate);
+    let mut outcomes = Vec::new();
+    for mut s in strategies(&args.strategies, &sc, trace.nodes, args.prediction) {
+        let name = s.name().to_owned();
+        let out = simulate(&trace, &sc, s.as_mut(), &mut |f| progress(&name, f));
+        outcomes.push(out);
+    }
+    let name = args
+        .trace
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = name
+        .trim_end_matches(".csv")
+        .trim_end_matches(".txt")
+        .trim_end_matches(".one")
+        .to_owned();
+    let mut notes = vec![format!(
+        "Contacts shorter than {} s were extended to {} s (not dropped); overlapping contacts of a pair were merged.",
+        trace.min_contact, trace.min_contact
+    )];
+    notes.push(crate::mule_strategy::STATUS.to_owned());
+    let info = RunInfo {
+        trace: name,
+        nodes: trace.nodes,
+        contacts: trace.contacts.len(),
+        start_s: trace.start,
+        duration_s: trace.duration(),
+        min_contact_s: trace.min_contact,
+        contacts_extended: trace.stats.extended,
+        scenario: sc,
+        audience_spec: args.audience.to_string(),
+        prediction: args.prediction,
+        notes,
+    };
+    let report = Report::build(info, oracle, outcomes);
+    Ok((trace, report))
+}
+
+/// Writes the report files and plots into `out`; returns plot warnings.
+pub fn write_report(
+    report: &Report,
+    trace: &Trace,
+    out: &std::path::Path,
+) -> Result<Vec<String>, RunError> {
+    report.write(out, trace)?;
+    Ok(crate::plot::write_all(report, trace, out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_values_parse() {
+        assert_eq!(
+            "2MB@3".parse::<Publish>().unwrap(),
+            Publish {
+                size: Size(2_000_000),
+                node: 3
+            }
+        );
+        assert!("2MB".parse::<Publish>().is_err());
+        assert!("2MB@x".parse::<Publish>().is_err());
+        assert_eq!(
+            "0.25".parse::<PublishAt>().unwrap(),
+            PublishAt::Fraction(0.25)
+        );
+        assert_eq!(
+            "25%".parse::<PublishAt>().unwrap(),
+            PublishAt::Fraction(0.25)
+        );
+        assert_eq!(
+            "3600".parse::<PublishAt>().unwrap(),
+            PublishAt::Seconds(3600.0)
+        );
+        assert_eq!("1s".parse::<PublishAt>().unwrap(), PublishAt::Seconds(1.0));
+        assert!("-1".parse::<PublishAt>().is_err());
+        assert_eq!("all".parse::<Audience>().unwrap(), Audience::All);
+        assert_eq!("30%".parse::<Audience>().unwrap(), Audience::Fraction(0.3));
+        assert!("1.5".parse::<Audience>().is_err());
+        assert!("0".parse::<Audience>().is_err());
+        assert_eq!(
+            "cs".parse::<StrategyKind>().unwrap(),
+            StrategyKind::ClientServer
+        );
+        assert!("flood".parse::<StrategyKind>().is_err());
+    }
+}
