@@ -8,6 +8,8 @@
 //!    256 KiB pieces: useful payload / (rate × contact time), virtual time from link up to
 //!    the first piece byte (no propagation delay modelled), and link bytes per payload byte.
 
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall time
+
 use std::time::Instant;
 
 use mule_bundle::Priority;

@@ -650,10 +650,10 @@ mod tests {
             let mut stack = m.deps.clone();
             let set = out.entry(m.id).or_default();
             while let Some(d) = stack.pop() {
-                if set.insert(d) {
-                    if let Some(dm) = metas.iter().find(|x| x.id == d) {
-                        stack.extend(dm.deps.iter().copied());
-                    }
+                if set.insert(d)
+                    && let Some(dm) = metas.iter().find(|x| x.id == d)
+                {
+                    stack.extend(dm.deps.iter().copied());
                 }
             }
         }

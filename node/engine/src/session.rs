@@ -158,7 +158,7 @@ pub struct LocalView {
 impl LocalView {
     /// Whether this node wants the bundle for itself.
     pub fn wants(&self, meta: &BundleMeta) -> bool {
-        self.want_bundles.contains(&meta.id) || self.channels.iter().any(|c| *c == meta.channel)
+        self.want_bundles.contains(&meta.id) || self.channels.contains(&meta.channel)
     }
 
     fn predictability(&self, node: &NodeId) -> f32 {
@@ -869,15 +869,15 @@ impl Session {
             return;
         }
         // Receiver-side schedule: the peer is the source, we are the destination.
-        let holds: Vec<(BundleId, Box<dyn Fn(u32) -> bool + '_>)> = self
+        type Holds<'h> = Box<dyn Fn(u32) -> bool + 'h>;
+        let holds: Vec<(BundleId, Holds<'_>)> = self
             .local
             .bundles
             .values()
             .filter(|b| !b.have.is_complete() && b.meta.piece_size <= self.cfg.piece_size_max)
             .map(|b| {
                 let id = b.meta.id;
-                let f: Box<dyn Fn(u32) -> bool + '_> =
-                    Box::new(move |index| peer.has(PieceRef { bundle: id, index }));
+                let f: Holds<'_> = Box::new(move |index| peer.has(PieceRef { bundle: id, index }));
                 (id, f)
             })
             .collect();

@@ -370,7 +370,7 @@ impl PeerHoldings {
             .iter()
             .map(|(n, p)| (*n, f64::from(*p)))
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by_key(|e| e.0);
         v
     }
 

@@ -461,12 +461,12 @@ fn seeded_flapping_contacts_with_partial_senders_complete_without_duplicates() {
         let mut links: Vec<Option<usize>> = vec![None; 3];
         let mut t = 0;
         while !w.nodes[0].complete(&e.meta.id) && t < 60_000 {
-            for k in 0..3 {
-                let up = links[k].is_some_and(|l| w.links[l].ends[0].closed.is_none());
+            for (k, link) in links.iter_mut().enumerate() {
+                let up = link.is_some_and(|l| w.links[l].ends[0].closed.is_none());
                 if !up && rng.below(4) == 0 {
-                    links[k] = Some(w.connect(k + 1, 0, Some(200 + rng.below(800))));
+                    *link = Some(w.connect(k + 1, 0, Some(200 + rng.below(800))));
                 } else if up && rng.below(5) == 0 {
-                    w.cut(links[k].unwrap());
+                    w.cut(link.unwrap());
                 }
             }
             let step = 200 + rng.below(800);
