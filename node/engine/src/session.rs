@@ -860,7 +860,11 @@ impl Session {
         if !self.plan_dirty && self.now < self.last_plan + REPLAN_INTERVAL_MS {
             return;
         }
-        let window = self.cfg.max_outstanding_requests as usize;
+        // Never more than the peer accepts (its Hello), or it would close the session.
+        let window = self
+            .cfg
+            .max_outstanding_requests
+            .min(x.peer_hello.max_requests) as usize;
         if store_full
             || x.awaiting_bytes >= self.cfg.max_awaiting_store_bytes
             || x.my_requests.len() * 4 > window * 3

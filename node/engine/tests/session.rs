@@ -514,3 +514,18 @@ fn random_bytes_after_authentication_close_cleanly() {
     // Junk that is merely an incomplete frame keeps the session waiting; nearly all closes.
     assert!(closed >= 270, "only {closed} of 300 closed");
 }
+
+#[test]
+fn request_window_respects_the_peers_limit() {
+    let (mut w, e, _) = pair(2_000_000);
+    w.cfg.max_peer_requests = 3;
+    let l = w.connect(0, 1, Some(1000));
+    let mut max_seen = 0;
+    while !w.nodes[1].complete(&e.meta.id) && w.now < 10_000 {
+        w.run_for(1);
+        max_seen = max_seen.max(w.links[l].ends[1].session.outstanding_requests());
+    }
+    assert!(w.nodes[1].complete(&e.meta.id));
+    assert!(max_seen <= 3 && max_seen > 0, "outstanding {max_seen}");
+    assert!(w.links[l].ends[0].closed.is_none());
+}
