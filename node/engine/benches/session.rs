@@ -60,6 +60,33 @@ fn contact(len: usize, contact_ms: u64) -> (f64, u64, f64) {
     (eff, first, on_link as f64 / useful.max(1) as f64)
 }
 
+/// Bytes of a summary frame for `partial` pieces of partly held bundles at 1 % FPR.
+fn summary_bytes(partial: u32) -> usize {
+    use mule_bundle::{BundleId, PieceRef};
+    use mule_engine::frame::Message;
+    use mule_engine::summary::{BloomFilter, Summary};
+    let mut filter = BloomFilter::for_items([1; 16], partial as usize, 0.01);
+    for index in 0..partial {
+        filter.insert(PieceRef {
+            bundle: BundleId([index as u8; 32]),
+            index,
+        });
+    }
+    let mut out = Vec::new();
+    Message::Summary(Box::new(Summary {
+        filter,
+        complete: (0..20u8).map(|i| BundleId([i; 32])).collect(),
+        manifests: (0..20u8).map(|i| BundleId([100 + i; 32])).collect(),
+        channels: vec!["fw/gateway".into()],
+        want_bundles: vec![],
+        predictabilities: vec![],
+        carry_quota_bytes: 1 << 30,
+        expected_contact_ms: Some(10_000),
+    }))
+    .encode(&mut out);
+    out.len()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -71,6 +98,18 @@ fn main() {
         "loopback 64 MiB (256 KiB pieces, BLAKE3-verified): median {:.0} MB/s  runs {:?}",
         median(runs.clone()),
         runs.iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "summary frame: 80 partial pieces + 40 bundle ids {} B; 10 000 partial pieces {} B; piece frame overhead {} B per 256 KiB",
+        summary_bytes(80),
+        summary_bytes(10_000),
+        mule_engine::frame::piece_overhead(
+            mule_bundle::PieceRef {
+                bundle: mule_bundle::BundleId([0; 32]),
+                index: 1000
+            },
+            256 * 1024
+        )
     );
     let (eff, first, ratio) = contact(20_000_000, 10_000);
     println!(

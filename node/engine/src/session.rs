@@ -320,8 +320,9 @@ struct Exchange {
 ///    - drain [`poll_transmit`](Self::poll_transmit) into the transport, and call
 ///      `poll_event` again when the transport has room (piece data is requested lazily);
 ///    - re-arm the timer from [`poll_timeout`](Self::poll_timeout).
-/// 4. Tell every session about changes of the node's state: [`note_piece_stored`]
-///    (Self::note_piece_stored), [`note_manifest`](Self::note_manifest),
+/// 4. Tell every session about changes of the node's state:
+///    [`note_piece_stored`](Self::note_piece_stored) (also the session that received the
+///    piece), [`note_manifest`](Self::note_manifest),
 ///    [`set_store_full`](Self::set_store_full).
 /// 5. After [`Event::Closed`]: release the session's claims
 ///    (`claims.release_owner(session.claim_owner())`), record the penalty, call
@@ -581,6 +582,11 @@ impl Session {
             State::Exchanging(ref x) => {
                 let t = (self.last_rx + self.cfg.idle_timeout_ms)
                     .min(self.last_tx + self.cfg.keepalive_interval_ms);
+                let t = if x.peer.is_none() {
+                    t.min(self.started + self.cfg.handshake_timeout_ms)
+                } else {
+                    t
+                };
                 Some(if x.my_requests.is_empty() {
                     t
                 } else {
@@ -601,11 +607,21 @@ impl Session {
     pub fn handle_timeout(&mut self, now: u64) {
         self.now = self.now.max(now);
         let now = self.now;
-        match self.state {
+        let deadline = self.started + self.cfg.handshake_timeout_ms;
+        match &self.state {
             State::Closing | State::Closed => return,
-            State::Exchanging(_) => {}
+            // Authenticated, but the peer's summary must also arrive within the deadline.
+            State::Exchanging(x) if x.peer.is_some() || now < deadline => {}
+            State::Exchanging(_) => {
+                self.close(
+                    ByeCode::HandshakeTimeout,
+                    Penalty::Minor,
+                    "no summary before the handshake deadline",
+                );
+                return;
+            }
             _ => {
-                if now >= self.started + self.cfg.handshake_timeout_ms {
+                if now >= deadline {
                     self.close(
                         ByeCode::HandshakeTimeout,
                         Penalty::Minor,

@@ -529,3 +529,52 @@ fn request_window_respects_the_peers_limit() {
     assert!(max_seen <= 3 && max_seen > 0, "outstanding {max_seen}");
     assert!(w.links[l].ends[0].closed.is_none());
 }
+
+#[test]
+fn a_peer_that_authenticates_but_never_summarises_is_dropped() {
+    // Drive a real session by hand: answer its Hello and sign its challenge, then only
+    // send keep-alives.
+    let mut victim = raw_session(1);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let id = mule_contacts::NodeId(key.verifying_key().to_bytes());
+    let victim_id = victim.local_id();
+    let mut wire = Vec::new();
+    Message::Hello(Hello {
+        node_id: id,
+        challenge: [8; 32],
+        capabilities: 0,
+        carry_quota_bytes: 0,
+        piece_size_max: 1 << 18,
+        max_requests: 64,
+    })
+    .encode(&mut wire);
+    let mut transcript = mule_engine::session::HELLO_ACK_TAG.to_vec();
+    transcript.extend_from_slice(&[1; 32]); // the victim's challenge (raw_session seed)
+    transcript.extend_from_slice(id.as_bytes());
+    transcript.extend_from_slice(victim_id.as_bytes());
+    use ed25519_dalek::Signer;
+    Message::HelloAck {
+        signature: key.sign(&transcript).to_bytes(),
+    }
+    .encode(&mut wire);
+    victim.handle_bytes(10, &wire);
+    assert_eq!(victim.peer_id(), Some(id));
+    assert_eq!(victim.state_name(), "exchanging");
+    let mut keepalive = Vec::new();
+    Message::KeepAlive.encode(&mut keepalive);
+    let mut t = 10;
+    let got = loop {
+        if let Some(c) = closed_event(&mut victim) {
+            break c;
+        }
+        t += 500;
+        assert!(t < 10_000, "never closed");
+        victim.handle_bytes(t, &keepalive);
+        if victim.poll_timeout().is_some_and(|d| d <= t) {
+            victim.handle_timeout(t);
+        }
+        while victim.poll_transmit().is_some() {}
+    };
+    assert_eq!(got, (ByeCode::HandshakeTimeout, Penalty::Minor));
+    assert!(t <= 5_500, "closed at {t}");
+}
