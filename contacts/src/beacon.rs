@@ -22,7 +22,7 @@
 //! body   = CBOR array(7) [ version: uint (=1),
 //!                          node: bytes(32),          ed25519 public key = NodeId
 //!                          seq: uint,                per-process counter, +1 per packet
-//!                          time_ms: uint,            sender's Unix time in milliseconds
+//!                          time_s: uint,             sender's Unix time in whole seconds
 //!                          session_port: uint16,
 //!                          digest: bytes(8),         caller-defined holdings digest
 //!                          met: array(<=4) of bytes(4) ]  short ids of recently met nodes
@@ -33,12 +33,13 @@
 //! wrong field lengths, unknown versions, and signatures that fail `verify_strict`.
 //!
 //! # Acceptance rules ([`BeaconFilter`])
-//! A verified beacon from node N is accepted if `(time_ms, seq)` is strictly greater
+//! A verified beacon from node N is accepted if `(time_s, seq)` is strictly greater
 //! (lexicographically) than the last accepted pair from N (replay / reordering protection
 //! that survives a sender restart, because its clock moves on while its counter resets), and
-//! `time_ms` lies within `max_clock_skew` of the receiver's clock (gateways without a
+//! `time_s` lies within `max_clock_skew` of the receiver's clock (gateways without a
 //! real-time clock drift, hence a generous default of 5 minutes). Our own beacons are
-//! dropped as [`DropReason::Own`].
+//! dropped as [`DropReason::Own`]. (A sender that restarts within the same second has its
+//! beacons of that second dropped as replays; the next second heals it.)
 //!
 //! # Interval ([`AdaptiveInterval`])
 //! After any change (a neighbour appears or leaves, an interface comes up) the next beacon
@@ -116,7 +117,7 @@ pub struct Beacon {
     pub version: u8,
     /// Sender's packet counter.
     pub seq: u64,
-    /// Sender's clock when it sent the beacon.
+    /// Sender's clock when it sent the beacon (whole seconds on the wire).
     pub time: Timestamp,
     /// TCP port of the sender's session listener.
     pub session_port: u16,
@@ -211,7 +212,9 @@ impl Beacon {
             PROTOCOL_VERSION,
             Bytes(node.as_bytes()),
             seq,
-            time.0,
+            // Whole seconds: 5 CBOR bytes instead of 9 (beacons are sent every second, and
+            // the sequence number orders beacons within a second).
+            time.0 / 1000,
             session_port,
             Bytes(&digest.0),
             met,
@@ -261,7 +264,7 @@ impl Beacon {
             node: NodeId(node),
             version: PROTOCOL_VERSION,
             seq,
-            time: Timestamp(time),
+            time: Timestamp::from_secs(time),
             session_port,
             digest: HoldingsDigest(digest),
             met,
@@ -671,7 +674,7 @@ mod tests {
             Err(DropReason::Replayed)
         );
         assert!(
-            f.handle(now, wall, &sample(0, wall.0 + 1), &src).is_ok(),
+            f.handle(now, wall, &sample(0, wall.0 + 1000), &src).is_ok(),
             "restart: clock moved on"
         );
         assert_eq!(

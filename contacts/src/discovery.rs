@@ -803,7 +803,12 @@ struct Mdns {
     own: NodeId,
     input: mpsc::Sender<Input>,
     browse_task: Option<JoinHandle<()>>,
+    /// Link-event rescans requested so far (each one grows a list inside mdns-sd).
+    forced_rescans: u32,
 }
+
+/// Most forced interface rescans per mDNS daemon; after that its own 1 s check applies.
+const MAX_FORCED_RESCANS: u32 = 1000;
 
 impl Mdns {
     fn start(
@@ -813,6 +818,9 @@ impl Mdns {
     ) -> Result<Mdns, DiscoveryError> {
         let err = |e: mdns_sd::Error| DiscoveryError::Mdns(e.to_string());
         let daemon = mdns_sd::ServiceDaemon::new().map_err(err)?;
+        // mdns-sd only uses interfaces that are operationally up, and re-checks every 5 s by
+        // default: a link that gains carrier would wait up to 5 s for mDNS.
+        daemon.set_ip_check_interval(1).map_err(err)?;
         let id = me.id();
         let short = hex::encode(&id.0[..8]);
         let props = [
@@ -837,6 +845,7 @@ impl Mdns {
             own: id,
             input,
             browse_task: None,
+            forced_rescans: 0,
         };
         m.browse();
         Ok(m)
@@ -871,6 +880,12 @@ impl Mdns {
     /// A link came up: query again and re-announce, so both sides resolve each other now
     /// rather than at the next exponential-backoff query.
     fn refresh(&mut self) {
+        if self.forced_rescans < MAX_FORCED_RESCANS {
+            // Makes mdns-sd pick up an interface that just gained carrier right now (it
+            // re-reads interfaces when a selection is added); the commands below run after.
+            self.forced_rescans += 1;
+            let _ = self.daemon.enable_interface(mdns_sd::IfKind::All);
+        }
         let _ = self.daemon.stop_browse(MDNS_SERVICE_TYPE);
         self.browse();
         let _ = self.daemon.register(self.info.clone());
