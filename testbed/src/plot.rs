@@ -190,10 +190,11 @@ fn completion<DB: DrawingBackend>(
             .y_desc("fraction of audience complete")
             .draw()
             .map_err(e)?;
-        for (name, t) in &cs {
+        for (i, (name, t)) in cs.iter().enumerate() {
             let c = colour(name);
+            let w = width(i);
             chart
-                .draw_series(LineSeries::new(steps(t, 1.0, x0, x1), c.stroke_width(2)))
+                .draw_series(LineSeries::new(steps(t, 1.0, x0, x1), c.stroke_width(w)))
                 .map_err(e)?
                 .label(name.clone())
                 .legend(move |(x, y)| {
@@ -233,6 +234,11 @@ fn completion<DB: DrawingBackend>(
     }
 }
 
+/// Curves drawn first are drawn wider, so identical curves stay visible.
+fn width(i: usize) -> u32 {
+    7u32.saturating_sub(i as u32 * 3 / 2).max(2)
+}
+
 fn legend<'a, DB: DrawingBackend + 'a, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
@@ -270,12 +276,13 @@ fn bytes_per_node<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(-0.5..nodes - 0.5, (1e3f64..max * 2.0).log_scale())
+        .build_cartesian_2d(-0.5..nodes - 0.5, (1e3f64..max * 30.0).log_scale())
         .map_err(e)?;
     chart
         .configure_mesh()
         .x_desc("node")
         .y_desc("bytes sent (log)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| human_bytes(*v))
         .draw()
         .map_err(e)?;

@@ -225,6 +225,11 @@ pub fn prepare(args: &SimulateArgs) -> Result<(Trace, Scenario), RunError> {
             trace.start, trace.end
         )));
     }
+    if args.publish.size.0 == 0 {
+        return Err(RunError::Invalid(
+            "--publish: the bundle size must be positive".into(),
+        ));
+    }
     let ps = args.piece_size.0;
     let max_piece = mule_engine::frame::MAX_PIECE_BYTES as u64;
     if !(1024..=max_piece).contains(&ps) {

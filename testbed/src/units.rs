@@ -115,6 +115,10 @@ impl FromStr for Size {
     type Err = UnitError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Zero is a valid size (e.g. "carry nothing"); callers that need more check.
+        if s.trim() == "0" {
+            return Ok(Size(0));
+        }
         let (num, unit) = split_number(s)?;
         let mult: f64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1.0,
@@ -201,6 +205,7 @@ mod tests {
         assert_eq!("64KiB".parse::<Size>().unwrap(), Size(65_536));
         assert_eq!("1.5kb".parse::<Size>().unwrap(), Size(1500));
         assert_eq!("123".parse::<Size>().unwrap(), Size(123));
+        assert_eq!("0".parse::<Size>().unwrap(), Size(0));
         assert!("2XB".parse::<Size>().is_err());
         assert!("-3MB".parse::<Size>().is_err());
         assert_eq!(Size(2 << 20).to_string(), "2 MiB");
