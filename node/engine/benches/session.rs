@@ -5,8 +5,9 @@
 //! 1. Loopback: two sessions in memory, a 64 MiB bundle in 256 KiB pieces, unlimited link;
 //!    includes BLAKE3 verification of every piece by the receiving driver. Prints MB/s.
 //! 2. Contact at 8 Mbit/s (1000 bytes per virtual ms), 10 s contact, 20 MB bundle in
-//!    256 KiB pieces: useful payload / (rate × contact time), virtual time from link up to
-//!    the first piece byte (no propagation delay modelled), and link bytes per payload byte.
+//!    256 KiB pieces, with 0, 5 and 20 ms one-way delay: useful payload / (rate × contact
+//!    time), virtual time from link up to the first piece byte and the first whole piece,
+//!    and link bytes per payload byte (frames only; no TCP/IP headers).
 
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
 
@@ -32,7 +33,7 @@ fn loopback(len: usize) -> f64 {
     len as f64 / secs / 1e6
 }
 
-fn contact(len: usize, contact_ms: u64) -> (f64, u64, f64) {
+fn contact(len: usize, contact_ms: u64, latency_ms: u64) -> (f64, u64, u64, f64) {
     let mut catalog = Catalog::default();
     let data = payload(len, 4);
     let e = catalog.publish("contact", "fw", Priority::Normal, vec![], &data, 256 * 1024);
@@ -42,13 +43,18 @@ fn contact(len: usize, contact_ms: u64) -> (f64, u64, f64) {
     w.add(a);
     w.add(MemNode::new(2, &["fw"]));
     let l = w.connect(0, 1, Some(1000));
+    w.links[l].latency_ms = latency_ms;
     let t0 = w.now;
+    // First piece byte: the sender's first piece frame goes on the wire (queued behind
+    // nothing), and arrives one propagation delay later.
     w.run_until(contact_ms, |w| {
-        w.links[l].ends[0].session.stats().piece_bytes_sent > 0
+        w.links[l].ends[0].session.stats().pieces_sent > 0
     });
-    // First piece frame leaves the sender once pieces_sent > 0; it reaches the receiver
-    // within the same virtual ms on a link without propagation delay.
-    let first = w.now - t0;
+    let first_byte = w.now - t0 + latency_ms;
+    w.run_until(contact_ms, |w| {
+        w.links[l].ends[1].session.stats().pieces_received > 0
+    });
+    let first_piece = w.now - t0;
     w.run_for(contact_ms - (w.now - t0));
     let useful = w.nodes[1]
         .store
@@ -57,7 +63,12 @@ fn contact(len: usize, contact_ms: u64) -> (f64, u64, f64) {
         .sum::<u64>();
     let on_link = w.links[l].delivered[0] + w.links[l].delivered[1];
     let eff = useful as f64 / (1000.0 * contact_ms as f64);
-    (eff, first, on_link as f64 / useful.max(1) as f64)
+    (
+        eff,
+        first_byte,
+        first_piece,
+        on_link as f64 / useful.max(1) as f64,
+    )
 }
 
 /// Bytes of a summary frame for `partial` pieces of partly held bundles at 1 % FPR.
@@ -111,8 +122,10 @@ fn main() {
             256 * 1024
         )
     );
-    let (eff, first, ratio) = contact(20_000_000, 10_000);
-    println!(
-        "contact 10 s at 8 Mbit/s, 20 MB bundle: efficiency {eff:.3}  link-up->first piece {first} ms (virtual)  link bytes per payload byte {ratio:.4}"
-    );
+    for latency in [0, 5, 20] {
+        let (eff, byte, piece, ratio) = contact(20_000_000, 10_000, latency);
+        println!(
+            "contact 10 s at 8 Mbit/s, {latency} ms one-way delay, 20 MB bundle: efficiency {eff:.3}  link-up->first piece byte {byte} ms, ->first whole 256 KiB piece {piece} ms (virtual)  link bytes per payload byte {ratio:.4}"
+        );
+    }
 }

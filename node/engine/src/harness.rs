@@ -218,8 +218,12 @@ pub struct Link {
     pub rate_bytes_per_ms: Option<u64>,
     /// Whether bytes flow from end 0 to 1 and from 1 to 0 (false: silently cut).
     pub flowing: [bool; 2],
-    /// Bytes delivered in each direction.
+    /// Bytes put on the wire in each direction.
     pub delivered: [u64; 2],
+    /// One-way propagation delay in ms (0: none).
+    pub latency_ms: u64,
+    /// Bytes on the wire with their arrival time, per direction (only with latency).
+    in_flight: [std::collections::VecDeque<(u64, Vec<u8>)>; 2],
     /// If true, decode frames crossing the link and count requests per piece.
     pub tap: bool,
     /// Requests seen per piece (with `tap`).
@@ -295,6 +299,8 @@ impl World {
             rate_bytes_per_ms,
             flowing: [true, true],
             delivered: [0, 0],
+            latency_ms: 0,
+            in_flight: Default::default(),
             tap: false,
             requests_seen: HashMap::new(),
         });
@@ -303,7 +309,10 @@ impl World {
 
     /// Silently cuts a link: no more bytes flow either way and no one is told.
     pub fn cut(&mut self, link: usize) {
-        self.links[link].flowing = [false, false];
+        let l = &mut self.links[link];
+        l.flowing = [false, false];
+        // Whatever was in the air is lost.
+        l.in_flight = Default::default();
     }
 
     /// Runs driver work for every open session until nothing changes, without advancing time.
@@ -371,6 +380,14 @@ impl World {
             if !link.flowing[from] {
                 continue;
             }
+            while link.in_flight[from]
+                .front()
+                .is_some_and(|(at, _)| *at <= self.now)
+            {
+                let (_, bytes) = link.in_flight[from].pop_front().expect("checked");
+                link.ends[to].session.handle_bytes(self.now, &bytes);
+                moved = true;
+            }
             let avail = link.ends[from].outbox.len() - link.ends[from].sent;
             let n = budget.map_or(avail, |b| avail.min(b as usize));
             if n == 0 {
@@ -381,9 +398,14 @@ impl World {
             let chunk = std::mem::take(&mut link.ends[from].outbox);
             link.delivered[from] += n as u64;
             let now = self.now;
-            link.ends[to]
-                .session
-                .handle_bytes(now, &chunk[start..start + n]);
+            if link.latency_ms == 0 {
+                link.ends[to]
+                    .session
+                    .handle_bytes(now, &chunk[start..start + n]);
+            } else {
+                link.in_flight[from]
+                    .push_back((now + link.latency_ms, chunk[start..start + n].to_vec()));
+            }
             let end = &mut link.ends[from];
             end.outbox = chunk;
             end.sent += n;

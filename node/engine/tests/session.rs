@@ -578,3 +578,14 @@ fn a_peer_that_authenticates_but_never_summarises_is_dropped() {
     assert_eq!(got, (ByeCode::HandshakeTimeout, Penalty::Minor));
     assert!(t <= 5_500, "closed at {t}");
 }
+
+#[test]
+fn pipelining_keeps_a_long_delay_link_full() {
+    let (mut w, e, data) = pair(2_000_000);
+    let l = w.connect(0, 1, Some(1000));
+    w.links[l].latency_ms = 50;
+    assert!(w.run_until(10_000, |w| w.nodes[1].complete(&e.meta.id)));
+    assert_eq!(assembled(&w.nodes[1], &e), data);
+    // 2 s of payload at 8 Mbit/s plus a handful of 50 ms one-way delays: no stop-and-wait.
+    assert!(w.now <= 2_000 + 6 * 50 + 100, "took {} ms", w.now);
+}
