@@ -88,6 +88,38 @@ impl PieceClaims {
 mod tests {
     use super::*;
     use mule_bundle::BundleId;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn claims_stay_consistent(ops in proptest::collection::vec((0u8..4, 0u32..16, 0u64..4), 0..200)) {
+            let mut c = PieceClaims::new();
+            for (op, i, owner) in ops {
+                match op {
+                    0 => {
+                        let before = c.owner(p(i));
+                        let ok = c.try_claim(p(i), owner);
+                        prop_assert_eq!(ok, before.is_none() || before == Some(owner));
+                    }
+                    1 => c.release(p(i), owner),
+                    2 => c.complete(p(i)),
+                    _ => {
+                        let released = c.release_owner(owner);
+                        prop_assert!(released.iter().all(|q| c.owner(*q).is_none()));
+                    }
+                }
+                // Both indexes agree; every piece has at most one owner.
+                let total: usize = c.by_owner.values().map(|s| s.len()).sum();
+                prop_assert_eq!(total, c.by_piece.len());
+                for (o, set) in &c.by_owner {
+                    prop_assert!(!set.is_empty());
+                    for q in set {
+                        prop_assert_eq!(c.by_piece.get(q), Some(o));
+                    }
+                }
+            }
+        }
+    }
 
     fn p(i: u32) -> PieceRef {
         PieceRef {
