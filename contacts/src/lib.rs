@@ -5,6 +5,8 @@
 //! [`neighbours`], [`prediction`], the payload and id mapping of [`bluetooth`]. Drivers:
 //! [`discovery`] (tokio), [`history`] (redb), [`identity`] (key file).
 
+#![warn(missing_docs)]
+
 pub mod beacon;
 pub mod bluetooth;
 pub mod discovery;
