@@ -194,13 +194,8 @@ fn check_discovery(c: &Config) -> Result<(), Problem> {
             ),
         ));
     }
-    if !d.beacons && !d.mdns && !d.bluetooth {
-        return Err(related(
-            "discovery.beacons",
-            "discovery.mdns",
-            "beacons, mdns and bluetooth are all off: the node could never meet anyone".into(),
-        ));
-    }
+    // All discovery off is allowed: such a node meets only `session.peers`
+    // and nodes that dial it (a wired hub); the daemon says so at start.
     if let Some(why) = d.bluetooth_adapter.as_deref().and_then(bad_interface_name) {
         return Err(problem(path("discovery.bluetooth_adapter"), why));
     }

@@ -589,3 +589,32 @@ fn pipelining_keeps_a_long_delay_link_full() {
     // 2 s of payload at 8 Mbit/s plus a handful of 50 ms one-way delays: no stop-and-wait.
     assert!(w.now <= 2_000 + 6 * 50 + 100, "took {} ms", w.now);
 }
+
+#[test]
+fn ten_second_contacts_with_silent_cuts_finish_20_mb_within_5_percent_overhead() {
+    // The scenario at engine level: 8 Mbit/s, contact 10 s, silent cut 20 s.
+    let (mut w, e, data) = pair(20_000_000);
+    let mut links = Vec::new();
+    let mut contacts = 0;
+    while !w.nodes[1].complete(&e.meta.id) {
+        contacts += 1;
+        assert!(contacts <= 4, "not complete after {} contacts", contacts - 1);
+        let l = w.connect(0, 1, Some(1000));
+        w.links[l].latency_ms = 2;
+        links.push(l);
+        w.run_until(10_000, |w| w.nodes[1].complete(&e.meta.id));
+        w.cut(l);
+        w.run_for(20_000);
+        assert!(w.links[l].ends.iter().all(|end| end.closed.is_some()));
+    }
+    assert_eq!(assembled(&w.nodes[1], &e), data);
+    assert!(w.nodes[1].received.values().all(|&n| n == 1));
+    let on_link: u64 = links
+        .iter()
+        .map(|&l| w.links[l].delivered[0] + w.links[l].delivered[1])
+        .sum();
+    let ratio = on_link as f64 / data.len() as f64;
+    eprintln!("link bytes / payload = {ratio:.4} over {contacts} contacts");
+    assert!(ratio <= 1.05, "link bytes / payload = {ratio:.4}");
+    assert_eq!(contacts, 3, "20 MB at 1 MB/s needs 3 contacts of 10 s");
+}

@@ -1,0 +1,445 @@
+//! The `mule` verbs. Each works through the running daemon's control socket
+//! when one is running for the data directory, and on the store directly
+//! otherwise (the store is locked while a daemon has it open).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use mule_bundle::store::{BundleInfo, Origin, Store, StoreOptions};
+use mule_bundle::{BundleId, PublishOptions, TrustList, VerifiedManifest, keys};
+use mule_config::Config;
+
+use crate::cli::{Cli, Command, ConfigCommand, KeyCommand, PublishArgs};
+use crate::control::{self, Client, Request, Response};
+use crate::view::{self, progress_bar};
+
+/// Bytes of pieces sent to the daemon per control request.
+const PUT_BATCH_BYTES: usize = 4 << 20;
+
+/// Loads the configuration named on the command line, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Runs a verb.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    let cfg = load_config(cli.global.config.as_deref())?;
+    let data_dir = crate::paths::data_dir(cli.global.data_dir.as_deref(), cfg.data_dir.as_deref());
+    match cli.command {
+        Command::Run => crate::run_daemon(cfg, data_dir),
+        Command::Key(KeyCommand::Gen { out }) => {
+            let key = keys::generate()?;
+            keys::write_key_file(&out, &key)?;
+            println!("{}", keys::public_hex(&key));
+            eprintln!("wrote {} (mode 0600); the line above is its public key", out.display());
+            Ok(())
+        }
+        Command::Key(KeyCommand::Show { file }) => {
+            println!("{}", keys::public_hex(&keys::read_key_file(&file)?));
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show) => {
+            print!("{}", cfg.to_toml_string());
+            Ok(())
+        }
+        other => rt()?.block_on(verb(other, &cfg, &data_dir)),
+    }
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// Where a verb runs: the daemon or the store itself.
+enum Target {
+    Daemon(Client),
+    Direct(Box<Store>),
+}
+
+async fn target(cfg: &Config, data_dir: &Path) -> Result<Target> {
+    match Client::connect(data_dir).await {
+        Ok(c) => Ok(Target::Daemon(c)),
+        Err(control::Error::NotRunning { .. }) => Ok(Target::Direct(Box::new(open_store(cfg, data_dir)?))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the store the way the daemon would.
+pub fn open_store(cfg: &Config, data_dir: &Path) -> Result<Store> {
+    let mut trust = TrustList::new();
+    for k in &cfg.trust.publishers {
+        trust.insert(*k.as_bytes());
+    }
+    let opts = StoreOptions {
+        quota_bytes: cfg.store.quota_bytes,
+        carry_quota_bytes: if cfg.trust.carry_untrusted { cfg.trust.untrusted_quota_bytes } else { 0 },
+        carry_untrusted: cfg.trust.carry_untrusted,
+        trust,
+        ..StoreOptions::default()
+    };
+    Store::open(data_dir, opts).with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+async fn daemon_only(data_dir: &Path, what: &str) -> Result<Client> {
+    Client::connect(data_dir)
+        .await
+        .map_err(|e| anyhow!("`mule {what}` needs the running daemon: {e}"))
+}
+
+async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
+    match cmd {
+        Command::Publish(args) => publish(args, cfg, data_dir).await,
+        Command::Bundles(j) => {
+            let list = bundle_list(cfg, data_dir).await?;
+            if j.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_bundles(&list);
+            }
+            Ok(())
+        }
+        Command::Inspect { id, json } => inspect(&id, json, cfg, data_dir).await,
+        Command::Export { id, out } => export(&id, &out, cfg, data_dir).await,
+        Command::Manifest { id, out } => {
+            let vm = manifest_of(&id, cfg, data_dir).await?;
+            write_atomic(&out, vm.as_bytes())?;
+            eprintln!("wrote the signed manifest of {} to {}", vm.id(), out.display());
+            Ok(())
+        }
+        Command::ImportManifest { file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let vm = VerifiedManifest::decode(&bytes).with_context(|| format!("{} is not a valid signed manifest", file.display()))?;
+            match target(cfg, data_dir).await? {
+                Target::Daemon(mut c) => {
+                    c.call(&Request::ImportManifest { manifest: bytes, published: false }).await?;
+                }
+                Target::Direct(mut s) => {
+                    s.insert_manifest(&vm, Origin::Received)?;
+                }
+            }
+            println!("{}", vm.id());
+            Ok(())
+        }
+        Command::Status(j) => {
+            let mut c = daemon_only(data_dir, "status").await?;
+            let Response::Status(st) = c.call(&Request::Status).await? else { bail!("unexpected answer") };
+            if j.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(())
+        }
+        Command::Peers(j) => {
+            let mut c = daemon_only(data_dir, "peers").await?;
+            let Response::Status(st) = c.call(&Request::Status).await? else { bail!("unexpected answer") };
+            if j.json {
+                println!("{}", serde_json::to_string_pretty(&st.neighbours)?);
+            } else {
+                print_neighbours(&st.neighbours);
+            }
+            Ok(())
+        }
+        Command::Contacts(j) => {
+            let mut c = daemon_only(data_dir, "contacts").await?;
+            let Response::Contacts(list) = c.call(&Request::Contacts).await? else { bail!("unexpected answer") };
+            if j.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<16} {:>8} {:>12} {:>14} {:>10} {:>12} {:>6}", "PEER", "CONTACTS", "MEDIAN_S", "INTERCONTACT_S", "SEEN_AGO_S", "BYTES", "P");
+                for p in list {
+                    println!("{:<16} {:>8} {:>12.1} {:>14.1} {:>10} {:>12} {:>6.3}", &p.node_id[..16], p.contacts, p.median_contact_s, p.median_intercontact_s, p.last_seen_s_ago, p.bytes, p.predictability);
+                }
+            }
+            Ok(())
+        }
+        Command::Subscribe { channel } => {
+            let mut c = daemon_only(data_dir, "subscribe").await?;
+            c.call(&Request::Subscribe { channel: channel.clone() }).await?;
+            eprintln!("subscribed to {channel}");
+            Ok(())
+        }
+        Command::Unsubscribe { channel } => {
+            let mut c = daemon_only(data_dir, "unsubscribe").await?;
+            c.call(&Request::Unsubscribe { channel: channel.clone() }).await?;
+            eprintln!("unsubscribed from {channel}");
+            Ok(())
+        }
+        Command::Run | Command::Key(_) | Command::Config(_) => unreachable!("handled synchronously"),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let key = keys::read_key_file(&a.key)?;
+    let now = now_secs();
+    let mut opts = PublishOptions::new(a.name, a.version, now);
+    opts.priority = a.priority.parse().map_err(|e: String| anyhow!(e))?;
+    opts.depends = parse_ids(&a.depends, "--depends")?;
+    opts.lineage = parse_ids(&a.replaces, "--replaces")?;
+    opts.audience = a.audience;
+    let life = humantime::parse_duration(&a.expires).with_context(|| format!("--expires {:?}: use e.g. 30d, 12h", a.expires))?;
+    opts.expires = Some(now + life.as_secs());
+    opts.piece_size = a.piece_size.unwrap_or(cfg.store.piece_size_default as u32);
+    for m in a.meta {
+        let (k, v) = m.split_once('=').ok_or_else(|| anyhow!("--meta {m:?}: expected KEY=VALUE"))?;
+        opts.metadata.insert(k.to_string(), v.to_string());
+    }
+    let vm = mule_bundle::publish_file(&a.file, &opts, &key).with_context(|| format!("publishing {}", a.file.display()))?;
+    let id = vm.id();
+    match target(cfg, data_dir).await? {
+        Target::Direct(mut s) => {
+            s.insert_manifest(&vm, Origin::Published)?;
+            let f = std::fs::File::open(&a.file)?;
+            s.put_content(&id, std::io::BufReader::with_capacity(1 << 20, f))?;
+        }
+        Target::Daemon(mut c) => {
+            c.call(&Request::ImportManifest { manifest: vm.to_bytes(), published: true }).await?;
+            let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&a.file)?);
+            let size = vm.manifest().piece_size as usize;
+            let per = (PUT_BATCH_BYTES / size).max(1);
+            let total = vm.piece_count();
+            let mut index = 0u32;
+            while index < total {
+                let mut pieces = Vec::with_capacity(per);
+                for _ in 0..per {
+                    if index + pieces.len() as u32 >= total {
+                        break;
+                    }
+                    let len = vm.piece_len(index + pieces.len() as u32).unwrap_or(0) as usize;
+                    let mut buf = vec![0u8; len];
+                    f.read_exact(&mut buf).context("the file changed while it was being published")?;
+                    pieces.push(serde_bytes::ByteBuf::from(buf));
+                }
+                let n = pieces.len() as u32;
+                c.call(&Request::PutPieces { bundle: id.to_string(), first: index, pieces }).await?;
+                index += n;
+                if total > 64 {
+                    eprint!("\rpublishing {} {}/{}", progress_bar(index, total, 30), index, total);
+                }
+            }
+            if total > 64 {
+                eprintln!();
+            }
+        }
+    }
+    println!("{id}");
+    Ok(())
+}
+
+fn parse_ids(v: &[String], flag: &str) -> Result<Vec<BundleId>> {
+    v.iter()
+        .map(|s| s.parse::<BundleId>().map_err(|e| anyhow!("{flag}: {e}")))
+        .collect()
+}
+
+/// The view of a bundle for tables and JSON.
+pub fn bundle_view(b: &BundleInfo) -> view::Bundle {
+    let state = match &b.failure {
+        Some(f) if b.state == mule_bundle::store::State::Failed => format!("failed: {}", f.message),
+        _ => b.state.as_str().to_string(),
+    };
+    view::Bundle {
+        id: b.id.to_string(),
+        name: b.name.clone(),
+        version: b.version.clone(),
+        priority: b.priority.to_string(),
+        pieces_have: b.pieces_have,
+        pieces_total: b.pieces_total,
+        size: b.content_len,
+        state,
+        wanted: b.wanted,
+        published: b.published,
+        trusted: b.trusted,
+    }
+}
+
+async fn bundle_list(cfg: &Config, data_dir: &Path) -> Result<Vec<view::Bundle>> {
+    Ok(match target(cfg, data_dir).await? {
+        Target::Daemon(mut c) => {
+            let Response::Status(st) = c.call(&Request::Status).await? else { bail!("unexpected answer") };
+            st.bundles
+        }
+        Target::Direct(mut s) => s.bundles()?.iter().map(bundle_view).collect(),
+    })
+}
+
+/// Resolves a full id or a unique prefix against the bundles present.
+fn resolve(id: &str, list: &[view::Bundle]) -> Result<BundleId> {
+    if let Ok(full) = id.parse::<BundleId>() {
+        return Ok(full);
+    }
+    let id = id.to_ascii_lowercase();
+    let hits: Vec<&view::Bundle> = list.iter().filter(|b| b.id.starts_with(&id)).collect();
+    match hits.as_slice() {
+        [one] => Ok(one.id.parse()?),
+        [] => bail!("no bundle with id {id:?} in the store (see `mule bundles`)"),
+        _ => bail!("{id:?} matches {} bundles; give more digits", hits.len()),
+    }
+}
+
+async fn manifest_of(id: &str, cfg: &Config, data_dir: &Path) -> Result<VerifiedManifest> {
+    let list = bundle_list(cfg, data_dir).await?;
+    let id = resolve(id, &list)?;
+    match target(cfg, data_dir).await? {
+        Target::Daemon(mut c) => {
+            let Response::Bytes(b) = c.call(&Request::Manifest { id: id.to_string() }).await? else { bail!("unexpected answer") };
+            Ok(VerifiedManifest::decode(&b)?)
+        }
+        Target::Direct(mut s) => s.manifest(&id)?.ok_or_else(|| anyhow!("no bundle {id} in the store")),
+    }
+}
+
+async fn inspect(id: &str, json: bool, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let list = bundle_list(cfg, data_dir).await?;
+    let full = resolve(id, &list)?;
+    let vm = manifest_of(&full.to_string(), cfg, data_dir).await?;
+    let info = list.into_iter().find(|b| b.id == full.to_string()).unwrap_or_default();
+    let m = vm.manifest();
+    let doc = serde_json::json!({
+        "id": full.to_string(),
+        "name": m.name,
+        "version": m.version,
+        "format_version": m.format_version,
+        "publisher": hex::encode(m.publisher),
+        "created": m.created,
+        "expires": m.expires,
+        "priority": m.priority.to_string(),
+        "replaces": m.lineage.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "depends": m.dependencies.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "audience": m.audience,
+        "content_len": m.content_len,
+        "piece_size": m.piece_size,
+        "pieces": vm.piece_count(),
+        "content_hash": hex::encode(m.content_hash),
+        "metadata": m.metadata.iter().collect::<BTreeMap<_, _>>(),
+        "manifest_bytes": vm.as_bytes().len(),
+        "pieces_have": info.pieces_have,
+        "state": info.state,
+        "wanted": info.wanted,
+        "published": info.published,
+        "trusted": info.trusted,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let obj = doc.as_object().expect("object");
+        for (k, v) in obj {
+            println!("{k:<15} {}", match v { serde_json::Value::String(s) => s.clone(), v => v.to_string() });
+        }
+        println!("{:<15} {} {}/{}", "progress", progress_bar(info.pieces_have, vm.piece_count(), 30), info.pieces_have, vm.piece_count());
+    }
+    Ok(())
+}
+
+async fn export(id: &str, out: &Path, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let list = bundle_list(cfg, data_dir).await?;
+    let full = resolve(id, &list)?;
+    match target(cfg, data_dir).await? {
+        Target::Direct(mut s) => {
+            mule_bundle::complete::export_to(&mut s, &full, out)?;
+        }
+        Target::Daemon(mut c) => {
+            let Response::Bytes(b) = c.call(&Request::Manifest { id: full.to_string() }).await? else { bail!("unexpected answer") };
+            let vm = VerifiedManifest::decode(&b)?;
+            let tmp = tmp_path(out);
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+            let mut hasher = blake3::Hasher::new();
+            let result: Result<()> = async {
+                for index in 0..vm.piece_count() {
+                    let Response::Bytes(piece) = c.call(&Request::ReadPiece { bundle: full.to_string(), index }).await? else { bail!("unexpected answer") };
+                    mule_bundle::verify_piece(&vm, index, &piece)?;
+                    hasher.update(&piece);
+                    f.write_all(&piece)?;
+                }
+                if *hasher.finalize().as_bytes() != vm.manifest().content_hash {
+                    bail!("assembled content does not match the manifest's content hash");
+                }
+                let file = f.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, out)?;
+                Ok(())
+            }
+            .await;
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result?;
+        }
+    }
+    eprintln!("exported {} to {}", full, out.display());
+    Ok(())
+}
+
+fn tmp_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
+    out.with_file_name(format!(".{name}.mule-tmp.{}", std::process::id()))
+}
+
+fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(out);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    Ok(())
+}
+
+fn print_bundles(list: &[view::Bundle]) {
+    if list.is_empty() {
+        println!("no bundles");
+        return;
+    }
+    println!("{:<16} {:<20} {:<10} {:<8} {:<24} {:>11} STATE", "ID", "NAME", "VERSION", "PRIO", "PROGRESS", "PIECES");
+    for b in list {
+        println!(
+            "{:<16} {:<20} {:<10} {:<8} {:<24} {:>11} {}{}",
+            &b.id[..16],
+            b.name,
+            b.version,
+            b.priority,
+            progress_bar(b.pieces_have, b.pieces_total, 20),
+            format!("{}/{}", b.pieces_have, b.pieces_total),
+            b.state,
+            if b.published { " (published)" } else if b.wanted { " (wanted)" } else if !b.trusted { " (carried, untrusted)" } else { " (carried)" }
+        );
+    }
+}
+
+fn print_neighbours(n: &[view::Neighbour]) {
+    if n.is_empty() {
+        println!("no neighbours");
+        return;
+    }
+    println!("{:<16} {:<10} {:<32} {:>8} SESSION", "PEER", "TRANSPORT", "ADDRESS", "AGE_S");
+    for p in n {
+        println!("{:<16} {:<10} {:<32} {:>8} {}", &p.node_id[..16], p.transport, p.address, p.contact_age_s, if p.in_session { "yes" } else { "no" });
+    }
+}
+
+fn print_status(st: &view::Status) {
+    println!("node        {}", st.node_id);
+    println!("listening   {}", st.listen.join(", "));
+    println!("uptime      {} s", st.uptime_s);
+    println!("store       {} of {} bytes ({:.1}%)", st.store_bytes, st.store_quota_bytes, 100.0 * st.store_bytes as f64 / st.store_quota_bytes.max(1) as f64);
+    println!("subscribed  {}", if st.subscriptions.is_empty() { "-".to_string() } else { st.subscriptions.join(", ") });
+    println!("sessions    {}", st.sessions);
+    println!();
+    print_neighbours(&st.neighbours);
+    println!();
+    print_bundles(&st.bundles);
+}

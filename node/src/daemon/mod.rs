@@ -1,0 +1,578 @@
+//! The `mule run` daemon: thin tokio drivers around the sans-IO core.
+//!
+//! ```text
+//!  discovery (beacons, mDNS, BLE) ──PeerUp/Down──▶ connection manager ──dial──┐
+//!  TCP listener ──accept────────────────────────────────────────────────────────┤
+//!                                                                              ▼
+//!                                   one task per session: mule_engine::Session
+//!                                      │ pieces/manifests ▲ notices (broadcast)
+//!                                      ▼                  │
+//!                           store thread (redb, batched durable commits)
+//!  control socket (mule CLI) ──────────▶ same store handle and node state
+//! ```
+//!
+//! One owner per piece of state: the store thread owns the database; the
+//! node-wide scheduling state (piece claims, rarity, penalties, session
+//! registry, predictions) sits behind one short-held mutex in [`Ctx`].
+
+mod conn;
+mod session;
+pub mod store;
+mod view;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mule_bundle::store::{Origin, Store, StoreOptions};
+use mule_bundle::{BundleId, PieceRef, TrustList, VerifiedManifest};
+use mule_config::Config;
+use mule_contacts::{NodeId, NodeIdentity, Prophet, ProphetParams, Timestamp};
+use mule_engine::RarityTracker;
+use mule_engine::claims::PieceClaims;
+use mule_engine::penalty::{PenaltyBook, PenaltyConfig};
+use mule_engine::session::{LocalBundle, LocalView, SessionConfig};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::metrics::Metrics;
+use mule_contacts::history::{Contact, History};
+
+/// File of the contact history database inside the data directory.
+pub const HISTORY_FILE: &str = "contacts.redb";
+/// File of the subscriptions added at run time (`mule subscribe`), one per line.
+pub const SUBSCRIPTIONS_FILE: &str = "subscriptions";
+
+fn load_subscriptions(data_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(data_dir.join(SUBSCRIPTIONS_FILE))
+        .map(|t| t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+use crate::view as v;
+pub use store::{Completion, StoreHandle};
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// The node key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] mule_contacts::identity::IdentityError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] mule_bundle::store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    /// The control socket could not be bound.
+    #[error("control socket {0}: {1}")]
+    Control(PathBuf, std::io::Error),
+    /// Discovery failed to start.
+    #[error("discovery: {0}")]
+    Discovery(String),
+}
+
+/// A change every session must hear about.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A piece was stored (from any session or the CLI).
+    PieceStored(PieceRef),
+    /// A manifest was stored.
+    ManifestStored(LocalBundle),
+    /// The store is full (true) or has room again (false).
+    StoreFull(bool),
+}
+
+/// A session as the registry knows it.
+struct SessionEntry {
+    sid: u64,
+    initiated_by_us: bool,
+    close: mpsc::Sender<()>,
+    transport: &'static str,
+    address: String,
+}
+
+/// A neighbour as discovery reported it.
+#[derive(Clone, Debug)]
+pub(crate) struct NeighbourInfo {
+    pub transport: mule_contacts::Transport,
+    pub addr: mule_contacts::PeerAddr,
+    pub since: Instant,
+    pub since_wall: Timestamp,
+    /// Bytes exchanged in sessions during this contact.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// Node-wide state shared by sessions (held briefly, never across `.await`).
+pub(crate) struct Shared {
+    pub claims: PieceClaims,
+    pub rarity: RarityTracker,
+    pub penalties: PenaltyBook,
+    sessions: HashMap<NodeId, SessionEntry>,
+    pub dialing: HashMap<NodeId, Instant>,
+    pub neighbours: BTreeMap<NodeId, NeighbourInfo>,
+    pub prophet: Prophet,
+    pub channels: Vec<String>,
+    /// Node ids of statically configured peers, learnt from their sessions.
+    pub static_nodes: HashMap<SocketAddr, NodeId>,
+}
+
+/// Everything a session task or the control server needs.
+pub struct Ctx {
+    pub(crate) identity: NodeIdentity,
+    pub(crate) cfg: Config,
+    pub(crate) store: StoreHandle,
+    pub(crate) shared: Mutex<Shared>,
+    pub(crate) notices: broadcast::Sender<Notice>,
+    pub(crate) install: tokio::sync::Notify,
+    pub(crate) metrics: Arc<Metrics>,
+    origin: Instant,
+    next_sid: AtomicU64,
+    pub(crate) listen: Vec<SocketAddr>,
+    started: Instant,
+    pub(crate) session_cfg: SessionConfig,
+    pub(crate) discovery: Mutex<Option<mule_contacts::discovery::Discovery>>,
+    history: Option<Arc<History>>,
+    data_dir: PathBuf,
+}
+
+impl Ctx {
+    /// Milliseconds since the daemon started (the sans-IO core's clock).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// The instant of a core time.
+    pub(crate) fn instant(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.origin + Duration::from_millis(ms))
+    }
+
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    fn new_sid(&self) -> u64 {
+        self.next_sid.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The starting view of a new session.
+    pub(crate) async fn local_view(&self) -> Result<LocalView, store::CallError> {
+        let snap = self.store.snapshot().await?;
+        let me = self.node_id();
+        let sh = self.shared.lock().expect("shared state");
+        let mut view = LocalView {
+            channels: sh.channels.clone(),
+            predictabilities: sh
+                .prophet
+                .top(mule_engine::summary::MAX_PREDICTABILITIES)
+                .into_iter()
+                .map(|(n, p)| (n, p as f32))
+                .collect(),
+            carry_quota_bytes: self.cfg.carry.quota_bytes,
+            ..LocalView::default()
+        };
+        for (vm, bits, info) in snap {
+            if info.trusted && view::wanted_by(&vm, &me, &[]) {
+                view.want_bundles.push(vm.id());
+            }
+            view.bundles.insert(vm.id(), view::local_bundle(&vm, &bits));
+        }
+        Ok(view)
+    }
+
+    /// Stores a verified manifest, marks it wanted when it is for us, and
+    /// tells every session. Returns whether it was new.
+    pub(crate) async fn accept_manifest(
+        &self,
+        vm: VerifiedManifest,
+        origin: Origin,
+    ) -> Result<bool, store::CallError> {
+        let inserted = self.store.insert_manifest(vm.clone(), origin).await?;
+        let wanted = {
+            let sh = self.shared.lock().expect("shared state");
+            origin == Origin::Received && view::wanted_by(&vm, &self.node_id(), &sh.channels)
+        };
+        if wanted {
+            // Untrusted bundles cannot be wanted; the store says so and that is fine.
+            if let Err(e) = self.store.set_wanted(vm.id(), true).await {
+                tracing::debug!(bundle = %vm.id().short(), error = %e, "not wanted");
+            }
+        }
+        let new = inserted == mule_bundle::store::Inserted::New;
+        if new {
+            let bits = mule_bundle::Bitfield::new(vm.piece_count());
+            let _ = self
+                .notices
+                .send(Notice::ManifestStored(view::local_bundle(&vm, &bits)));
+            tracing::info!(bundle = %vm.id().short(), name = %vm.manifest().name,
+                version = %vm.manifest().version, wanted, "manifest stored");
+        }
+        Ok(new)
+    }
+
+    /// Re-evaluates which bundles are wanted after a subscription change.
+    pub(crate) async fn rewant(&self) -> Result<(), store::CallError> {
+        let channels = self.shared.lock().expect("shared state").channels.clone();
+        let me = self.node_id();
+        for (vm, _, info) in self.store.snapshot().await? {
+            if info.published || !info.trusted {
+                continue;
+            }
+            let want = view::wanted_by(&vm, &me, &channels);
+            if want != info.wanted {
+                self.store.set_wanted(vm.id(), want).await?;
+            }
+        }
+        self.install.notify_one();
+        Ok(())
+    }
+
+    /// Current state for `mule status`.
+    pub(crate) async fn status(&self) -> Result<v::Status, store::CallError> {
+        let bundles = self.store.bundles().await?;
+        let usage = self.store.usage().await?;
+        let sh = self.shared.lock().expect("shared state");
+        let neighbours = sh
+            .neighbours
+            .iter()
+            .map(|(id, n)| v::Neighbour {
+                node_id: id.to_string(),
+                transport: n.transport.name().to_string(),
+                address: n.addr.to_string(),
+                contact_age_s: n.since.elapsed().as_secs(),
+                in_session: sh.sessions.contains_key(id),
+                session_transport: sh.sessions.get(id).map(|e| e.transport.to_string()),
+            })
+            .collect();
+        Ok(v::Status {
+            node_id: self.node_id().to_string(),
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            uptime_s: self.started.elapsed().as_secs(),
+            neighbours,
+            bundles: bundles.iter().map(crate::commands::bundle_view).collect(),
+            store_bytes: usage.total,
+            store_quota_bytes: self.cfg.store.quota_bytes,
+            subscriptions: sh.channels.clone(),
+            sessions: sh.sessions.len(),
+        })
+    }
+}
+
+impl Ctx {
+    /// Adds or removes a subscription, persists it and re-evaluates wants.
+    pub(crate) async fn set_subscription(&self, channel: &str, on: bool) -> std::io::Result<()> {
+        if channel.is_empty() || channel.len() > 255 || channel.contains('\n') {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a channel name is 1 to 255 bytes, one line"));
+        }
+        let channels = {
+            let mut sh = self.shared.lock().expect("shared state");
+            sh.channels.retain(|c| c != channel);
+            if on {
+                sh.channels.push(channel.to_string());
+            }
+            sh.channels.clone()
+        };
+        let extra: Vec<&String> = channels.iter().filter(|c| !self.cfg.subscriptions.channels.contains(c)).collect();
+        let text: String = extra.iter().map(|c| format!("{c}\n")).collect();
+        let path = self.data_dir.join(SUBSCRIPTIONS_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        if let Err(e) = self.rewant().await {
+            tracing::warn!(error = %e, "re-evaluating wanted bundles failed");
+        }
+        Ok(())
+    }
+
+    /// Accounts a finished session: its bytes go to the current contact with
+    /// the peer; a session with a peer discovery does not know (a static
+    /// peer) is a contact of its own in the history.
+    pub(crate) fn record_session(&self, peer: NodeId, transport: &'static str, start: Timestamp, sent: u64, received: u64) {
+        {
+            let mut sh = self.shared.lock().expect("shared state");
+            if let Some(n) = sh.neighbours.get_mut(&peer) {
+                n.bytes_sent += sent;
+                n.bytes_received += received;
+                return;
+            }
+        }
+        let transport = if transport == "bluetooth" { mule_contacts::Transport::Ble } else { mule_contacts::Transport::Beacon };
+        self.record_history(Contact { peer, start, end: Timestamp::now(), transport, bytes_sent: sent, bytes_received: received });
+    }
+
+    /// A contact ended (`PeerDown`): into the history.
+    pub(crate) fn record_contact(&self, peer: NodeId, n: NeighbourInfo) {
+        self.record_history(Contact {
+            peer,
+            start: n.since_wall,
+            end: Timestamp::now(),
+            transport: n.transport,
+            bytes_sent: n.bytes_sent,
+            bytes_received: n.bytes_received,
+        });
+    }
+
+    fn record_history(&self, c: Contact) {
+        let Some(h) = self.history.clone() else { return };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = h.record(&c) {
+                tracing::warn!(error = %e, "recording a contact failed");
+            }
+        });
+    }
+
+    /// Contact statistics and predictions for `mule contacts`.
+    pub(crate) async fn contacts_view(&self) -> Vec<v::PeerContacts> {
+        let Some(h) = self.history.clone() else { return Vec::new() };
+        let stats = tokio::task::spawn_blocking(move || -> Vec<(NodeId, mule_contacts::history::Stats)> {
+            let peers = h.peers().unwrap_or_default();
+            peers.into_iter().filter_map(|p| h.stats(&p).ok().flatten().map(|s| (p, s))).collect()
+        })
+        .await
+        .unwrap_or_default();
+        let sh = self.shared.lock().expect("shared state");
+        let now = Timestamp::now();
+        stats
+            .into_iter()
+            .map(|(p, s)| v::PeerContacts {
+                node_id: p.to_string(),
+                contacts: s.count as u64,
+                median_contact_s: s.median_duration.as_secs_f64(),
+                median_intercontact_s: s.median_inter_contact.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                last_seen_s_ago: now.since(s.last_seen).as_secs(),
+                bytes: s.bytes,
+                predictability: sh.prophet.predictability(&p),
+            })
+            .collect()
+    }
+}
+
+/// Resolved start-up parameters.
+pub struct RunOptions {
+    /// The configuration.
+    pub config: Config,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+/// Runs a node until `shutdown` completes; then closes sessions, flushes the
+/// store and returns.
+pub async fn run(
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let RunOptions { config: cfg, data_dir } = opts;
+    crate::paths::ensure_dir(&data_dir).map_err(|e| Error::DataDir(data_dir.clone(), e))?;
+    let identity = NodeIdentity::load_or_create(&data_dir)?;
+    let node = identity.id();
+    tracing::info!(node = %node, data_dir = %data_dir.display(), "starting");
+
+    let mut trust = TrustList::new();
+    for k in &cfg.trust.publishers {
+        trust.insert(*k.as_bytes());
+    }
+    let store_opts = StoreOptions {
+        quota_bytes: cfg.store.quota_bytes,
+        carry_quota_bytes: if cfg.trust.carry_untrusted { cfg.trust.untrusted_quota_bytes } else { 0 },
+        carry_untrusted: cfg.trust.carry_untrusted,
+        trust,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&data_dir, store_opts)?;
+    let completion = Completion {
+        export_dir: cfg.store.export_dir_in(&data_dir),
+        hook: cfg.store.on_complete.as_ref().and_then(|cmd| {
+            let (program, args) = cmd.split_first()?;
+            Some(mule_bundle::complete::Hook {
+                program: PathBuf::from(program),
+                args: args.to_vec(),
+                timeout: cfg.store.on_complete_timeout(),
+            })
+        }),
+    };
+    let (store_handle, store_thread) = StoreHandle::spawn(store, completion);
+
+    // Session listeners: every configured address, one shared port.
+    let (listeners, listen) = conn::bind_all(&cfg.session.listen).await?;
+    let control = crate::control::bind_path(&cfg.control.socket_in(&data_dir))
+        .await
+        .map_err(|e| Error::Control(cfg.control.socket_in(&data_dir), e))?;
+
+    let p = &cfg.prediction;
+    let params = ProphetParams {
+        p_encounter_max: p.p_encounter_max,
+        p_encounter_first: p.p_encounter_first,
+        p_first_threshold: p.p_first_threshold,
+        delta: p.delta,
+        beta: p.beta,
+        gamma: p.gamma,
+        time_unit: p.time_unit(),
+        i_typ: p.i_typ(),
+        ..ProphetParams::default()
+    };
+    let (notices, _) = broadcast::channel(4096);
+    let session_cfg = SessionConfig {
+        keepalive_interval_ms: cfg.session.keepalive_ms,
+        idle_timeout_ms: cfg.session.idle_timeout_ms,
+        bloom_fp_rate: cfg.summary.false_positive_rate,
+        ..SessionConfig::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let history = match History::open(&data_dir.join(HISTORY_FILE)) {
+        Ok(h) => Some(Arc::new(h)),
+        Err(e) => {
+            tracing::warn!(error = %e, "contact history unavailable; predictions start empty");
+            None
+        }
+    };
+    let mut channels = cfg.subscriptions.channels.clone();
+    for c in load_subscriptions(&data_dir) {
+        if !channels.contains(&c) {
+            channels.push(c);
+        }
+    }
+    metrics.set_store_quota_bytes(cfg.store.quota_bytes);
+    let ctx = Arc::new(Ctx {
+        shared: Mutex::new(Shared {
+            claims: PieceClaims::new(),
+            rarity: RarityTracker::new(64),
+            penalties: PenaltyBook::new(PenaltyConfig::default()),
+            sessions: HashMap::new(),
+            dialing: HashMap::new(),
+            neighbours: BTreeMap::new(),
+            prophet: Prophet::new(node, params),
+            channels,
+            static_nodes: HashMap::new(),
+        }),
+        discovery: Mutex::new(None),
+        history,
+        data_dir: data_dir.clone(),
+        identity: identity.clone(),
+        store: store_handle,
+        notices,
+        install: tokio::sync::Notify::new(),
+        metrics: metrics.clone(),
+        origin: Instant::now(),
+        next_sid: AtomicU64::new(0),
+        listen: listen.clone(),
+        started: Instant::now(),
+        session_cfg,
+        cfg,
+    });
+    // Bundles completed before a restart are installed now.
+    ctx.install.notify_one();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in listeners {
+        tasks.spawn(conn::accept_loop(ctx.clone(), l, stop()));
+    }
+    tasks.spawn(crate::control_server::serve(ctx.clone(), control, stop()));
+    tasks.spawn(installer(ctx.clone(), stop()));
+    if ctx.cfg.metrics.enabled {
+        match tokio::net::TcpListener::bind(ctx.cfg.metrics.listen).await {
+            Ok(l) => {
+                tracing::info!(listen = %ctx.cfg.metrics.listen, "metrics endpoint up");
+                tasks.spawn(crate::metrics::serve(l, metrics.clone(), stop()));
+            }
+            Err(e) => return Err(Error::Listen(ctx.cfg.metrics.listen.to_string(), e)),
+        }
+    }
+    #[cfg(feature = "bluetooth")]
+    if ctx.cfg.discovery.bluetooth {
+        tasks.spawn(conn::ble_accept_loop(ctx.clone(), stop()));
+    }
+    let port = listen.first().map(|a| a.port()).unwrap_or(0);
+    let events = conn::start_discovery(ctx.clone(), port, stop()).await;
+    tasks.spawn(conn::manage(ctx.clone(), events, stop()));
+
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(node = %node, listen = ?listen, "ready");
+
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                if watchdog.is_some() {
+                    notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                }
+                let status = {
+                    let sh = ctx.shared.lock().expect("shared state");
+                    format!("{} neighbours, {} sessions", sh.neighbours.len(), sh.sessions.len())
+                };
+                notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
+            }
+        }
+    }
+
+    tracing::info!("shutting down: closing sessions and flushing the store");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => if r.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!("tasks still running after 5 s; aborting them");
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    // Last handle to the store: the thread commits what it holds and ends.
+    drop(ctx);
+    let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    let _ = std::fs::remove_file(crate::control::socket_path(&data_dir));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(states);
+}
+
+/// Installs completed bundles whenever a piece completes one (or on start).
+async fn installer(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ctx.install.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        match ctx.store.install_pending().await {
+            Ok(done) => {
+                for (id, r) in done {
+                    match r {
+                        Ok(path) => tracing::info!(bundle = %id.short(), path = %path.display(), "bundle complete and installed"),
+                        Err(e) => tracing::warn!(bundle = %id.short(), error = %e, "install failed; retried later with backoff"),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "install check failed"),
+        }
+        if let Ok(infos) = ctx.store.bundles().await {
+            ctx.metrics.set_bundle_states(&infos);
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: &Path, _: BundleId) {}
