@@ -598,7 +598,11 @@ fn ten_second_contacts_with_silent_cuts_finish_20_mb_within_5_percent_overhead()
     let mut contacts = 0;
     while !w.nodes[1].complete(&e.meta.id) {
         contacts += 1;
-        assert!(contacts <= 4, "not complete after {} contacts", contacts - 1);
+        assert!(
+            contacts <= 4,
+            "not complete after {} contacts",
+            contacts - 1
+        );
         let l = w.connect(0, 1, Some(1000));
         w.links[l].latency_ms = 2;
         links.push(l);
