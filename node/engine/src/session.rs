@@ -659,12 +659,13 @@ impl Session {
             self.plan_dirty = true;
             x.pending_cancel.extend(stalled);
         }
-        if now >= self.last_tx + self.cfg.keepalive_interval_ms
-            && self.control.is_empty()
-            && self.tx_pieces.is_empty()
-        {
-            self.send(&Message::KeepAlive);
-            // Counts as sent for the timer even if the driver drains it a little later.
+        if now >= self.last_tx + self.cfg.keepalive_interval_ms {
+            // With output already waiting for the transport, that output is the keep-alive.
+            if self.control.is_empty() && self.tx_pieces.is_empty() {
+                self.send(&Message::KeepAlive);
+            }
+            // Re-arm the timer either way, so a driver whose transport is blocked is not
+            // woken again at once (no busy loop).
             self.last_tx = now;
         }
     }
