@@ -34,6 +34,7 @@ fn args(trace: PathBuf, nodes: Option<u32>) -> SimulateArgs {
             StrategyKind::ClientServer,
         ],
         prediction: true,
+        radio: mule_testbed::sim::Radio::PerContact,
     }
 }
 

@@ -89,6 +89,10 @@ enum Cmd {
         /// Turn off social prediction in the Mule strategy.
         #[arg(long)]
         no_prediction: bool,
+        /// Capacity model: `per-contact` (each contact direction gets the full rate, as
+        /// the oracle assumes) or `shared` (a node's contacts share one transmitter).
+        #[arg(long, default_value = "per-contact")]
+        radio: mule_testbed::sim::Radio,
         /// Output directory for results.json, nodes.csv, contacts.csv, summary.md, plots.
         #[arg(long)]
         out: PathBuf,
@@ -153,6 +157,7 @@ fn real_main() -> Result<()> {
             fpr,
             strategies,
             no_prediction,
+            radio,
             out,
         } => {
             let args = SimulateArgs {
@@ -171,6 +176,7 @@ fn real_main() -> Result<()> {
                 fpr,
                 strategies,
                 prediction: !no_prediction,
+                radio,
             };
             let t0 = Instant::now();
             let mut last = Instant::now();

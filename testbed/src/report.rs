@@ -2,7 +2,8 @@
 //!
 //! Written to `--out DIR`:
 //! - `results.json`: the run's parameters, the oracle's per-node bound, the headline
-//!   figures and the per-node statistics of every strategy;
+//!   figures and the per-node statistics of every strategy (per-contact rows are only
+//!   in `contacts.csv`);
 //! - `nodes.csv`: one row per (strategy, node): completion time, bytes sent/received,
 //!   pieces kept / duplicate / rejected, the oracle bound;
 //! - `contacts.csv`: one row per (strategy, contact that carried bytes): usable
@@ -132,6 +133,8 @@ pub struct Headline {
     pub duplicates: u64,
     /// Pieces rejected by full carry quotas, fleet-wide.
     pub rejected: u64,
+    /// Pieces stored by nodes outside the audience (carriers), fleet-wide.
+    pub carried: u64,
 }
 
 /// A complete report (serialised as `results.json`).
@@ -200,6 +203,13 @@ impl Report {
                     },
                     duplicates: o.nodes.iter().map(|s| s.pieces_duplicate).sum(),
                     rejected: o.nodes.iter().map(|s| s.pieces_rejected).sum(),
+                    carried: o
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .filter(|&(v, _)| !sc.audience[v] && v != sc.origin as usize)
+                        .map(|(_, s)| s.pieces_new)
+                        .sum(),
                 }
             })
             .collect();
@@ -231,7 +241,12 @@ impl Report {
             move |source| ReportError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let json = serde_json::to_string_pretty(self).expect("report serialises");
+        // Per-contact rows go to contacts.csv only: they would make the JSON megabytes.
+        let mut light = self.clone();
+        for o in &mut light.outcomes {
+            o.contacts.clear();
+        }
+        let json = serde_json::to_string_pretty(&light).expect("report serialises");
         let p = dir.join("results.json");
         std::fs::write(&p, json).map_err(io(&p))?;
         let p = dir.join("nodes.csv");
@@ -318,7 +333,7 @@ impl Report {
             s,
             "Bundle {} ({} pieces of {}) published at node {} at t = {} ({:.0}% of the trace); \
              link rate {}; audience {} ({} nodes); carry quota {} pieces; Bloom FPR {}; \
-             seed {}; social prediction {}.\n",
+             seed {}; social prediction {}; capacity model {}.\n",
             Size(sc.bundle),
             sc.pieces(),
             Size(sc.piece_size as u64),
@@ -332,6 +347,12 @@ impl Report {
             sc.fpr,
             sc.seed,
             if i.prediction { "on" } else { "off" },
+            match sc.radio {
+                crate::sim::Radio::PerContact =>
+                    "per contact (each contact direction gets the full rate)",
+                crate::sim::Radio::SharedEgress =>
+                    "shared egress (a node's contacts share one transmitter)",
+            },
         );
         for n in &i.notes {
             let _ = writeln!(s, "- {n}");
@@ -349,7 +370,8 @@ impl Report {
         s.push_str(
             "\nTimes are from publishing. ×oracle: ratio to the oracle's time for the same \
              fraction. bytes/delivery: all bytes on the air ÷ (audience × bundle). offload: \
-             share of the audience's payload not served by the origin.\n",
+             share of the audience's payload not served by the origin. carried: pieces stored by \
+             nodes outside the audience.\n",
         );
         s
     }
@@ -357,14 +379,14 @@ impl Report {
     /// The headline table alone (Markdown).
     pub fn headline_table(&self) -> String {
         let mut s = String::from(
-            "| strategy | 50% | 90% | 100% | 50% ×oracle | 90% ×oracle | 100% ×oracle | complete | bytes/delivery | offload | duplicates |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| strategy | 50% | 90% | 100% | 50% ×oracle | 90% ×oracle | 100% ×oracle | complete | bytes/delivery | offload | duplicates | carried |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         let t = |x: Option<f64>| x.map(fmt_secs).unwrap_or_else(|| "never".into());
         let r = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
         let o = &self.oracle_times;
         let _ = writeln!(
             s,
-            "| oracle (bound) | {} | {} | {} | 1 | 1 | 1 | {}/{} | – | – | – |",
+            "| oracle (bound) | {} | {} | {} | 1 | 1 | 1 | {}/{} | – | – | – | – |",
             t(o.t50),
             t(o.t90),
             t(o.t100),
@@ -374,7 +396,7 @@ impl Report {
         for h in &self.headline {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.2} | {:.1}% | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.2} | {:.1}% | {} | {} |",
                 h.strategy,
                 t(h.times.t50),
                 t(h.times.t90),
@@ -386,7 +408,8 @@ impl Report {
                 self.audience_size(),
                 h.bytes_per_delivery,
                 100.0 * h.origin_offload,
-                h.duplicates
+                h.duplicates,
+                h.carried
             );
         }
         s

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::mule_strategy::Mule;
 use crate::oracle::Oracle;
 use crate::report::{Report, ReportError, RunInfo};
-use crate::sim::{Overheads, Scenario, simulate};
+use crate::sim::{Overheads, Radio, Scenario, simulate};
 use crate::strategy::{ClientServer, Epidemic, Strategy};
 use crate::trace::{self, Format, NodeIx, Trace, TraceError};
 use crate::units::{Rate, Size, UnitError};
@@ -198,6 +198,8 @@ pub struct SimulateArgs {
     pub strategies: Vec<StrategyKind>,
     /// Social prediction in the Mule strategy.
     pub prediction: bool,
+    /// How a node's simultaneous contacts share capacity.
+    pub radio: Radio,
 }
 
 /// Loads the trace and builds the scenario for `args`.
@@ -264,6 +266,7 @@ pub fn prepare(args: &SimulateArgs) -> Result<(Trace, Scenario), RunError> {
         carry_quota_pieces: (args.carry_quota.0 / ps).min(u32::MAX as u64) as u32,
         fpr: args.fpr,
         overheads: Overheads::mule(ps as u32),
+        radio: args.radio,
         seed: args.seed,
     };
     Ok((trace, sc))

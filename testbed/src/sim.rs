@@ -112,8 +112,37 @@ pub struct Scenario {
     pub fpr: f64,
     /// Protocol overheads.
     pub overheads: Overheads,
+    /// Whether a node's contacts share its transmitter.
+    pub radio: Radio,
     /// RNG seed.
     pub seed: u64,
+}
+
+/// How a node's simultaneous contacts share capacity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Radio {
+    /// Every contact direction is its own pipe of `rate` (the oracle's model).
+    #[default]
+    PerContact,
+    /// A node has one transmitter of `rate` shared by all its contacts, served
+    /// round-robin one frame at a time (like `tc tbf` on each namespace's veth in the
+    /// emulation). Receiving is not limited.
+    SharedEgress,
+}
+
+impl std::str::FromStr for Radio {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "per-contact" => Ok(Radio::PerContact),
+            "shared" | "shared-egress" => Ok(Radio::SharedEgress),
+            _ => Err(format!(
+                "unknown radio model {s:?} (expected per-contact or shared)"
+            )),
+        }
+    }
 }
 
 impl Scenario {
@@ -270,6 +299,9 @@ pub struct Sim<'a> {
     uses: Vec<ContactUse>,
     scratch: PieceSet,
     events: u64,
+    /// Shared egress: whether the node's transmitter is busy, and its round-robin cursor.
+    tx_busy: Vec<bool>,
+    rr: Vec<usize>,
 }
 
 impl<'a> Sim<'a> {
@@ -301,6 +333,8 @@ impl<'a> Sim<'a> {
             uses: Vec::new(),
             scratch: PieceSet::new(pieces),
             events: 0,
+            tx_busy: vec![false; n],
+            rr: vec![0; n],
         }
     }
 
@@ -497,6 +531,10 @@ impl<'a> Sim<'a> {
         if !ready || busy || self.have[from as usize].is_empty() {
             return;
         }
+        let shared = self.sc.radio == Radio::SharedEgress;
+        if shared && self.tx_busy[from as usize] {
+            return;
+        }
         let pull = self.knowledge != Knowledge::Blind;
         if pull {
             if self.have[to as usize].is_full() {
@@ -558,6 +596,9 @@ impl<'a> Sim<'a> {
         if pull {
             self.claimed[to as usize].insert(p);
         }
+        if shared {
+            self.tx_busy[from as usize] = true;
+        }
         if done <= end {
             self.push(
                 done,
@@ -592,7 +633,34 @@ impl<'a> Sim<'a> {
         if self.deliver(now, from, to, p) {
             self.after_gain(now, to, p, link);
         }
-        self.try_send(now, link, d);
+        if self.sc.radio == Radio::SharedEgress {
+            self.tx_busy[from as usize] = false;
+            self.serve_next(now, from);
+        } else {
+            self.try_send(now, link, d);
+        }
+    }
+
+    /// Shared egress: the transmitter of `node` is free; serve its contacts round-robin.
+    fn serve_next(&mut self, now: f64, node: NodeIx) {
+        let links = self.node_links[node as usize].clone();
+        let n = links.len();
+        if n == 0 {
+            return;
+        }
+        let start = self.rr[node as usize] % n;
+        for k in 0..n {
+            let l = links[(start + k) % n];
+            let out = {
+                let link = self.links[l as usize].as_ref().expect("live link");
+                if link.dirs[0].from == node { 0 } else { 1 }
+            };
+            self.try_send(now, l, out);
+            if self.tx_busy[node as usize] {
+                self.rr[node as usize] = start + k + 1;
+                return;
+            }
+        }
     }
 
     /// Stores piece `p` at `to` if new and allowed; returns true if it was kept.
@@ -647,8 +715,13 @@ impl<'a> Sim<'a> {
         let c = self.trace.contacts[l.contact as usize];
         let mut bytes = l.bytes;
         let mut released = Vec::new();
+        let mut freed = Vec::new();
         for (d, dir) in l.dirs.iter().enumerate() {
             if let Some((p, start)) = dir.in_flight {
+                if self.sc.radio == Radio::SharedEgress {
+                    self.tx_busy[dir.from as usize] = false;
+                    freed.push(dir.from);
+                }
                 let partial = ((l.end - start).max(0.0) * rate) as u64;
                 bytes[d] += partial;
                 self.stats[dir.from as usize].bytes_sent += partial;
@@ -671,6 +744,9 @@ impl<'a> Sim<'a> {
                 usable_s: l.usable_s,
                 bytes,
             });
+        }
+        for n in freed {
+            self.serve_next(l.end, n);
         }
         // A released claim may let another peer of that node send the piece.
         for n in released {
@@ -712,6 +788,7 @@ mod tests {
             carry_quota_pieces: 8,
             fpr: 0.01,
             overheads: Overheads::mule(64 * 1024),
+            radio: Radio::PerContact,
             seed: 42,
         }
     }
@@ -816,6 +893,28 @@ mod tests {
     }
 
     #[test]
+    fn shared_egress_splits_the_origin_between_simultaneous_peers() {
+        // The origin meets 1 and 2 at the same time: per contact, both finish after
+        // ~2 s; with one shared transmitter, both need ~4 s.
+        let t = Trace::parse("0,100,0,1\n0,100,0,2\n", Format::Csv, &Options::default()).unwrap();
+        let mut sc = scenario(&t, 2_000_000, 0.0, 1.0);
+        let out = simulate(&t, &sc, &mut Mule::rarest(&sc, t.nodes), &mut |_| {});
+        let per: Vec<f64> = out.nodes[1..]
+            .iter()
+            .map(|n| n.complete_at.unwrap())
+            .collect();
+        assert!(per.iter().all(|&c| c > 2.0 && c < 2.3), "{per:?}");
+        sc.radio = Radio::SharedEgress;
+        let out = simulate(&t, &sc, &mut Mule::rarest(&sc, t.nodes), &mut |_| {});
+        let shared: Vec<f64> = out.nodes[1..]
+            .iter()
+            .map(|n| n.complete_at.unwrap())
+            .collect();
+        // Node 1 and 2 pull from each other too, so the second finishes a bit before 4 s.
+        assert!(shared.iter().all(|&c| c > 2.3 && c < 4.5), "{shared:?}");
+    }
+
+    #[test]
     fn same_seed_same_outcome() {
         let t = crate::synth::synthetic(30, 0.5, 3);
         let sc = scenario(&t, 2_000_000, t.duration() * 0.25, 0.5);
@@ -856,9 +955,14 @@ mod tests {
     fn oracle_is_never_beaten_on_synthetic_traces() {
         for seed in 0..4 {
             let t = crate::synth::synthetic(25, 0.3, seed);
-            for (bundle, frac) in [(2_000_000, 1.0), (10_000_000, 0.3)] {
+            for (bundle, frac, radio) in [
+                (2_000_000, 1.0, Radio::PerContact),
+                (10_000_000, 0.3, Radio::PerContact),
+                (10_000_000, 1.0, Radio::SharedEgress),
+            ] {
                 let mut sc = scenario(&t, bundle, t.duration() * 0.25, frac);
                 sc.carry_quota_pieces = sc.pieces();
+                sc.radio = radio;
                 check_oracle(&t, &sc);
             }
         }

@@ -98,6 +98,9 @@ fn same_seed_gives_identical_json() {
     let a = std::fs::read(dir.path().join("a/results.json")).unwrap();
     let b = std::fs::read(dir.path().join("b/results.json")).unwrap();
     assert!(a == b, "same seed, different results.json");
+    let a = std::fs::read(dir.path().join("a/contacts.csv")).unwrap();
+    let b = std::fs::read(dir.path().join("b/contacts.csv")).unwrap();
+    assert!(a == b, "same seed, different contacts.csv");
 }
 
 #[test]
