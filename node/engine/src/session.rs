@@ -713,6 +713,32 @@ impl Session {
         }
     }
 
+    /// The transport ended (EOF or error) without a `Bye`: the session closes with
+    /// [`Event::Closed`] (`by_peer`, code `Normal` if the handshake had finished, else
+    /// `HandshakeTimeout`), no penalty, and nothing more to send.
+    pub fn handle_transport_closed(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        if !self.is_open() {
+            return;
+        }
+        let code = match self.state {
+            State::Exchanging(_) => ByeCode::Normal,
+            _ => ByeCode::HandshakeTimeout,
+        };
+        self.state = State::Closed;
+        self.control.clear();
+        self.tx_pieces.clear();
+        self.tx_piece_bytes = 0;
+        self.events.push_back(Event::Closed {
+            reason: CloseReason {
+                code,
+                by_peer: true,
+                detail: "transport closed without Bye".into(),
+            },
+            penalty: Penalty::None,
+        });
+    }
+
     /// Ends the session from our side (e.g. shutdown): a `Bye` is queued.
     pub fn close_with(&mut self, code: ByeCode, text: &str) {
         self.close(code, Penalty::None, text);

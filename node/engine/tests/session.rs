@@ -638,3 +638,14 @@ fn timer_moves_forward_while_output_waits_for_a_blocked_transport() {
         }
     }
 }
+
+#[test]
+fn transport_eof_closes_the_session_once() {
+    let mut s = raw_session(1);
+    s.handle_transport_closed(5);
+    let ev = closed_event(&mut s);
+    assert_eq!(ev, Some((ByeCode::HandshakeTimeout, Penalty::None)));
+    assert!(s.is_closed() && s.poll_transmit().is_none() && s.poll_timeout().is_none());
+    s.handle_transport_closed(6);
+    assert_eq!(s.poll_event(), None);
+}
