@@ -98,6 +98,22 @@ fn ingest(vm: &VerifiedManifest, per_commit: usize, quick_repair: bool) -> Durat
     spent
 }
 
+/// The disk's own ceiling: write `batch` bytes to a file and fdatasync, like one commit.
+fn raw_fsync(batch: usize, total: u64) -> Duration {
+    use std::io::Write;
+    let dir = bench_dir();
+    let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
+    let buf = Content::piece(0, batch);
+    let t = Instant::now();
+    let mut written = 0;
+    while written < total {
+        f.write_all(&buf).unwrap();
+        f.sync_data().unwrap();
+        written += batch as u64;
+    }
+    t.elapsed()
+}
+
 fn manifest(len: u64, piece_size: u32, key: &SigningKey) -> VerifiedManifest {
     let mut opts = PublishOptions::new("bench", "1", 1_700_000_000);
     opts.piece_size = piece_size;
@@ -147,10 +163,28 @@ fn main() {
     }
     {
         let kib = mule_bundle::DEFAULT_PIECE_SIZE / 1024;
+        println!("default piece size, other commit settings");
         let vm = manifest(CONTENT_LEN, kib * 1024, &key);
         let per_commit = (BATCH_BYTES / (kib as usize * 1024)).max(1);
         let t = median((0..RUNS).map(|_| ingest(&vm, per_commit, false)).collect());
         row("~1 MiB, no quick-repair", kib, per_commit, CONTENT_LEN, t);
+        let t = median(
+            (0..RUNS)
+                .map(|_| ingest(&vm, 4 * per_commit, true))
+                .collect(),
+        );
+        row("batch ~4 MiB", kib, 4 * per_commit, CONTENT_LEN, t);
+        println!("disk ceiling: plain file write + fdatasync per batch (no redb)");
+        for batch in [64 << 10, 1 << 20, 4 << 20] {
+            let t = median((0..RUNS).map(|_| raw_fsync(batch, 32 << 20)).collect());
+            let secs = t.as_secs_f64();
+            println!(
+                "raw fsync {:>5} KiB/commit  {:>8.1} MB/s  {:>6.0} commits/s",
+                batch >> 10,
+                (32u64 << 20) as f64 / 1e6 / secs,
+                (32u64 << 20) as f64 / batch as f64 / secs
+            );
+        }
     }
 
     // Manifest sign / verify, for a 64 MiB bundle at the default piece size.
