@@ -359,3 +359,14 @@ fn check_deb_script_accepts_a_complete_package_and_rejects_a_gap() {
         );
     }
 }
+
+#[test]
+fn node_manifest_carries_the_deb_metadata() {
+    let meta = read("systemd/deb-metadata.toml");
+    let block = &meta[meta.find("[package.metadata.deb]").expect("deb table")..];
+    let node = read("node/Cargo.toml");
+    assert!(
+        node.contains(block.trim_end()),
+        "node/Cargo.toml must contain systemd/deb-metadata.toml's [package.metadata.deb] table verbatim"
+    );
+}
