@@ -47,6 +47,9 @@ use crate::summary::{
 /// Domain separation tag of the `HelloAck` signature transcript.
 pub const HELLO_ACK_TAG: &[u8] = b"mule/session/v1/hello-ack";
 
+/// Shortest interval over which a peer's delivery rate is sampled (ms).
+pub const RATE_SAMPLE_MS: u64 = 500;
+
 /// Longest time between two full planning steps while requests could be made (ms).
 pub const REPLAN_INTERVAL_MS: u64 = 200;
 
@@ -63,6 +66,12 @@ pub struct SessionConfig {
     pub max_outstanding_requests: u32,
     /// Most payload bytes we keep requested at the peer.
     pub max_outstanding_bytes: u64,
+    /// Fewest pieces we keep requested whatever the measured rate (at least 2, so there is
+    /// never stop-and-wait).
+    pub min_outstanding_pieces: u32,
+    /// Keep about this much of the peer's measured delivery rate requested (ms), so a slow
+    /// neighbour does not hold claims that a fast one could serve sooner.
+    pub request_window_ms: u64,
     /// Most requests we accept outstanding from the peer (advertised in `Hello`).
     pub max_peer_requests: u32,
     /// Ask the driver for more piece data while fewer bytes than this are queued to send.
@@ -96,6 +105,8 @@ impl Default for SessionConfig {
             handshake_timeout_ms: 5_000,
             max_outstanding_requests: 32,
             max_outstanding_bytes: 4 << 20,
+            min_outstanding_pieces: 2,
+            request_window_ms: 1_000,
             max_peer_requests: 256,
             tx_low_water_bytes: 1 << 20,
             max_awaiting_store_bytes: 8 << 20,
@@ -279,6 +290,8 @@ struct Exchange {
     peer: Option<PeerHoldings>,
     /// Requests we sent and that are not answered yet, with their payload size.
     my_requests: HashMap<PieceRef, u64>,
+    /// The same requests in the order sent (may hold stale entries; checked on use).
+    my_order: VecDeque<PieceRef>,
     outstanding_bytes: u64,
     /// Pieces received and handed to the driver, awaiting its verdict.
     awaiting_store: HashMap<PieceRef, u64>,
@@ -289,6 +302,10 @@ struct Exchange {
     release: Vec<PieceRef>,
     /// Last time a request was answered (or the first one sent after none were pending).
     last_progress: u64,
+    /// Measured delivery rate of this peer (bytes per ms), once known.
+    rate: Option<f64>,
+    sample_start: u64,
+    sample_bytes: u64,
     /// Carry bytes requested in this session.
     carry_requested: u64,
     /// Requests from the peer, in its order, not yet handed to the driver.
@@ -343,7 +360,8 @@ pub struct Session {
     store_full: bool,
     decoder: FrameDecoder,
     control: Vec<u8>,
-    tx_pieces: VecDeque<Vec<u8>>,
+    /// Encoded piece frames not yet handed to the transport (a `Cancel` can still drop them).
+    tx_pieces: VecDeque<(PieceRef, u64, Vec<u8>)>,
     tx_piece_bytes: usize,
     events: VecDeque<Event>,
     now: u64,
@@ -555,8 +573,10 @@ impl Session {
                 &mut self.control,
                 Vec::with_capacity(4096),
             ))
-        } else if let Some(p) = self.tx_pieces.pop_front() {
+        } else if let Some((_, payload, p)) = self.tx_pieces.pop_front() {
             self.tx_piece_bytes -= p.len();
+            self.stats.pieces_sent += 1;
+            self.stats.piece_bytes_sent += payload;
             Some(p)
         } else {
             None
@@ -757,9 +777,7 @@ impl Session {
         let mut buf = Vec::with_capacity(data.len() + 48);
         frame::encode_piece(piece, data, &mut buf);
         self.tx_piece_bytes += buf.len();
-        self.tx_pieces.push_back(buf);
-        self.stats.pieces_sent += 1;
-        self.stats.piece_bytes_sent += data.len() as u64;
+        self.tx_pieces.push_back((piece, data.len() as u64, buf));
         true
     }
 
@@ -908,10 +926,53 @@ impl Session {
             .cfg
             .max_outstanding_requests
             .min(x.peer_hello.max_requests) as usize;
+        // Bytes: about `request_window_ms` of the measured rate (1 MiB until measured), but
+        // never fewer than `min_outstanding_pieces` pieces.
+        let max = self.cfg.max_outstanding_bytes;
+        let largest_piece = self
+            .local
+            .bundles
+            .values()
+            .filter(|b| !b.have.is_complete())
+            .map(|b| b.meta.piece_size as u64)
+            .max()
+            .unwrap_or(0);
+        let floor = (largest_piece * self.cfg.min_outstanding_pieces.max(2) as u64).min(max);
+        let window_bytes = match x.rate {
+            None => max.min(1 << 20),
+            Some(r) => (r * self.cfg.request_window_ms as f64) as u64,
+        }
+        .clamp(floor, max);
+        // The peer turned out slower than requested for: hand back the newest requests
+        // (served last) so other sessions can fetch them sooner.
+        if x.outstanding_bytes > window_bytes + largest_piece {
+            let mut shed = Vec::new();
+            while x.outstanding_bytes > window_bytes {
+                let Some(p) = x.my_order.pop_back() else {
+                    break;
+                };
+                if let Some(size) = x.my_requests.remove(&p) {
+                    x.outstanding_bytes -= size;
+                    x.cancelled.insert(p);
+                    claims.release(p, owner);
+                    shed.push(p);
+                }
+            }
+            tracing::debug!(
+                pieces = shed.len(),
+                window_bytes,
+                "peer slower than requested for; shedding requests"
+            );
+            x.pending_cancel.extend(shed);
+        }
+        if x.my_order.len() > 4 * x.my_requests.len() + 64 {
+            let live = &x.my_requests;
+            x.my_order.retain(|p| live.contains_key(p));
+        }
         if store_full
             || x.awaiting_bytes >= self.cfg.max_awaiting_store_bytes
             || x.my_requests.len() * 4 > window * 3
-            || x.outstanding_bytes * 4 > self.cfg.max_outstanding_bytes * 3
+            || x.outstanding_bytes * 4 > window_bytes * 3
         {
             return;
         }
@@ -953,15 +1014,16 @@ impl Session {
         self.plan_dirty = false;
         self.last_plan = self.now;
         if x.my_requests.is_empty() {
+            // Idle until now: neither the stall clock nor the rate sample should count it.
             x.last_progress = self.now;
+            x.sample_start = self.now;
+            x.sample_bytes = 0;
         }
         let mut batch = Vec::new();
         let mut carry_added = 0;
         for d in plan {
             let Item::Piece(piece) = d.item else { continue };
-            if x.my_requests.len() >= window
-                || x.outstanding_bytes >= self.cfg.max_outstanding_bytes
-            {
+            if x.my_requests.len() >= window || x.outstanding_bytes >= window_bytes {
                 break;
             }
             if x.my_requests.contains_key(&piece)
@@ -979,6 +1041,7 @@ impl Session {
             }
             tracing::trace!(piece = piece.index, bundle = %piece.bundle.short(), reason = %d.reason, "request");
             x.my_requests.insert(piece, size);
+            x.my_order.push_back(piece);
             x.outstanding_bytes += size;
             batch.push(piece);
         }
@@ -1336,12 +1399,16 @@ impl Session {
             peer_hello: peer,
             peer: None,
             my_requests: HashMap::new(),
+            my_order: VecDeque::new(),
             outstanding_bytes: 0,
             awaiting_store: HashMap::new(),
             awaiting_bytes: 0,
             cancelled: HashSet::new(),
             release: Vec::new(),
             last_progress: self.now,
+            rate: None,
+            sample_start: self.now,
+            sample_bytes: 0,
             carry_requested: 0,
             peer_requests: VecDeque::new(),
             peer_request_set: HashSet::new(),
@@ -1437,6 +1504,10 @@ impl Session {
                         x.peer_requests.retain(|p| *p != piece);
                     } else if let Some(size) = x.fetching.remove(&piece) {
                         x.fetching_bytes -= size;
+                    } else if let Some(i) = self.tx_pieces.iter().position(|(p, ..)| *p == piece) {
+                        // Encoded but not yet handed to the transport: drop it.
+                        let (_, _, frame) = self.tx_pieces.remove(i).expect("position is valid");
+                        self.tx_piece_bytes -= frame.len();
                     }
                 }
             }
@@ -1458,6 +1529,14 @@ impl Session {
                     }
                     x.awaiting_store.insert(piece, size);
                     x.awaiting_bytes += size;
+                    x.sample_bytes += size;
+                    let dt = self.now.saturating_sub(x.sample_start);
+                    if dt >= RATE_SAMPLE_MS {
+                        let inst = x.sample_bytes as f64 / dt as f64;
+                        x.rate = Some(x.rate.map_or(inst, |r| (r + inst) / 2.0));
+                        x.sample_start = self.now;
+                        x.sample_bytes = 0;
+                    }
                     self.plan_dirty = true;
                     self.stats.pieces_received += 1;
                     self.stats.piece_bytes_received += size;

@@ -649,3 +649,32 @@ fn transport_eof_closes_the_session_once() {
     s.handle_transport_closed(6);
     assert_eq!(s.poll_event(), None);
 }
+
+#[test]
+fn a_slow_neighbour_does_not_hold_back_a_fast_one() {
+    let mut catalog = Catalog::default();
+    let data = payload(3_000_000, 17);
+    let e = catalog.publish("fw-5", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut w = World::new(catalog);
+    w.add(MemNode::new(1, &["fw"]));
+    for seed in [2, 3] {
+        let mut s = MemNode::new(seed, &[]);
+        s.hold(&e, &data, 0..e.meta.pieces);
+        w.add(s);
+    }
+    // 50 KB/s and 1 MB/s: the fast link alone needs about 3 s.
+    let slow = w.connect(1, 0, Some(50));
+    let fast = w.connect(2, 0, Some(1000));
+    assert!(w.run_until(20_000, |w| w.nodes[0].complete(&e.meta.id)));
+    assert_eq!(assembled(&w.nodes[0], &e), data);
+    let (s, f) = (
+        w.links[slow].ends[0].session.stats().pieces_sent,
+        w.links[fast].ends[0].session.stats().pieces_sent,
+    );
+    eprintln!(
+        "slow link sent {s} pieces, fast {f}; complete at {} ms",
+        w.now
+    );
+    assert!(s > 0 && f > s, "slow {s} fast {f}");
+    assert!(w.now <= 4_500, "took {} ms", w.now);
+}
