@@ -355,7 +355,7 @@ impl Ctx {
         {
             sh.static_nodes.insert(sa, node);
         }
-        sh.sessions.insert(node, SessionEntry { sid, initiated_by_us, close, transport, address });
+        sh.sessions.insert(node, SessionEntry { sid, initiated_by_us, close, transport, address, since: Instant::now() });
         self.metrics.set_sessions_active(sh.sessions.len() as u64);
         Ok(())
     }

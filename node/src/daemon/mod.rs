@@ -94,6 +94,7 @@ struct SessionEntry {
     close: mpsc::Sender<()>,
     transport: &'static str,
     address: String,
+    since: Instant,
 }
 
 /// A neighbour as discovery reported it.
@@ -176,6 +177,9 @@ impl Ctx {
             carry_quota_bytes: self.cfg.carry.quota_bytes,
             ..LocalView::default()
         };
+        // Room left for bundles carried for others (neither wanted nor ours).
+        let carried: u64 = snap.iter().filter(|(_, _, i)| !i.wanted && !i.published).map(|(_, _, i)| i.bytes).sum();
+        view.carry_quota_bytes = self.cfg.carry.quota_bytes.saturating_sub(carried);
         for (vm, bits, info) in snap {
             if info.trusted && view::wanted_by(&vm, &me, &[]) {
                 view.want_bundles.push(vm.id());
@@ -237,7 +241,7 @@ impl Ctx {
         let bundles = self.store.bundles().await?;
         let usage = self.store.usage().await?;
         let sh = self.shared.lock().expect("shared state");
-        let neighbours = sh
+        let mut neighbours: Vec<v::Neighbour> = sh
             .neighbours
             .iter()
             .map(|(id, n)| v::Neighbour {
@@ -249,6 +253,17 @@ impl Ctx {
                 session_transport: sh.sessions.get(id).map(|e| e.transport.to_string()),
             })
             .collect();
+        // Peers in session that discovery does not know (static peers, incoming).
+        for (id, e) in sh.sessions.iter().filter(|(id, _)| !sh.neighbours.contains_key(id)) {
+            neighbours.push(v::Neighbour {
+                node_id: id.to_string(),
+                transport: "session".to_string(),
+                address: e.address.clone(),
+                contact_age_s: e.since.elapsed().as_secs(),
+                in_session: true,
+                session_transport: Some(e.transport.to_string()),
+            });
+        }
         Ok(v::Status {
             node_id: self.node_id().to_string(),
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
