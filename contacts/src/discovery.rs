@@ -287,7 +287,8 @@ impl Discovery {
             events: events_tx,
             rng: u64::from_le_bytes(seed) | 1,
             next_beacon: Instant::now(),
-            last_out_of_schedule: None,
+            last_reply: None,
+            reply_pending: false,
             fast_until: Instant::now() + Duration::from_secs(2),
             input_tx,
             mdns,
@@ -372,7 +373,10 @@ struct Driver {
     events: mpsc::Sender<Event>,
     rng: u64,
     next_beacon: Instant,
-    last_out_of_schedule: Option<Instant>,
+    /// When the last out-of-schedule beacon (reply or link event) went out.
+    last_reply: Option<Instant>,
+    /// The next beacon is a reply (counts against `reply_gap`).
+    reply_pending: bool,
     fast_until: Instant,
     input_tx: mpsc::Sender<Input>,
     mdns: Option<Mdns>,
@@ -547,10 +551,11 @@ impl Driver {
     /// Schedules an out-of-schedule beacon as soon as `reply_gap` allows.
     fn send_soon(&mut self, now: Instant) {
         let earliest = self
-            .last_out_of_schedule
+            .last_reply
             .map_or(now, |t| (t + self.cfg.reply_gap).max(now));
         if earliest < self.next_beacon {
             self.next_beacon = earliest;
+            self.reply_pending = true;
         }
         self.fast_until = self.fast_until.max(now + Duration::from_secs(2));
     }
@@ -572,7 +577,9 @@ impl Driver {
         for name in names {
             self.send_on(&name, fast);
         }
-        self.last_out_of_schedule = Some(now);
+        if std::mem::take(&mut self.reply_pending) {
+            self.last_reply = Some(now);
+        }
         let j = self.jitter();
         let gap = self.interval.next_gap(self.table.len(), j);
         self.next_beacon = now + gap;
@@ -651,18 +658,22 @@ impl Driver {
         }
         let mut link_event = false;
         for info in list.values().filter(|i| wanted(i)) {
-            let (reopen, carrier_up) = match self.ifaces.get(&info.name) {
-                None => (true, info.running),
+            // `event`: the interface is new, changed its addresses or gained carrier (worth an
+            // immediate beacon); `retry`: a socket is missing (it failed to open earlier),
+            // reopen quietly.
+            let (event, retry, carrier_up) = match self.ifaces.get(&info.name) {
+                None => (true, false, info.running),
                 Some(st) => (
                     st.info.index != info.index
                         || st.info.v4 != info.v4
-                        || st.info.v6_link_local != info.v6_link_local
-                        || (self.cfg.ipv6 && st.v6.is_none() && info.v6_link_local.is_some())
-                        || (self.cfg.ipv4 && st.v4.is_none() && info.v4.is_some()),
+                        || st.info.v6_link_local != info.v6_link_local,
+                    self.cfg.beacons
+                        && ((self.cfg.ipv6 && st.v6.is_none() && info.v6_link_local.is_some())
+                            || (self.cfg.ipv4 && st.v4.is_none() && info.v4.is_some())),
                     !st.info.running && info.running,
                 ),
             };
-            if reopen && self.cfg.beacons {
+            if (event || retry) && self.cfg.beacons {
                 let st = self.open_iface(info);
                 self.ifaces.insert(info.name.clone(), st);
             } else if let Some(st) = self.ifaces.get_mut(&info.name) {
@@ -679,7 +690,7 @@ impl Driver {
                     },
                 );
             }
-            if (reopen || carrier_up) && info.running {
+            if (event || carrier_up) && info.running {
                 link_event = true;
                 inc(&self.counters.link_events, 1);
                 tracing::debug!(iface = %info.name, "link event: beacon now");
@@ -690,7 +701,7 @@ impl Driver {
         }
         if link_event {
             self.changed(now);
-            self.last_out_of_schedule = Some(now);
+            self.last_reply = Some(now);
             if let Some(m) = &mut self.mdns {
                 m.refresh();
             }
