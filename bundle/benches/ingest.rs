@@ -7,6 +7,7 @@
 //! Every figure is the median of `RUNS` runs, each on a fresh store.
 
 use std::io::Read;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mule_bundle::keys::SigningKey;
@@ -17,6 +18,7 @@ const RUNS: usize = 3;
 const CONTENT_LEN: u64 = 64 << 20;
 const SINGLE_LEN: u64 = 8 << 20;
 const BATCH_BYTES: usize = 1 << 20;
+const REOPEN_LEN: u64 = 256 << 20;
 const SIZES_KIB: [u32; 5] = [16, 32, 64, 128, 256];
 
 /// The content: BLAKE3 XOF output, readable from any offset.
@@ -137,8 +139,74 @@ fn vm_hwm_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Child mode for the reopen measurement: ingest into `dir` until killed, printing a line per
+/// committed MiB.
+fn crash_child(dir: &str, quick_repair: bool) {
+    use std::io::Write;
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let vm = manifest(REOPEN_LEN, mule_bundle::DEFAULT_PIECE_SIZE, &key);
+    let opts = StoreOptions {
+        quota_bytes: 1 << 40,
+        quick_repair,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open(Path::new(dir), opts).unwrap();
+    store.insert_manifest(&vm, Origin::Published).unwrap();
+    let id = vm.id();
+    let ps = u64::from(vm.manifest().piece_size);
+    let indices: Vec<u32> = (0..vm.piece_count()).collect();
+    let mut out = std::io::stdout().lock();
+    for chunk in indices.chunks((BATCH_BYTES as u64 / ps) as usize) {
+        let data: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|&i| Content::piece(u64::from(i) * ps, vm.piece_len(i).unwrap() as usize))
+            .collect();
+        let batch: Vec<_> = chunk
+            .iter()
+            .zip(&data)
+            .map(|(&i, d)| (id, i, &d[..]))
+            .collect();
+        store.put_pieces(&batch).unwrap();
+        writeln!(out, "committed").unwrap();
+        out.flush().unwrap();
+    }
+    // Keep the process alive (and the file open) until the parent kills it.
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Time to reopen a store after SIGKILL during ingest, with ~`REOPEN_LEN` bytes in it.
+fn reopen_after_kill(quick_repair: bool) -> Duration {
+    use std::io::BufRead;
+    let dir = bench_dir();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("MULE_BENCH_CHILD", dir.path())
+        .env("MULE_BENCH_QUICK", if quick_repair { "1" } else { "0" })
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let target = (REOPEN_LEN as usize / BATCH_BYTES) * 9 / 10;
+    let _ = lines.take(target).count();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let opts = StoreOptions {
+        quick_repair,
+        ..StoreOptions::default()
+    };
+    let t = Instant::now();
+    let store = Store::open(dir.path(), opts).unwrap();
+    let d = t.elapsed();
+    drop(store);
+    d
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
+    if let Some(dir) = std::env::var_os("MULE_BENCH_CHILD") {
+        let quick = std::env::var("MULE_BENCH_QUICK").as_deref() == Ok("1");
+        crash_child(dir.to_str().unwrap(), quick);
+        return;
+    }
     let key = SigningKey::from_bytes(&[1; 32]);
     println!(
         "durable ingest (verify + redb commit with fsync), {} MiB content, median of {RUNS} runs",
@@ -185,6 +253,19 @@ fn main() {
                 (32u64 << 20) as f64 / batch as f64 / secs
             );
         }
+    }
+
+    println!(
+        "reopen after SIGKILL during ingest (~{} MiB stored), median of {RUNS}",
+        REOPEN_LEN * 9 / 10 >> 20
+    );
+    for quick in [true, false] {
+        let t = median((0..RUNS).map(|_| reopen_after_kill(quick)).collect());
+        println!(
+            "quick-repair {:<5}  reopen {:.1} ms",
+            quick,
+            t.as_secs_f64() * 1e3
+        );
     }
 
     // Manifest sign / verify, for a 64 MiB bundle at the default piece size.
