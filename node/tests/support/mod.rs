@@ -82,6 +82,8 @@ pub struct NodeConfig {
     pub channels: Vec<String>,
     /// Static peers to dial (`addr:port`).
     pub peers: Vec<String>,
+    /// Extra raw lines for the `[session]` table (e.g. `max_sessions = 4`).
+    pub session_extra: Vec<String>,
 }
 
 impl NodeConfig {
@@ -90,7 +92,7 @@ impl NodeConfig {
         NodeConfig {
             publishers: vec![publisher.to_string()],
             channels: vec!["fw".into()],
-            peers: Vec::new(),
+            ..NodeConfig::default()
         }
     }
 
@@ -104,11 +106,12 @@ impl NodeConfig {
         };
         format!(
             "[discovery]\nbeacons = false\nmdns = false\nbluetooth = false\n\n\
-             [session]\nlisten = [\"127.0.0.1:0\"]\npeers = [{}]\n\n\
+             [session]\nlisten = [\"127.0.0.1:0\"]\npeers = [{}]\n{}\n\
              [trust]\npublishers = [{}]\n\n\
              [subscriptions]\nchannels = [{}]\n\n\
              [log]\nlevel = \"info\"\n",
             list(&self.peers),
+            self.session_extra.join("\n"),
             list(&self.publishers),
             list(&self.channels)
         )
