@@ -162,6 +162,36 @@ async fn hostile_peer_is_rejected_and_node_stays_intact() {
     );
     base.check(&mut a, "garbage");
 
+    // (a2) Impersonation: a peer claiming an honest node's id without its key fails
+    // authentication, and the honest node is not penalised for it.
+    let honest = fresh_key();
+    let hello = Message::Hello(mule_engine::frame::Hello {
+        node_id: mule_contacts::NodeId(honest.verifying_key().to_bytes()),
+        challenge: support::random32(),
+        capabilities: 0,
+        carry_quota_bytes: 0,
+        piece_size_max: 256 * 1024,
+        max_requests: 256,
+    });
+    let mut frames = Vec::new();
+    hello.encode(&mut frames);
+    Message::HelloAck { signature: [7; 64] }.encode(&mut frames);
+    assert_rejected(
+        "impersonation with a bad HelloAck",
+        raw_attack(addr, &frames).await,
+        ByeCode::AuthFailed,
+    );
+    let mut p = Peer::connect(addr, honest, Vec::new(), Vec::new()).await;
+    p.handshake().await;
+    p.session.close_with(ByeCode::Normal, "done");
+    let r = p.until_closed(Duration::from_secs(3)).await;
+    assert_eq!(
+        r.code,
+        ByeCode::Normal,
+        "impersonated node could not connect"
+    );
+    base.check(&mut a, "impersonation");
+
     // (b) Oversized frame headers: refused from the 5-byte header alone (the body is never
     // sent, so a daemon that waited to buffer it would hang until its handshake timeout).
     let mut huge = 0xffff_fff0u32.to_be_bytes().to_vec();
@@ -192,6 +222,27 @@ async fn hostile_peer_is_rejected_and_node_stays_intact() {
     );
     assert_penalised(addr, k_over, "oversized frame").await;
     base.check(&mut a, "oversized frames");
+
+    // (b2) More requests outstanding than the daemon advertised in its Hello.
+    let k_req = fresh_key();
+    let mut p = Peer::connect(addr, k_req.clone(), Vec::new(), Vec::new()).await;
+    p.handshake().await;
+    let max = p.session.peer_hello().expect("daemon hello").max_requests as usize;
+    let flood: Vec<mule_bundle::PieceRef> = (0..=max as u32)
+        .map(|index| mule_bundle::PieceRef {
+            bundle: mule_bundle::BundleId(support::random32()),
+            index,
+        })
+        .collect();
+    p.inject_message(&Message::Request(flood)).await;
+    let r = p.until_closed(Duration::from_secs(3)).await;
+    assert!(
+        r.by_peer && r.code == ByeCode::TooManyRequests,
+        "{} requests with max_requests = {max}: {r:?}",
+        max + 1
+    );
+    assert_penalised(addr, k_req, "request flood").await;
+    base.check(&mut a, "request flood");
 
     // (c) Forged manifests after a real handshake.
     let forged_src = TestBundle::new(
@@ -439,6 +490,9 @@ async fn hostile_peer_is_rejected_and_node_stays_intact() {
     );
     base.check(&mut a, "the honest transfers");
     b.stop();
+    if std::env::var_os("MULE_TEST_SHOW_LOG").is_some() {
+        eprintln!("--- contacts ---\n{}", a.json(&["contacts"]));
+    }
     a.stop();
     if std::env::var_os("MULE_TEST_SHOW_LOG").is_some() {
         eprintln!("--- daemon log ---\n{}", a.log_text());
