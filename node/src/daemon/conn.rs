@@ -274,7 +274,7 @@ async fn dial_one(ctx: Arc<Ctx>, node: Option<NodeId>, addr: PeerAddr) {
                 Err(_) => Err("connect timed out".to_string()),
             }
         }
-        PeerAddr::Ble { .. } => ble_connect(&ctx, &addr).await,
+        PeerAddr::Ble { .. } => super::ble::connect(&ctx, &addr).await,
     };
     match result {
         Ok(stream) => {
@@ -297,21 +297,6 @@ async fn dial_one(ctx: Arc<Ctx>, node: Option<NodeId>, addr: PeerAddr) {
     if let Some(n) = node {
         ctx.shared.lock().expect("shared state").dialing.remove(&n);
     }
-}
-
-#[cfg(feature = "bluetooth")]
-async fn ble_connect(ctx: &Arc<Ctx>, addr: &PeerAddr) -> Result<super::session::Stream, String> {
-    let PeerAddr::Ble { addr, psm } = addr else { unreachable!() };
-    let _ = ctx;
-    mule_contacts::bluetooth::connect(*addr, *psm, false, Default::default())
-        .await
-        .map(|s| Box::new(s) as super::session::Stream)
-        .map_err(|e| e.to_string())
-}
-
-#[cfg(not(feature = "bluetooth"))]
-async fn ble_connect(_: &Arc<Ctx>, _: &PeerAddr) -> Result<super::session::Stream, String> {
-    Err("built without Bluetooth support".into())
 }
 
 impl Ctx {
@@ -378,36 +363,3 @@ impl Ctx {
     }
 }
 
-/// Accepts Bluetooth L2CAP sessions until `stop`; without Bluetooth in the
-/// kernel or adapter, logs one warning and returns (other transports go on).
-#[cfg(feature = "bluetooth")]
-pub async fn ble_accept_loop(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()>) {
-    let psm = mule_contacts::discovery::DEFAULT_BLE_PSM;
-    let l = match mule_contacts::bluetooth::BleListener::bind(psm).await {
-        Ok(l) => l,
-        Err(e) => {
-            // Discovery already warned once that Bluetooth is unavailable.
-            tracing::debug!(error = %e, psm, "Bluetooth session listener unavailable");
-            return;
-        }
-    };
-    tracing::info!(psm, "Bluetooth L2CAP session listener up");
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            r = l.accept() => match r {
-                Ok((stream, addr)) => {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        super::session::run(ctx, Box::new(stream), Role::Responder, None, "bluetooth", addr.to_string()).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Bluetooth accept failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-}

@@ -15,6 +15,7 @@
 //! node-wide scheduling state (piece claims, rarity, penalties, session
 //! registry, predictions) sits behind one short-held mutex in [`Ctx`].
 
+mod ble;
 mod conn;
 mod session;
 pub mod store;
@@ -507,7 +508,7 @@ pub async fn run(
     }
     #[cfg(feature = "bluetooth")]
     if ctx.cfg.discovery.bluetooth {
-        tasks.spawn(conn::ble_accept_loop(ctx.clone(), stop()));
+        tasks.spawn(ble::accept_loop(ctx.clone(), stop()));
     }
     let port = listen.first().map(|a| a.port()).unwrap_or(0);
     let events = conn::start_discovery(ctx.clone(), port, stop()).await;
@@ -585,6 +586,9 @@ async fn installer(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()>) {
         }
         if let Ok(infos) = ctx.store.bundles().await {
             ctx.metrics.set_bundle_states(&infos);
+        }
+        if let Ok(u) = ctx.store.usage().await {
+            ctx.metrics.set_store_bytes(u.total);
         }
     }
 }
