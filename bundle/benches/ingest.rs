@@ -214,11 +214,15 @@ fn main() {
     );
     for kib in SIZES_KIB {
         let vm = manifest(CONTENT_LEN, kib * 1024, &key);
-        let per_commit = (BATCH_BYTES / (kib as usize * 1024)).max(1);
-        let t = median((0..RUNS).map(|_| ingest(&vm, per_commit, true)).collect());
-        row("batch ~1 MiB", kib, per_commit, CONTENT_LEN, t);
-        let t = median((0..RUNS).map(|_| ingest(&vm, 8, true)).collect());
-        row("batch 8 pieces", kib, 8, CONTENT_LEN, t);
+        let ps = kib as usize * 1024;
+        for (label, per_commit) in [
+            ("batch 8 pieces", 8),
+            ("batch ~1 MiB", (BATCH_BYTES / ps).max(1)),
+            ("batch ~4 MiB", (4 * BATCH_BYTES / ps).max(1)),
+        ] {
+            let t = median((0..RUNS).map(|_| ingest(&vm, per_commit, true)).collect());
+            row(label, kib, per_commit, CONTENT_LEN, t);
+        }
     }
     println!(
         "single-piece commits ({} MiB content, median of {RUNS} runs)",

@@ -61,8 +61,10 @@ use crate::trust::TrustList;
 pub const STORE_FORMAT: u64 = 1;
 /// File name of the database inside the data directory.
 pub const STORE_FILE_NAME: &str = "store.redb";
-/// Batch size [`Store::put_content`] commits at.
-pub const CONTENT_BATCH_BYTES: usize = 1 << 20;
+/// Batch size [`Store::put_content`] commits at, and the batch size we recommend to callers of
+/// [`Store::put_pieces`] (commit at this many bytes or after ~100 ms, whichever comes first):
+/// durable ingest is bound by fsyncs per second, see DESIGN.md.
+pub const CONTENT_BATCH_BYTES: usize = 4 << 20;
 const MANIFEST_CACHE_ENTRIES: usize = 256;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("mule_meta");
