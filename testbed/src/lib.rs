@@ -12,6 +12,7 @@
 //! is meant to reuse [`trace`], [`oracle`] and [`report`]: it only needs to produce the
 //! same per-node [`report::NodeResult`] rows from the daemons' metrics.
 
+pub mod emulate;
 pub mod mule_strategy;
 pub mod oracle;
 pub mod pieces;
