@@ -534,3 +534,163 @@ async fn connection_flood_is_bounded() {
     assert!(a.is_running());
     a.stop();
 }
+
+/// Reads frames until one matches `f` (or panics after 5 s / on EOF).
+async fn read_frame<T>(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut f: impl FnMut(&Message) -> Option<T>,
+) -> T {
+    use tokio::io::AsyncReadExt;
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        while let Some((m, used)) = mule_engine::frame::decode_frame(buf).expect("daemon frame") {
+            buf.drain(..used);
+            if let Some(v) = f(&m) {
+                return v;
+            }
+            assert!(!matches!(m, Message::Bye { .. }), "daemon said {m:?}");
+        }
+        let mut chunk = [0u8; 4096];
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut chunk))
+            .await
+            .expect("daemon frame in time")
+            .expect("read");
+        assert!(n > 0, "daemon closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The handshake done by hand from node/PROTOCOL.md (as a third-party implementation
+/// would), checking the daemon's own HelloAck signature against the documented transcript;
+/// then summaries that break the documented bounds or the canonical CBOR rules are refused
+/// with the documented codes, and the peer penalised.
+#[tokio::test(flavor = "current_thread")]
+async fn hand_written_handshake_then_bad_summaries() {
+    use ed25519_dalek::{Signer, Verifier};
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (_, _, pub_hex) = publisher_key(keys.path(), "publisher.key");
+    let mut a = Node::new(&NodeConfig::fw(&pub_hex));
+    a.start();
+    let addr = a.listen();
+    let daemon_id: [u8; 32] = hex::decode(a.status()["node_id"].as_str().expect("id"))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+
+    let transcript = |challenge: &[u8; 32], signer: &[u8; 32], verifier: &[u8; 32]| {
+        let mut m = b"mule/session/v1/hello-ack".to_vec();
+        m.extend_from_slice(challenge);
+        m.extend_from_slice(signer);
+        m.extend_from_slice(verifier);
+        m
+    };
+    // Summary bodies, hand-encoded: [salt, k, bits, complete, manifests, channels,
+    // want_bundles, predictabilities, carry_quota_bytes, expected_contact_ms].
+    let summary = |k: &[u8], bits: &[u8]| {
+        let mut body = vec![0x8a, 0x50];
+        body.extend_from_slice(&[9; 16]);
+        body.extend_from_slice(k);
+        body.push(0x40 + bits.len() as u8);
+        body.extend_from_slice(bits);
+        body.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 0xf6]);
+        let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        frame.push(MessageType::Summary as u8);
+        frame.extend_from_slice(&body);
+        frame
+    };
+    let cases: [(&str, Vec<u8>, Option<ByeCode>); 4] = [
+        ("a valid summary", summary(&[0x03], &[0; 8]), None),
+        (
+            "k = 17",
+            summary(&[0x11], &[0; 8]),
+            Some(ByeCode::BadSummary),
+        ),
+        (
+            "k = 0",
+            summary(&[0x00], &[0; 8]),
+            Some(ByeCode::BadSummary),
+        ),
+        (
+            "k in a non-shortest form",
+            summary(&[0x18, 0x03], &[0; 8]),
+            Some(ByeCode::MalformedFrame),
+        ),
+    ];
+    for (what, frame, expect) in cases {
+        let key = fresh_key();
+        let me = key.verifying_key().to_bytes();
+        let my_challenge = support::random32();
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut out = Vec::new();
+        Message::Hello(mule_engine::frame::Hello {
+            node_id: mule_contacts::NodeId(me),
+            challenge: my_challenge,
+            capabilities: 0,
+            carry_quota_bytes: 0,
+            piece_size_max: 256 * 1024,
+            max_requests: 256,
+        })
+        .encode(&mut out);
+        s.write_all(&out).await.expect("write hello");
+        let mut buf = Vec::new();
+        let hello = read_frame(&mut s, &mut buf, |m| match m {
+            Message::Hello(h) => Some(h.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            hello.node_id.as_bytes(),
+            &daemon_id,
+            "daemon's Hello names its node id"
+        );
+        let sig = key.sign(&transcript(&hello.challenge, &me, &daemon_id));
+        out.clear();
+        Message::HelloAck {
+            signature: sig.to_bytes(),
+        }
+        .encode(&mut out);
+        s.write_all(&out).await.expect("write ack");
+        let theirs = read_frame(&mut s, &mut buf, |m| match m {
+            Message::HelloAck { signature } => Some(*signature),
+            _ => None,
+        })
+        .await;
+        ed25519_dalek::VerifyingKey::from_bytes(&daemon_id)
+            .expect("daemon key")
+            .verify(
+                &transcript(&my_challenge, &daemon_id, &me),
+                &ed25519_dalek::Signature::from_bytes(&theirs),
+            )
+            .expect("the daemon's HelloAck signs the documented transcript");
+        read_frame(&mut s, &mut buf, |m| {
+            matches!(m, Message::Summary(_)).then_some(())
+        })
+        .await;
+        s.write_all(&frame).await.expect("write summary");
+        match expect {
+            None => {
+                // Accepted: the session stays up and the daemon keeps it alive.
+                read_frame(&mut s, &mut buf, |m| {
+                    matches!(m, Message::KeepAlive).then_some(())
+                })
+                .await;
+                assert_eq!(a.status()["sessions"], 1, "{what}: no session registered");
+            }
+            Some(code) => {
+                let (mut msgs, closed, took) =
+                    read_until_closed(&mut s, Duration::from_secs(5)).await;
+                let mut rest = &buf[..];
+                while let Ok(Some((m, used))) = mule_engine::frame::decode_frame(rest) {
+                    msgs.insert(0, m);
+                    rest = &rest[used..];
+                }
+                assert_rejected(what, (msgs, closed, took), code);
+                assert_penalised(addr, key, what).await;
+            }
+        }
+    }
+    assert!(a.is_running());
+    a.stop();
+}
