@@ -483,3 +483,73 @@ fn cli_finds_a_daemon_on_a_configured_control_socket() {
         stderr(&out)
     );
 }
+
+/// Reads from a control connection until the daemon closes it (or 5 s); returns the bytes.
+fn drain(s: &mut std::os::unix::net::UnixStream) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// A hostile or broken local client on the control socket gets an error and a closed
+/// connection; the daemon stays up and keeps serving the CLI.
+#[test]
+fn control_socket_refuses_garbage_and_oversized_messages() {
+    use std::io::Write;
+    let mut a = Node::new(&NodeConfig::default());
+    a.start();
+    let sock = a.data.join("mule.sock");
+    for (what, bytes) in [
+        ("a 4 GiB length prefix", vec![0xff, 0xff, 0xff, 0xff]),
+        ("garbage CBOR", vec![0, 0, 0, 3, 0xff, 0x00, 0x13]),
+        ("an unknown request", {
+            let mut v = vec![0, 0, 0, 5];
+            v.extend_from_slice(b"\x64nope");
+            v
+        }),
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        s.write_all(&bytes).expect("write");
+        let (answer, closed) = drain(&mut s);
+        assert!(closed, "{what}: the daemon kept the connection open");
+        assert!(!answer.is_empty(), "{what}: no error answer");
+        assert!(a.is_running(), "{what}: the daemon died");
+        a.status();
+    }
+    a.stop();
+}
+
+/// Idle control connections (a stuck or suspended CLI, a local client that never speaks)
+/// must not lock the CLI out of the daemon.
+#[ignore = "daemon bug: idle control connections hold one of 16 slots forever (see the report to the lead)"]
+#[test]
+fn idle_control_connections_do_not_lock_out_the_cli() {
+    let mut a = Node::new(&NodeConfig::default());
+    a.start();
+    let sock = a.data.join("mule.sock");
+    let idle: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = wait_for(
+        "status despite idle clients",
+        Duration::from_secs(30),
+        || {
+            let out = a.mule(&["status", "--json"]);
+            out.status.success().then_some(out)
+        },
+    );
+    drop(idle);
+    assert!(out.status.success());
+    a.stop();
+}
