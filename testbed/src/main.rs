@@ -1,8 +1,9 @@
 //! `mule-testbed`: simulate Mule and baselines on contact traces and report with plots.
 //!
 //! Subcommands: `simulate` (deterministic fleet simulation), `oracle` (the lower bound
-//! alone), `gen-trace` (synthetic traces). `emulate` (real daemons in network
-//! namespaces) reuses the trace, oracle and report modules; it needs the daemon.
+//! alone), `gen-trace` (synthetic traces), `emulate` (real daemons in network
+//! namespaces, reusing the trace, oracle and report modules) and `cleanup` (leftovers of
+//! a killed emulation).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -111,6 +112,10 @@ enum Cmd {
         #[arg(long, default_value = "0.25")]
         publish_at: PublishAt,
     },
+    /// Replay a trace on real `mule` daemons, one per network namespace (needs root).
+    Emulate(mule_testbed::emulate::EmulateArgs),
+    /// Remove namespaces, veths, bridges and processes left behind by a killed emulation.
+    Cleanup,
     /// Write a synthetic community trace as CSV.
     GenTrace {
         /// Number of nodes.
@@ -241,6 +246,11 @@ fn real_main() -> Result<()> {
                 t.min_contact,
                 fmt_secs(at)
             );
+        }
+        Cmd::Emulate(args) => mule_testbed::emulate::main(args)?,
+        Cmd::Cleanup => {
+            let n = mule_testbed::emulate::cleanup();
+            eprintln!("removed {n} leftover object(s)");
         }
         Cmd::GenTrace {
             nodes,

@@ -382,7 +382,7 @@ impl Report {
             "| strategy | 50% | 90% | 100% | 50% ×oracle | 90% ×oracle | 100% ×oracle | complete | bytes/delivery | offload | duplicates | carried |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         let t = |x: Option<f64>| x.map(fmt_secs).unwrap_or_else(|| "never".into());
-        let r = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
+        let r = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
         let o = &self.oracle_times;
         let _ = writeln!(
             s,

@@ -1,7 +1,8 @@
 //! Scale figures for the simulator (not a pass/fail test): wall time of a full
 //! `simulate` (oracle + mule, rarest, epidemic, client-server) on the real traces and on
 //! synthetic fleets of 100 and 1,000 nodes. Prints the median of `MULE_BENCH_RUNS`
-//! (default 3) runs. Run with `cargo bench -p mule-testbed --bench scale`.
+//! (default 3) runs. Run with
+//! `cargo run --release -p mule-testbed --bin mule-testbed-scale`.
 
 use std::path::PathBuf;
 use std::time::Instant;
