@@ -174,3 +174,116 @@ fn five_namespaces_replay_a_minute_and_everyone_gets_identical_bytes() {
         serde_json::from_slice(&std::fs::read(out.join("emulation.json")).unwrap()).unwrap();
     assert_eq!(json["finish"], "all-complete");
 }
+
+/// Runs `mule-testbed emulate` with the arguments in `$MULE_EMULATE_ARGS` (whitespace
+/// separated), for long runs on real traces before the subcommand is wired into the CLI:
+///
+/// ```text
+/// MULE_EMULATE_ARGS='--trace ../shared/traces/intel.csv --time-scale 600 --rate 80mbit \
+///   --publish 2MB@0 --publish-at 0.25 --out /tmp/emu-intel' \
+///   cargo test -p mule-testbed --test emulate -- --ignored emulate_from_env --nocapture
+/// ```
+#[test]
+#[ignore = "manual: a long emulation driven by $MULE_EMULATE_ARGS"]
+fn emulate_from_env() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: emulate::EmulateArgs,
+    }
+    let Ok(line) = std::env::var("MULE_EMULATE_ARGS") else {
+        eprintln!("SKIPPED: emulate_from_env: set MULE_EMULATE_ARGS");
+        return;
+    };
+    if !mule_netns::require_root("emulate_from_env") {
+        return;
+    }
+    let mut cli = Cli::parse_from(std::iter::once("emulate").chain(line.split_whitespace()));
+    if cli.args.mule.is_none() {
+        cli.args.mule = Some(mule_binary());
+    }
+    emulate::main(cli.args).expect("emulation");
+}
+
+/// Stand-in for an emulation killed with SIGKILL: creates a namespace named like the
+/// emulation's, a process inside it and a work directory, reports them on stdout, and waits
+/// to be killed. Run only by `cleanup_removes_what_a_killed_run_left`.
+#[test]
+#[ignore = "helper process of cleanup_removes_what_a_killed_run_left"]
+fn killed_run_helper() {
+    if std::env::var_os("MULE_EMULATE_HELPER").is_none() {
+        return;
+    }
+    let ns = mule_netns::Netns::new(emulate::PREFIX).unwrap();
+    let child = ns.spawn(&["sleep", "600"]).unwrap();
+    let work = std::env::temp_dir().join(format!("mule-emulate-{}-99", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    println!("NS {}", ns.name());
+    println!("PID {}", child.id());
+    println!("WORK {}", work.display());
+    println!("READY");
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
+
+/// Process state letter from /proc (None: gone).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+#[test]
+fn cleanup_removes_what_a_killed_run_left_and_spares_live_runs() {
+    use std::io::BufRead;
+    if !mule_netns::require_root("cleanup_removes_what_a_killed_run_left") {
+        return;
+    }
+    // A live "run" of this process: cleanup must leave it alone.
+    let ours = mule_netns::Netns::new(emulate::PREFIX).unwrap();
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "killed_run_helper", "--nocapture"])
+        .env("MULE_EMULATE_HELPER", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut ns, mut pid, mut work) = (String::new(), 0u32, PathBuf::new());
+    for line in std::io::BufReader::new(helper.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("NS ") {
+            ns = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("PID ") {
+            pid = v.parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("WORK ") {
+            work = PathBuf::from(v);
+        } else if line == "READY" {
+            break;
+        }
+    }
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    assert!(!ns.is_empty() && pid > 0, "helper did not report");
+    assert!(
+        netns_list().contains(&ns),
+        "the killed run's namespace should still exist"
+    );
+    assert!(work.is_dir());
+
+    let removed = emulate::cleanup();
+    assert!(removed >= 2, "removed {removed}");
+    assert!(!netns_list().contains(&ns), "{ns} survived cleanup");
+    assert!(!work.exists(), "{} survived cleanup", work.display());
+    // Killed (a zombie until init reaps it, or gone).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while matches!(proc_state(pid), Some(s) if s != 'Z') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} inside survived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        netns_list().contains(ours.name()),
+        "cleanup removed a live run's namespace"
+    );
+}
