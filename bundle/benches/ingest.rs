@@ -14,7 +14,7 @@ use mule_bundle::keys::SigningKey;
 use mule_bundle::store::{Origin, Store, StoreOptions};
 use mule_bundle::{PublishOptions, VerifiedManifest, publish};
 
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const CONTENT_LEN: u64 = 64 << 20;
 const SINGLE_LEN: u64 = 8 << 20;
 const BATCH_BYTES: usize = 1 << 20;
@@ -242,10 +242,16 @@ fn main() {
         row("~1 MiB, no quick-repair", kib, per_commit, CONTENT_LEN, t);
         let t = median(
             (0..RUNS)
-                .map(|_| ingest(&vm, 4 * per_commit, true))
+                .map(|_| ingest(&vm, 4 * per_commit, false))
                 .collect(),
         );
-        row("batch ~4 MiB", kib, 4 * per_commit, CONTENT_LEN, t);
+        row(
+            "~4 MiB, no quick-repair",
+            kib,
+            4 * per_commit,
+            CONTENT_LEN,
+            t,
+        );
         println!("disk ceiling: plain file write + fdatasync per batch (no redb)");
         for batch in [64 << 10, 1 << 20, 4 << 20] {
             let t = median((0..RUNS).map(|_| raw_fsync(batch, 32 << 20)).collect());
