@@ -280,6 +280,7 @@ impl Discovery {
             me: identity,
             ifaces: BTreeMap::new(),
             seq: 0,
+            seq_second: 0,
             tick: 0,
             met: VecDeque::new(),
             digest: *holdings.borrow(),
@@ -366,6 +367,8 @@ struct Driver {
     interval: AdaptiveInterval,
     ifaces: BTreeMap<String, IfState>,
     seq: u64,
+    /// The Unix second `seq` counts in (the beacon's time is in whole seconds).
+    seq_second: u64,
     tick: u64,
     met: VecDeque<NodeId>,
     digest: HoldingsDigest,
@@ -610,11 +613,18 @@ impl Driver {
             ));
         }
         for (sock, dest) in out {
-            self.seq += 1;
+            let now = Timestamp::now();
+            let second = now.0 / 1000;
+            if second != self.seq_second {
+                self.seq_second = second;
+                self.seq = 0;
+            } else {
+                self.seq += 1;
+            }
             let pkt = Beacon::encode_signed(
                 &self.me,
                 self.seq,
-                Timestamp::now(),
+                now,
                 self.cfg.session_port,
                 self.digest,
                 &met,
