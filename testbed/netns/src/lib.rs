@@ -118,10 +118,18 @@ fn run_quiet(args: &[&str]) {
 }
 
 /// Removes namespaces and root-namespace interfaces whose names start with
-/// [`NAME_PREFIX`]`prefix` (e.g. what a SIGKILLed test run left). Processes still inside such
+/// [`NAME_PREFIX`]`prefix` (e.g. what a SIGKILLed test run left); `prefix` is the one given
+/// to [`unique_name`] / [`Netns::new`] (only its first 3 alphanumerics count, as there). An
+/// empty prefix removes everything this crate ever created on the machine. Processes still inside such
 /// a namespace are killed first. Returns how many objects were removed.
 pub fn cleanup_leftovers(prefix: &str) -> usize {
-    let full = format!("{NAME_PREFIX}{prefix}");
+    // The same cut as in `unique_name`: only the first 3 alphanumeric characters count.
+    let p: String = prefix
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(3)
+        .collect();
+    let full = format!("{NAME_PREFIX}{p}");
     let mut removed = 0;
     if let Ok(out) = run(&["ip", "netns", "list"]) {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -521,6 +529,21 @@ mod tests {
                 tx_packets: 20
             }
         );
+    }
+
+    #[test]
+    fn cleanup_leftovers_removes_forgotten_namespaces() {
+        if !require_root("cleanup_leftovers_removes_forgotten_namespaces") {
+            return;
+        }
+        // A unique prefix so parallel tests' objects are never touched.
+        let prefix = format!("z{}", base36(std::process::id() % 1000));
+        let ns = Netns::new(&prefix).unwrap();
+        let name = ns.name().to_string();
+        std::mem::forget(ns); // as if the test had been killed
+        assert!(cleanup_leftovers(&prefix) >= 1);
+        let list = String::from_utf8(run(&["ip", "netns", "list"]).unwrap().stdout).unwrap();
+        assert!(!list.contains(&name), "{list}");
     }
 
     #[test]
