@@ -40,6 +40,9 @@ pub const PAYLOAD_VERSION: u8 = 1;
 /// Length of an encoded [`AdvPayload`].
 pub const PAYLOAD_LEN: usize = 10;
 
+// Fits a legacy advertisement: flags (3) + service data with a 128-bit UUID (2 + 16 + payload).
+const _: () = assert!(3 + 2 + 16 + PAYLOAD_LEN <= 31);
+
 /// The first 8 bytes of a node id, as carried in advertisements.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BleShortId(pub [u8; 8]);
@@ -474,8 +477,6 @@ mod tests {
         let mut v = b;
         v[9] = 0x20;
         assert_eq!(AdvPayload::decode(&v), Err(PayloadError::Psm(0x20)));
-        // Fits a legacy advertisement: flags (3) + service data with 128-bit UUID (2 + 16 + 10).
-        assert!(3 + 2 + 16 + PAYLOAD_LEN <= 31);
     }
 
     #[test]

@@ -406,7 +406,7 @@ impl Driver {
             let table_deadline = self
                 .table
                 .poll_timeout()
-                .map(|t| Instant::from_std(t))
+                .map(Instant::from_std)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -596,8 +596,8 @@ impl Driver {
         let (v4, v6) = (st.v4.clone(), st.v6.clone());
         let index = st.info.index;
         let alternate = !both && v4.is_some() && v6.is_some();
-        let use_v4 = !alternate || self.tick % 2 == 0;
-        let use_v6 = !alternate || self.tick % 2 == 1;
+        let use_v4 = !alternate || self.tick.is_multiple_of(2);
+        let use_v6 = !alternate || !self.tick.is_multiple_of(2);
         let met: Vec<ShortId> = self.met.iter().map(ShortId::of).collect();
         let mut out: Vec<(Arc<UdpSocket>, SocketAddr)> = Vec::new();
         if let (Some(s), true) = (v4, use_v4) {
