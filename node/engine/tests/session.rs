@@ -678,3 +678,26 @@ fn a_slow_neighbour_does_not_hold_back_a_fast_one() {
     assert!(s > 0 && f > s, "slow {s} fast {f}");
     assert!(w.now <= 4_500, "took {} ms", w.now);
 }
+
+#[test]
+fn both_directions_at_once() {
+    let mut catalog = Catalog::default();
+    let data = payload(1_000_000, 21);
+    let e = catalog.publish("fw-6", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut w = World::new(catalog);
+    let mut a = MemNode::new(1, &["fw"]);
+    a.hold(&e, &data, (0..e.meta.pieces).filter(|i| i % 2 == 0));
+    let mut b = MemNode::new(2, &["fw"]);
+    b.hold(&e, &data, (0..e.meta.pieces).filter(|i| i % 2 == 1));
+    w.add(a);
+    w.add(b);
+    let l = w.connect(0, 1, Some(1000));
+    assert!(w.run_until(5_000, |w| w.nodes[0].complete(&e.meta.id)
+        && w.nodes[1].complete(&e.meta.id)));
+    assert_eq!(assembled(&w.nodes[0], &e), data);
+    assert_eq!(assembled(&w.nodes[1], &e), data);
+    // Each half crossed once, in parallel: about the time of one half.
+    assert!(w.now < 700, "took {} ms", w.now);
+    let s = |side: usize| w.links[l].ends[side].session.stats().pieces_sent;
+    assert_eq!(s(0) + s(1), e.meta.pieces as u64);
+}
