@@ -82,6 +82,18 @@ impl Catalog {
         entry
     }
 
+    /// Addresses a published bundle to `audience` (for PRoPHET carry tests); returns the
+    /// updated entry.
+    pub fn set_audience(
+        &mut self,
+        bundle: BundleId,
+        audience: Vec<NodeId>,
+    ) -> Option<CatalogEntry> {
+        let e = self.entries.get_mut(&bundle)?;
+        e.meta.audience = audience;
+        Some(e.clone())
+    }
+
     /// The entry a manifest's bytes stand for, if they are genuine.
     pub fn verify_manifest(&self, bytes: &[u8]) -> Option<&CatalogEntry> {
         self.entries.get(self.by_manifest.get(bytes)?)

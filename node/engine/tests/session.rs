@@ -701,3 +701,31 @@ fn both_directions_at_once() {
     let s = |side: usize| w.links[l].ends[side].session.stats().pieces_sent;
     assert_eq!(s(0) + s(1), e.meta.pieces as u64);
 }
+
+#[test]
+fn carry_goes_only_to_a_peer_that_predicts_the_audience_better() {
+    let mut catalog = Catalog::default();
+    let data = payload(300_000, 23);
+    let e = catalog.publish("fw-7", "fw", Priority::Normal, vec![], &data, PIECE);
+    let target = mule_contacts::NodeId([0x77; 32]);
+    let e = catalog.set_audience(e.meta.id, vec![target]).unwrap();
+    let mut w = World::new(catalog);
+    let mut a = MemNode::new(1, &[]);
+    a.hold(&e, &data, 0..e.meta.pieces);
+    a.view.predictabilities = vec![(target, 0.2)];
+    w.add(a);
+    let mut good = MemNode::new(2, &[]);
+    good.view.predictabilities = vec![(target, 0.8)];
+    w.add(good);
+    let mut poor = MemNode::new(3, &[]);
+    poor.view.predictabilities = vec![(target, 0.1)];
+    w.add(poor);
+    w.connect(0, 1, Some(1000));
+    w.connect(0, 2, Some(1000));
+    w.run_for(2_000);
+    assert!(w.nodes[1].complete(&e.meta.id), "better carrier got it");
+    assert!(
+        !w.nodes[2].view.bundles.contains_key(&e.meta.id),
+        "worse one was not offered it"
+    );
+}
