@@ -363,7 +363,7 @@ impl<'a> Sim<'a> {
                 }
             }
             self.events += 1;
-            if self.events % 65_536 == 0 {
+            if self.events.is_multiple_of(65_536) {
                 progress(next as f64 / total as f64);
             }
         }

@@ -97,11 +97,11 @@ pub struct Size(pub u64);
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0 as f64;
-        if self.0 >= 1 << 30 && self.0 % (1 << 20) == 0 {
+        if self.0 >= 1 << 30 && self.0.is_multiple_of(1 << 20) {
             write!(f, "{} GiB", trim(b / (1u64 << 30) as f64))
-        } else if self.0 >= 1 << 20 && self.0 % (1 << 10) == 0 {
+        } else if self.0 >= 1 << 20 && self.0.is_multiple_of(1 << 10) {
             write!(f, "{} MiB", trim(b / (1u64 << 20) as f64))
-        } else if self.0 >= 1 << 10 && self.0 % (1 << 10) == 0 {
+        } else if self.0 >= 1 << 10 && self.0.is_multiple_of(1 << 10) {
             write!(f, "{} KiB", trim(b / 1024.0))
         } else if self.0 >= 1_000_000 {
             write!(f, "{} MB", trim(b / 1e6))
@@ -137,7 +137,7 @@ impl FromStr for Size {
             }
         };
         let bytes = (num * mult).round();
-        if bytes < 1.0 || bytes > 1e15 {
+        if !(1.0..=1e15).contains(&bytes) {
             return Err(UnitError::BadNumber(s.to_owned()));
         }
         Ok(Size(bytes as u64))
