@@ -915,6 +915,30 @@ mod tests {
     }
 
     #[test]
+    fn prediction_keeps_copies_from_carriers_that_never_meet_the_audience() {
+        // Before publishing (t < 1000), carrier 3 meets audience node 2 repeatedly;
+        // carrier 1 never does. After publishing, the origin meets 1, then 3, then 3
+        // meets 2. PRoPHET (mule) gives 1 nothing, rarest-first gives it a copy.
+        let t = Trace::parse(
+            "0,20,2,3\n400,420,2,3\n800,820,2,3\n1000,1100,0,1\n1200,1300,0,3\n1400,1500,2,3\n",
+            Format::Csv,
+            &Options::default(),
+        )
+        .unwrap();
+        let mut sc = scenario(&t, 1_000_000, 1000.0, 0.0);
+        sc.audience = vec![false, false, true, false];
+        sc.carry_quota_pieces = sc.pieces();
+        let mule = simulate(&t, &sc, &mut Mule::new(&sc, t.nodes, true), &mut |_| {});
+        let rarest = simulate(&t, &sc, &mut Mule::rarest(&sc, t.nodes), &mut |_| {});
+        assert_eq!(mule.nodes[1].pieces_new, 0);
+        assert_eq!(rarest.nodes[1].pieces_new, sc.pieces() as u64);
+        for o in [&mule, &rarest] {
+            assert_eq!(o.nodes[3].pieces_new, sc.pieces() as u64, "{}", o.strategy);
+            assert!(o.nodes[2].complete_at.is_some(), "{}", o.strategy);
+        }
+    }
+
+    #[test]
     fn same_seed_same_outcome() {
         let t = crate::synth::synthetic(30, 0.5, 3);
         let sc = scenario(&t, 2_000_000, t.duration() * 0.25, 0.5);
