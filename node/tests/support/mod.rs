@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub peers: Vec<String>,
     /// Extra raw lines for the `[session]` table (e.g. `max_sessions = 4`).
     pub session_extra: Vec<String>,
+    /// Serve Prometheus metrics on this loopback port.
+    pub metrics_port: Option<u16>,
 }
 
 impl NodeConfig {
@@ -109,13 +111,51 @@ impl NodeConfig {
              [session]\nlisten = [\"127.0.0.1:0\"]\npeers = [{}]\n{}\n\
              [trust]\npublishers = [{}]\n\n\
              [subscriptions]\nchannels = [{}]\n\n\
-             [log]\nlevel = \"info\"\n",
+             [log]\nlevel = \"info\"\n{}",
             list(&self.peers),
             self.session_extra.join("\n"),
             list(&self.publishers),
-            list(&self.channels)
+            list(&self.channels),
+            match self.metrics_port {
+                Some(p) => format!("\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{p}\"\n"),
+                None => String::new(),
+            }
         )
     }
+}
+
+/// A loopback TCP port that was free a moment ago (for endpoints whose port must be
+/// configured up front, such as metrics).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `GET /metrics` from `127.0.0.1:port`: the exposition text.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "metrics answer: {text}");
+    text
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed) in a scrape, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// A data directory with a config file, and possibly a running daemon on it.
