@@ -409,9 +409,9 @@ fn a_second_daemon_on_the_same_data_dir_fails_clearly() {
     let mut a = Node::new(&NodeConfig::default());
     a.start();
     let before = a.status();
-    let mut second = a.spawn_run();
+    let mut second = support::KillOnDrop(a.spawn_run());
     let status = wait_for("the second daemon to exit", Duration::from_secs(15), || {
-        second.try_wait().expect("wait")
+        second.0.try_wait().expect("wait")
     });
     assert!(
         !status.success(),
@@ -463,19 +463,14 @@ fn cli_finds_a_daemon_on_a_configured_control_socket() {
         sock.to_str().expect("path")
     );
     std::fs::write(&a.config, text).expect("write config");
-    let mut child = a.spawn_run();
+    let child = support::KillOnDrop(a.spawn_run());
     wait_for(
         "the configured control socket",
         Duration::from_secs(15),
         || sock.exists().then_some(()),
     );
     let out = a.mule(&["status", "--json"]);
-    // Stop the daemon before asserting so a failure leaves nothing behind.
-    // SAFETY: kill(2) on the pid of our own child process.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let _ = child.wait();
+    drop(child);
     assert!(
         out.status.success(),
         "status did not reach the daemon on {}: {}",

@@ -387,6 +387,17 @@ impl Drop for Node {
     }
 }
 
+/// A child process killed (by its own handle) and reaped when dropped, so a failing test
+/// leaves nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A publisher key written to `dir/name` (mode 0600), and its public hex.
 pub fn publisher_key(dir: &Path, name: &str) -> (SigningKey, PathBuf, String) {
     let key = mule_bundle::keys::generate().expect("key");
