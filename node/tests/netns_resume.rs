@@ -83,6 +83,9 @@ fn resume_across_cuts(test: &str, size: usize, gap: Duration, max_contacts: u32)
         report.join("\n"),
         b.log_tail(40)
     );
+    for line in b.log().lines().filter(|l| l.contains("session ended")) {
+        eprintln!("{test}: B: {line}");
+    }
     let link = hb.link_bytes() - bytes0;
     let ratio = link as f64 / size as f64;
     eprintln!(

@@ -1,0 +1,253 @@
+//! Transfer benchmark of the running daemon: real `mule run` processes (the release binary),
+//! on loopback and in network namespaces with `tbf`-shaped 8 Mbit/s links.
+//!
+//! `cargo bench -p mule --bench transfer` prints:
+//! - **loopback throughput** (MB/s): 200 MB bundle, publisher and subscriber on 127.0.0.1,
+//!   median of 3 runs (a fresh subscriber each time). Clock: from the first 10 ms status poll
+//!   that shows the subscriber's session open to the first that shows every piece stored;
+//!   both ends are quantised to 10 ms.
+//! - **peak RSS** of the receiving daemon (`VmHWM`) for a 20 MB and the 200 MB bundle.
+//! - (root) **contact efficiency** for 10 s contacts at 8 Mbit/s: payload bytes stored per
+//!   contact / (1 MB/s × 10 s), per contact and median; the receiver's veth is attached for
+//!   10 s, then detached silently for 10 s (longer than the idle timeout and discovery's
+//!   silence, so every contact starts a new session).
+//! - (root) **link up → first piece**: from attaching the veth to the first 10 ms poll that
+//!   shows a piece stored (an upper bound of "first piece byte": a 64 KiB piece takes 66 ms to
+//!   cross 8 Mbit/s).
+//! - (root) **bytes on the link per payload byte**: the receiver's veth counters (rx+tx) over
+//!   all contacts / payload bytes stored.
+//! - (root) **A→B→C hop**: 2 MB, from the B–C link up to C complete, median of 3.
+//!
+//! Without root the netns parts print `SKIPPED` and the loopback part still runs.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Lan, Node, NodeConfig, Publisher, RATE_BYTES_PER_S, random_file};
+
+const PIECE: u64 = 65_536;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let publisher = Publisher::new();
+    println!("mule transfer benchmark (binary: {})", common::mule_bin());
+    loopback(&publisher, tmp.path());
+    if common::require_root("transfer bench: netns parts") {
+        contacts(&publisher, tmp.path());
+        hop(&publisher, tmp.path());
+    }
+}
+
+/// Time from the subscriber's session opening to completion, and its peak RSS.
+fn one_loopback_run(publisher: &Publisher, listen: &str, id: &str, label: &str) -> (f64, u64) {
+    let mut cfg = NodeConfig::loopback(&publisher.public_hex).subscribe("fw");
+    cfg.peers = vec![listen.to_string()];
+    let mut b = Node::start(label, &cfg, None);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut t_session = None;
+    let mut t_done = None;
+    while Instant::now() < deadline {
+        let st = b.status();
+        let now = Instant::now();
+        if t_session.is_none() && st.sessions > 0 {
+            t_session = Some(now);
+        }
+        if let Some(x) = st.bundles.iter().find(|x| x.id == id)
+            && x.pieces_total > 0
+            && x.pieces_have == x.pieces_total
+        {
+            t_done = Some(now);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (Some(s), Some(d)) = (t_session, t_done) else {
+        panic!("{label}: transfer did not complete:\n{}", b.log_tail(30));
+    };
+    (d.duration_since(s).as_secs_f64(), b.peak_rss_kib())
+}
+
+fn loopback(publisher: &Publisher, tmp: &std::path::Path) {
+    let mut a = Node::start("A", &NodeConfig::loopback(&publisher.public_hex), None);
+    let listen = a.status().listen[0].clone();
+    for (size, runs) in [(20_000_000usize, 3usize), (200_000_000, 3)] {
+        let file = random_file(tmp, &format!("loop{size}.bin"), size);
+        let t = Instant::now();
+        let id = a.publish(&file, publisher, &format!("loop{size}"), "fw");
+        println!(
+            "loopback: published {} MB into the running publisher in {:.2} s",
+            size / 1_000_000,
+            t.elapsed().as_secs_f64()
+        );
+        let mut rates = Vec::new();
+        let mut rss = Vec::new();
+        for run in 0..runs {
+            let (secs, peak) = one_loopback_run(publisher, &listen, &id, &format!("B{run}"));
+            let mbps = size as f64 / 1e6 / secs;
+            println!(
+                "loopback {} MB run {}: {:.3} s session-open -> complete, {:.0} MB/s, receiver peak RSS {:.1} MiB",
+                size / 1_000_000,
+                run + 1,
+                secs,
+                mbps,
+                peak as f64 / 1024.0
+            );
+            rates.push(mbps);
+            rss.push(peak as f64 / 1024.0);
+        }
+        let rss_max = rss.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "RESULT loopback {} MB: median {:.0} MB/s (target >= 300 MB/s); receiver peak RSS median {:.1} MiB, max {:.1} MiB (target <= 32 MiB)",
+            size / 1_000_000,
+            median(&mut rates),
+            median(&mut rss),
+            rss_max
+        );
+        let _ = std::fs::remove_file(&file);
+    }
+}
+
+/// 10 s contacts at 8 Mbit/s: efficiency, link up → first piece, link bytes per payload byte.
+fn contacts(publisher: &Publisher, tmp: &std::path::Path) {
+    const SIZE: usize = 64_000_000; // more than 5 contacts can move
+    const CONTACTS: usize = 5;
+    let file = random_file(tmp, "contacts.bin", SIZE);
+    let lan = Lan::new();
+    let (ha, hb) = (lan.host("a", 1), lan.host("b", 2));
+    ha.shape();
+    hb.shape();
+    let a = Node::start("A", &NodeConfig::netns(&publisher.public_hex), Some(&ha.ns));
+    let mut b = Node::start(
+        "B",
+        &NodeConfig::netns(&publisher.public_hex).subscribe("fw"),
+        Some(&hb.ns),
+    );
+    let id = a.publish(&file, publisher, "contactsfw", "fw");
+    ha.up(&lan);
+    let link0 = hb.link_bytes();
+    let mut have = 0u32;
+    let (mut eff, mut first, mut steady) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 1..=CONTACTS {
+        let before = have;
+        let link_before = hb.link_bytes();
+        hb.up(&lan);
+        let t0 = Instant::now();
+        let mut first_piece = None;
+        let mut samples: Vec<(f64, u32)> = Vec::new();
+        while t0.elapsed() < Duration::from_secs(10) {
+            let p = b.pieces_have(&id);
+            let t = t0.elapsed().as_secs_f64();
+            samples.push((t, p));
+            if first_piece.is_none() && p > before {
+                first_piece = Some(t);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        hb.cut();
+        // Pieces already verified and committing at the cut still count; nothing moves after.
+        std::thread::sleep(Duration::from_secs(10));
+        have = b.pieces_have(&id);
+        let moved = u64::from(have - before) * PIECE;
+        let e = moved as f64 / (RATE_BYTES_PER_S * 10.0);
+        let at = |t: f64| {
+            samples
+                .iter()
+                .take_while(|s| s.0 <= t)
+                .last()
+                .map_or(before, |s| s.1)
+        };
+        let s = f64::from(at(9.5) - at(2.5)) * PIECE as f64 / 7.0 / RATE_BYTES_PER_S;
+        let link = hb.link_bytes() - link_before;
+        println!(
+            "contact {n}: {:.2} MB payload stored, efficiency {e:.3}, link up -> first piece stored {}, steady-state goodput 2.5-9.5 s {s:.3} of the link rate, {link} link bytes ({:.4} per payload byte)",
+            moved as f64 / 1e6,
+            first_piece.map_or("never".into(), |t| format!("{t:.2} s")),
+            link as f64 / moved.max(1) as f64
+        );
+        eff.push(e);
+        steady.push(s);
+        if let Some(t) = first_piece {
+            first.push(t);
+        }
+    }
+    let payload = u64::from(have) * PIECE;
+    let link = hb.link_bytes() - link0;
+    println!(
+        "RESULT contact efficiency (10 s contacts, 8 Mbit/s tbf): median {:.3} (target >= 0.95); per contact {:?}",
+        median(&mut eff.clone()),
+        eff.iter().map(|e| format!("{e:.3}")).collect::<Vec<_>>()
+    );
+    println!(
+        "RESULT steady-state goodput within a contact: median {:.3} of the link rate (TCP/IP over MTU 1500 carries at most 1448/1514 = 0.956)",
+        median(&mut steady)
+    );
+    if !first.is_empty() {
+        println!(
+            "RESULT link up -> first piece stored: median {:.2} s, max {:.2} s (target <= 1.0 s)",
+            median(&mut first.clone()),
+            first.iter().cloned().fold(0.0, f64::max)
+        );
+    }
+    println!(
+        "RESULT bytes on the link per payload byte: {:.4} ({link} veth rx+tx bytes for {payload} payload bytes)",
+        link as f64 / payload.max(1) as f64
+    );
+    println!(
+        "receiver peak RSS after {} MB over contacts: {:.1} MiB",
+        payload / 1_000_000,
+        b.peak_rss_kib() as f64 / 1024.0
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+/// A→B→C: time from the B–C link coming up to C holding the whole 2 MB bundle.
+fn hop(publisher: &Publisher, tmp: &std::path::Path) {
+    const SIZE: usize = 2_000_000;
+    let mut times = Vec::new();
+    for run in 1..=3 {
+        let file = random_file(tmp, &format!("hop{run}.bin"), SIZE);
+        let lan = Lan::new();
+        let (ha, hb, hc) = (lan.host("a", 1), lan.host("b", 2), lan.host("c", 3));
+        for h in [&ha, &hb, &hc] {
+            h.shape();
+        }
+        let key = &publisher.public_hex;
+        let a = Node::start("A", &NodeConfig::netns(key), Some(&ha.ns));
+        let mut b = Node::start("B", &NodeConfig::netns(key), Some(&hb.ns));
+        let mut c = Node::start("C", &NodeConfig::netns(key).subscribe("fw"), Some(&hc.ns));
+        let id = a.publish(&file, publisher, &format!("hop{run}"), "fw");
+        ha.up(&lan);
+        hb.up(&lan);
+        let (_, ok) = b.wait_bundle(
+            &id,
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            |x| x.pieces_total > 0 && x.pieces_have == x.pieces_total,
+        );
+        assert!(ok, "hop run {run}: B did not carry the bundle");
+        ha.cut();
+        hc.up(&lan);
+        let t0 = Instant::now();
+        let (_, ok) = c.wait_bundle(
+            &id,
+            Duration::from_secs(60),
+            Duration::from_millis(10),
+            |x| x.pieces_total > 0 && x.pieces_have == x.pieces_total,
+        );
+        assert!(ok, "hop run {run}: C did not get the bundle");
+        let t = t0.elapsed().as_secs_f64();
+        println!("hop run {run}: B–C link up -> C complete in {t:.2} s");
+        times.push(t);
+    }
+    println!(
+        "RESULT A->B->C hop (2 MB, 8 Mbit/s): median {:.2} s (target <= 3.5 s)",
+        median(&mut times)
+    );
+}
