@@ -267,7 +267,7 @@ fn main() {
 
     println!(
         "reopen after SIGKILL during ingest (~{} MiB stored), median of {RUNS}",
-        REOPEN_LEN * 9 / 10 >> 20
+        (REOPEN_LEN * 9 / 10) >> 20
     );
     for quick in [true, false] {
         let t = median((0..RUNS).map(|_| reopen_after_kill(quick)).collect());
