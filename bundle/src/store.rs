@@ -148,7 +148,8 @@ pub enum Origin {
 }
 
 /// Where a bundle is in its life on this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum State {
     /// Pieces are missing.
     Incomplete,
@@ -198,7 +199,7 @@ impl fmt::Display for State {
 }
 
 /// The last failed attempt to export or install a bundle.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Failure {
     /// When it failed, unix seconds.
     pub at: u64,
@@ -208,10 +209,12 @@ pub struct Failure {
     pub message: String,
 }
 
-/// What the store knows about one bundle.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the store knows about one bundle. Serializes (e.g. to JSON for `mule bundles --json`)
+/// with ids as hex strings.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct BundleInfo {
     /// Bundle id.
+    #[serde(serialize_with = "hex_id")]
     pub id: BundleId,
     /// Name from the manifest.
     pub name: String,
@@ -240,11 +243,20 @@ pub struct BundleInfo {
     /// Expiry from the manifest.
     pub expires: Option<u64>,
     /// Dependencies from the manifest.
+    #[serde(serialize_with = "hex_ids")]
     pub dependencies: Vec<BundleId>,
     /// Where the content was exported, once it was.
     pub export_path: Option<PathBuf>,
     /// The last failure of export or on-complete command, if the last attempt failed.
     pub failure: Option<Failure>,
+}
+
+fn hex_id<S: serde::Serializer>(id: &BundleId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+fn hex_ids<S: serde::Serializer>(ids: &[BundleId], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ids.iter().map(|id| id.to_string()))
 }
 
 /// Result of [`Store::insert_manifest`].
@@ -1639,6 +1651,10 @@ mod tests {
         let info = f.store.info(&vm.id()).unwrap().unwrap();
         assert_eq!(info.state, State::Installed);
         assert!(info.failure.is_none());
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["id"], vm.id().to_string());
+        assert_eq!(json["state"], "installed");
+        assert_eq!(json["priority"], "normal");
     }
 
     #[test]
