@@ -77,6 +77,48 @@ fn is_mule_process(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// `v` in base 36, as `mule_netns::unique_name` writes pids.
+fn base36(mut v: u32) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(digits[(v % 36) as usize]);
+        v /= 36;
+        if v == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap()
+}
+
+/// No namespace an emulation of this process created, and no process started with a config
+/// under `out`, is left. (Only this test creates emulation namespaces named after this
+/// process: the cleanup test names its live one after pid 1.)
+fn assert_no_leftovers(out: &Path) {
+    let mine = format!(
+        "{}{}{}x",
+        mule_netns::NAME_PREFIX,
+        emulate::PREFIX,
+        base36(std::process::id())
+    );
+    let list = netns_list();
+    assert!(!list.contains(&mine), "namespaces {mine}* left: {list}");
+    let needle = out.display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            assert!(
+                !(cmd.contains(&needle) && proc_state(pid).is_some_and(|s| s != 'Z')),
+                "process {pid} left: {cmd}"
+            );
+        }
+    }
+}
+
 #[test]
 fn five_namespaces_replay_a_minute_and_everyone_gets_identical_bytes() {
     if !mule_netns::require_root("five_namespaces_replay_a_minute") {
@@ -87,8 +129,8 @@ fn five_namespaces_replay_a_minute_and_everyone_gets_identical_bytes() {
     let trace = dir.path().join("trace.csv");
     std::fs::write(&trace, TRACE).unwrap();
     let out = dir.path().join("out");
-    let opts = EmulateOptions {
-        trace,
+    let opts = |out: PathBuf| EmulateOptions {
+        trace: trace.clone(),
         format: None,
         rate: "8mbit".parse::<Rate>().unwrap(),
         time_scale: 1.0,
@@ -100,15 +142,27 @@ fn five_namespaces_replay_a_minute_and_everyone_gets_identical_bytes() {
         audience: Audience::All,
         nodes: None,
         min_contact: 10.0,
-        mule,
+        mule: mule.clone(),
         piece_size: Size(64 << 10),
         carry_quota: Size(256 << 20),
         grace: 5.0,
         seed: 7,
-        out: out.clone(),
+        out,
     };
+
+    // A panic in the middle of a run (here: in the progress callback, once the daemons are
+    // up) must tear everything down as well.
+    let panic_out = dir.path().join("panic");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        emulate::run(opts(panic_out.clone()), |_| {
+            panic!("deliberate panic mid-run")
+        })
+    }));
+    assert!(result.is_err(), "the run should have panicked");
+    assert_no_leftovers(&panic_out);
+
     let mut lines = 0;
-    let rep = emulate::run(opts, |p| {
+    let rep = emulate::run(opts(out.clone()), |p| {
         lines += 1;
         eprintln!("{}", p.line());
     })
@@ -119,6 +173,7 @@ fn five_namespaces_replay_a_minute_and_everyone_gets_identical_bytes() {
     );
 
     // Nothing left behind, whatever else happened.
+    assert_no_leftovers(&out);
     let list = netns_list();
     assert_eq!(rep.namespaces.len(), 6, "switch + 5 nodes");
     for ns in &rep.namespaces {
@@ -216,6 +271,8 @@ fn killed_run_helper() {
         return;
     }
     let ns = mule_netns::Netns::new(emulate::PREFIX).unwrap();
+    // Never waited for: the process must outlive this one (killed by cleanup).
+    #[allow(clippy::zombie_processes)]
     let child = ns.spawn(&["sleep", "600"]).unwrap();
     let work = std::env::temp_dir().join(format!("mule-emulate-{}-99", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
@@ -238,8 +295,23 @@ fn cleanup_removes_what_a_killed_run_left_and_spares_live_runs() {
     if !mule_netns::require_root("cleanup_removes_what_a_killed_run_left") {
         return;
     }
-    // A live "run" of this process: cleanup must leave it alone.
-    let ours = mule_netns::Netns::new(emulate::PREFIX).unwrap();
+    // A live "run" (named after pid 1, which is always alive; not after this process, so the
+    // leftover checks of the other test stay exact): cleanup must leave it alone.
+    struct Live(String);
+    impl Drop for Live {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+    let ours = Live(format!(
+        "{}{}1x{}",
+        mule_netns::NAME_PREFIX,
+        emulate::PREFIX,
+        base36(std::process::id())
+    ));
+    mule_netns::run(&["ip", "netns", "add", &ours.0]).unwrap();
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "killed_run_helper", "--nocapture"])
         .env("MULE_EMULATE_HELPER", "1")
@@ -283,7 +355,7 @@ fn cleanup_removes_what_a_killed_run_left_and_spares_live_runs() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(
-        netns_list().contains(ours.name()),
+        netns_list().contains(&ours.0),
         "cleanup removed a live run's namespace"
     );
 }
