@@ -329,13 +329,19 @@ impl World {
 
     /// Runs driver work for every open session until nothing changes, without advancing time.
     pub fn settle(&mut self) {
-        for _ in 0..10_000 {
+        self.settle_reads(None);
+    }
+
+    /// Like [`settle`](Self::settle), but each delivery hands over at most `read` bytes per
+    /// direction (as a transport read would), so frames are split across `handle_bytes`.
+    pub fn settle_reads(&mut self, read: Option<usize>) {
+        for _ in 0..10_000_000 {
             let mut progress = false;
             for li in 0..self.links.len() {
                 for side in 0..2 {
                     progress |= self.drive(li, side);
                 }
-                progress |= self.deliver(li, None);
+                progress |= self.deliver(li, read.map(|r| r as u64));
             }
             if !progress {
                 return;
@@ -423,6 +429,10 @@ impl World {
             end.sent += n;
             if end.sent == end.outbox.len() {
                 end.outbox.clear();
+                end.sent = 0;
+            } else if end.sent >= SOCKET_BUFFER {
+                // Drop the delivered prefix so the buffer stays bounded.
+                end.outbox.drain(..end.sent);
                 end.sent = 0;
             }
         }
