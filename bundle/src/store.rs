@@ -511,7 +511,11 @@ pub struct Store {
     path: PathBuf,
     opts: StoreOptions,
     manifests: HashMap<BundleId, VerifiedManifest>,
+    evicted: Vec<BundleId>,
 }
+
+/// Most evicted ids remembered for [`Store::take_evicted`].
+const EVICTED_MEMORY: usize = 1024;
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -557,6 +561,7 @@ impl Store {
             path: path.to_owned(),
             opts,
             manifests: HashMap::new(),
+            evicted: Vec::new(),
         };
         store.check_format()?;
         Ok(store)
@@ -840,19 +845,21 @@ impl Store {
     /// Marks a bundle wanted (to be exported and installed) or not. Only trusted bundles can
     /// be wanted.
     pub fn set_wanted(&mut self, id: &BundleId, wanted: bool) -> Result<(), StoreError> {
-        self.update_record(id, |rec| {
+        let r = self.update_record(id, |rec| {
             if wanted && !rec.trusted {
                 return Err(());
             }
             rec.wanted = wanted;
             Ok(())
-        })
-        .and_then(|r| {
-            r.map_err(|()| StoreError::Untrusted {
-                id: *id,
-                publisher: String::from("(not in the trust list)"),
-            })
-        })
+        })?;
+        if r.is_err() {
+            let publisher = self
+                .manifest(id)?
+                .map(|vm| hex::encode(vm.manifest().publisher))
+                .unwrap_or_default();
+            return Err(StoreError::Untrusted { id: *id, publisher });
+        }
+        Ok(())
     }
 
     /// Applies `f` to a bundle's record in its own transaction; `f`'s `Err` aborts.
@@ -908,10 +915,20 @@ impl Store {
     }
 
     fn remove_in(txn: &WriteTransaction, id: &BundleId) -> Result<bool, StoreError> {
+        let mut pieces = txn.open_table(PIECES)?;
+        Self::remove_with(txn, &mut pieces, id)
+    }
+
+    /// Removes a bundle with the pieces table already open (redb opens a table once per
+    /// transaction at a time); the other tables must not be open.
+    fn remove_with(
+        txn: &WriteTransaction,
+        pieces: &mut redb::Table<(&'static [u8; 32], u32), &'static [u8]>,
+        id: &BundleId,
+    ) -> Result<bool, StoreError> {
         let found = txn.open_table(BUNDLES)?.remove(&id.0)?.is_some();
         txn.open_table(MANIFESTS)?.remove(&id.0)?;
         txn.open_table(BITFIELDS)?.remove(&id.0)?;
-        let mut pieces = txn.open_table(PIECES)?;
         pieces.retain_in((&id.0, 0)..=(&id.0, u32::MAX), |_, _| false)?;
         Ok(found)
     }
@@ -920,6 +937,12 @@ impl Store {
     pub fn usage(&self) -> Result<Usage, StoreError> {
         let recs = self.records()?;
         Ok(usage_of(&recs))
+    }
+
+    /// Ids of bundles evicted since the last call (at most the first 1024), so the caller can
+    /// update what it advertises.
+    pub fn take_evicted(&mut self) -> Vec<BundleId> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Stores one piece (verify, then one durable commit).
@@ -1007,9 +1030,16 @@ impl Store {
                     continue;
                 }
                 let need = data.len() as u64;
-                if let Err(full) =
-                    self.make_room(&txn, &mut others, &mut usage, need, rec, now, &mut evicted)
-                {
+                if let Err(full) = self.make_room(
+                    &txn,
+                    &mut table,
+                    &mut others,
+                    &mut usage,
+                    need,
+                    rec,
+                    now,
+                    &mut evicted,
+                ) {
                     *result = Err(PutError::Full(full));
                     continue;
                 }
@@ -1038,6 +1068,9 @@ impl Store {
         for id in evicted {
             self.manifests.remove(&id);
             tracing::info!(bundle = %id.short(), "evicted to make room");
+            if self.evicted.len() < EVICTED_MEMORY {
+                self.evicted.push(id);
+            }
         }
         Ok(results)
     }
@@ -1048,6 +1081,7 @@ impl Store {
     fn make_room(
         &self,
         txn: &WriteTransaction,
+        pieces: &mut redb::Table<(&'static [u8; 32], u32), &'static [u8]>,
         others: &mut Vec<(BundleId, Record)>,
         usage: &mut Usage,
         need: u64,
@@ -1116,7 +1150,7 @@ impl Store {
         for i in plan {
             let (id, _) = others.swap_remove(i);
             // An I/O error here poisons the transaction; the commit then fails and reports it.
-            if Self::remove_in(txn, &id).is_ok() {
+            if Self::remove_with(txn, pieces, &id).is_ok() {
                 evicted.push(id);
             }
         }
@@ -1167,6 +1201,25 @@ impl Store {
     /// its bit, and the counters match. Returns the number of pieces checked.
     pub fn verify_all(&mut self) -> Result<u64, StoreError> {
         let recs = self.records()?;
+        let known: std::collections::HashSet<BundleId> = recs.iter().map(|(id, _)| *id).collect();
+        {
+            // Nothing may outlive its bundle record.
+            let txn = self.db.begin_read()?;
+            for entry in txn.open_table(PIECES)?.iter()? {
+                let id = BundleId(*entry?.0.value().0);
+                if !known.contains(&id) {
+                    return Err(corrupt(id, "piece", "stored without a bundle record"));
+                }
+            }
+            for (table, what) in [(MANIFESTS, "manifest"), (BITFIELDS, "bitfield")] {
+                for entry in txn.open_table(table)?.iter()? {
+                    let id = BundleId(*entry?.0.value());
+                    if !known.contains(&id) {
+                        return Err(corrupt(id, what, "stored without a bundle record"));
+                    }
+                }
+            }
+        }
         let mut checked = 0;
         for (id, rec) in recs {
             let vm = self
@@ -1433,6 +1486,18 @@ mod tests {
         assert!(!s.remove(&vm.id()).unwrap());
         assert_eq!(s.read_piece(&vm.id(), 4).unwrap(), None);
         assert!(s.bundles().unwrap().is_empty());
+        s.verify_all().unwrap();
+        // A piece without its bundle (what a partial removal would leave) is caught.
+        let txn = s.db.begin_write().unwrap();
+        txn.open_table(PIECES)
+            .unwrap()
+            .insert((&vm.id().0, 4), &c[4 * PS as usize..])
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(matches!(
+            s.verify_all(),
+            Err(StoreError::Corrupt { what: "piece", .. })
+        ));
     }
 
     #[test]
@@ -1563,6 +1628,11 @@ mod tests {
             .unwrap();
         assert!(s.info(&expiring.0.id()).unwrap().is_none());
         assert!(s.info(&bulk.0.id()).unwrap().is_some());
+        assert_eq!(s.take_evicted(), vec![expiring.0.id()]);
+        assert!(s.take_evicted().is_empty());
+        // Evicted means gone entirely: no piece left behind.
+        assert_eq!(s.read_piece(&expiring.0.id(), 0).unwrap(), None);
+        s.verify_all().unwrap();
         s.put_piece(&normal.0.id(), 1, &normal.1[PS as usize..])
             .unwrap();
         assert_eq!(s.usage().unwrap().total, 8 * ps);
@@ -1591,6 +1661,7 @@ mod tests {
         );
         assert_eq!(s.bundles().unwrap().len(), before);
         assert_eq!(s.verify_all().unwrap(), 8);
+        assert_eq!(s.usage().unwrap().total, 8 * ps);
         for b in [&published, &wanted] {
             assert!(s.is_complete(&b.0.id()).unwrap());
         }
