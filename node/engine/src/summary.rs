@@ -455,6 +455,20 @@ mod tests {
     }
 
     #[test]
+    fn test_vector_for_protocol_md() {
+        // salt = 16 × 0x00, bundle = 32 × 0x01, index = 7, bits = 8 bytes (m = 64), k = 3.
+        let p = piece(1, 7);
+        let (h1, h2) = key(&[0; 16], p);
+        let f = BloomFilter::from_parts([0; 16], 3, vec![0; 8]).unwrap();
+        let bits: Vec<usize> = f.positions(p).collect();
+        let mut g = f.clone();
+        g.insert(p);
+        assert_eq!((h1, h2), (0xd998_34cb_6970_2f9f, 0xad02_2804_ee0e_70cb));
+        assert_eq!(bits, [31, 42, 53]);
+        assert_eq!(g.bits(), [0, 0, 0, 0x80, 0, 0x04, 0x20, 0]);
+    }
+
+    #[test]
     fn hostile_filters_are_rejected_before_use() {
         assert_eq!(
             BloomFilter::from_parts([0; 16], 0, vec![0; 8]),
