@@ -67,7 +67,7 @@ enum Target {
 }
 
 async fn target(cfg: &Config, data_dir: &Path) -> Result<Target> {
-    match Client::connect(data_dir).await {
+    match Client::connect_at(data_dir, &cfg.control.socket_in(data_dir)).await {
         Ok(c) => Ok(Target::Daemon(c)),
         Err(control::Error::NotRunning { .. }) => Ok(Target::Direct(Box::new(open_store(cfg, data_dir)?))),
         Err(e) => Err(e.into()),
@@ -90,8 +90,8 @@ pub fn open_store(cfg: &Config, data_dir: &Path) -> Result<Store> {
     Store::open(data_dir, opts).with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
-async fn daemon_only(data_dir: &Path, what: &str) -> Result<Client> {
-    Client::connect(data_dir)
+async fn daemon_only(cfg: &Config, data_dir: &Path, what: &str) -> Result<Client> {
+    Client::connect_at(data_dir, &cfg.control.socket_in(data_dir))
         .await
         .map_err(|e| anyhow!("`mule {what}` needs the running daemon: {e}"))
 }
@@ -131,7 +131,7 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Status(j) => {
-            let mut c = daemon_only(data_dir, "status").await?;
+            let mut c = daemon_only(cfg, data_dir, "status").await?;
             let Response::Status(st) = c.call(&Request::Status).await? else { bail!("unexpected answer") };
             if j.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
@@ -141,7 +141,7 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Peers(j) => {
-            let mut c = daemon_only(data_dir, "peers").await?;
+            let mut c = daemon_only(cfg, data_dir, "peers").await?;
             let Response::Status(st) = c.call(&Request::Status).await? else { bail!("unexpected answer") };
             if j.json {
                 println!("{}", serde_json::to_string_pretty(&st.neighbours)?);
@@ -151,7 +151,7 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Contacts(j) => {
-            let mut c = daemon_only(data_dir, "contacts").await?;
+            let mut c = daemon_only(cfg, data_dir, "contacts").await?;
             let Response::Contacts(list) = c.call(&Request::Contacts).await? else { bail!("unexpected answer") };
             if j.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -164,13 +164,13 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Subscribe { channel } => {
-            let mut c = daemon_only(data_dir, "subscribe").await?;
+            let mut c = daemon_only(cfg, data_dir, "subscribe").await?;
             c.call(&Request::Subscribe { channel: channel.clone() }).await?;
             eprintln!("subscribed to {channel}");
             Ok(())
         }
         Command::Unsubscribe { channel } => {
-            let mut c = daemon_only(data_dir, "unsubscribe").await?;
+            let mut c = daemon_only(cfg, data_dir, "unsubscribe").await?;
             c.call(&Request::Unsubscribe { channel: channel.clone() }).await?;
             eprintln!("unsubscribed from {channel}");
             Ok(())

@@ -153,7 +153,14 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon of `data_dir`, or says plainly that none runs.
     pub async fn connect(data_dir: &Path) -> Result<Client, Error> {
-        let socket = socket_path(data_dir);
+        Client::connect_at(data_dir, &socket_path(data_dir)).await
+    }
+
+    /// Connects to the daemon listening on `socket` (the configured
+    /// `control.socket`, else `DATA_DIR/mule.sock`); `data_dir` is only named
+    /// in the "not running" message.
+    pub async fn connect_at(data_dir: &Path, socket: &Path) -> Result<Client, Error> {
+        let socket = socket.to_path_buf();
         match tokio::net::UnixStream::connect(&socket).await {
             Ok(stream) => Ok(Client { stream }),
             Err(e)

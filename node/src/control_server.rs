@@ -41,12 +41,17 @@ pub async fn serve(ctx: Arc<Ctx>, listener: UnixListener, stop: impl std::future
     }
 }
 
+/// A control client that sends no complete request for this long is dropped, so
+/// idle or stuck clients cannot hold the [`MAX_CLIENTS`] slots forever.
+const IDLE_CLIENT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn client(ctx: Arc<Ctx>, mut stream: UnixStream) {
     loop {
-        let req: Request = match read_message(&mut stream).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
+        let req: Request = match tokio::time::timeout(IDLE_CLIENT, read_message(&mut stream)).await {
+            Err(_) => return,
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
                 let _ = write_message(&mut stream, &Response::Error(e.to_string())).await;
                 return;
             }

@@ -430,7 +430,6 @@ fn a_second_daemon_on_the_same_data_dir_fails_clearly() {
 }
 
 /// Subscriptions set in the config file can be dropped at run time, and that sticks.
-#[ignore = "daemon bug: unsubscribing a channel from the config file is not persisted (see the report to the lead)"]
 #[test]
 fn unsubscribing_a_configured_channel_survives_a_restart() {
     let mut a = Node::new(&NodeConfig {
@@ -452,7 +451,6 @@ fn unsubscribing_a_configured_channel_survives_a_restart() {
 }
 
 /// `control.socket` moves the control socket; the CLI must find the daemon there.
-#[ignore = "CLI bug: the CLI looks only at DATA_DIR/mule.sock, ignoring control.socket (see the report to the lead)"]
 #[test]
 fn cli_finds_a_daemon_on_a_configured_control_socket() {
     let a = Node::new(&NodeConfig::default());
@@ -526,7 +524,6 @@ fn control_socket_refuses_garbage_and_oversized_messages() {
 
 /// Idle control connections (a stuck or suspended CLI, a local client that never speaks)
 /// must not lock the CLI out of the daemon.
-#[ignore = "daemon bug: idle control connections hold one of 16 slots forever (see the report to the lead)"]
 #[test]
 fn idle_control_connections_do_not_lock_out_the_cli() {
     let mut a = Node::new(&NodeConfig::default());

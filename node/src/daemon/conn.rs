@@ -82,6 +82,10 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Vec<Soc
 /// Accepts sessions until `stop`.
 pub async fn accept_loop(ctx: Arc<Ctx>, l: TcpListener, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
+    // Every accepted connection holds a slot until its task ends, authenticated or not:
+    // sessions plus as many handshakes in progress (a flood of connections that never
+    // authenticate must not take unbounded sockets, tasks and read buffers).
+    let slots = Arc::new(tokio::sync::Semaphore::new(2 * ctx.cfg.session.max_sessions as usize));
     loop {
         tokio::select! {
             _ = &mut stop => return,
@@ -91,10 +95,15 @@ pub async fn accept_loop(ctx: Arc<Ctx>, l: TcpListener, stop: impl std::future::
                         tracing::warn!(%peer, "session limit reached; refusing connection");
                         continue;
                     }
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "too many connections in progress; refusing one");
+                        continue;
+                    };
                     tune(&stream);
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
                         super::session::run(ctx, Box::new(stream), Role::Responder, None, "tcp", peer.to_string()).await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {

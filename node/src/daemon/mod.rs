@@ -46,10 +46,23 @@ pub const HISTORY_FILE: &str = "contacts.redb";
 /// File of the subscriptions added at run time (`mule subscribe`), one per line.
 pub const SUBSCRIPTIONS_FILE: &str = "subscriptions";
 
-fn load_subscriptions(data_dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(data_dir.join(SUBSCRIPTIONS_FILE))
-        .map(|t| t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
-        .unwrap_or_default()
+/// The effective subscriptions: the configured channels, then the changes made
+/// at run time (`+channel` added, `-channel` removed; a bare line is an addition).
+fn load_subscriptions(data_dir: &Path, configured: &[String]) -> Vec<String> {
+    let mut channels = configured.to_vec();
+    let text = std::fs::read_to_string(data_dir.join(SUBSCRIPTIONS_FILE)).unwrap_or_default();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.strip_prefix('-') {
+            Some(c) => channels.retain(|x| x != c),
+            None => {
+                let c = line.strip_prefix('+').unwrap_or(line);
+                if !channels.iter().any(|x| x == c) {
+                    channels.push(c.to_string());
+                }
+            }
+        }
+    }
+    channels
 }
 use crate::view as v;
 pub use store::{Completion, StoreHandle};
@@ -293,8 +306,10 @@ impl Ctx {
             }
             sh.channels.clone()
         };
-        let extra: Vec<&String> = channels.iter().filter(|c| !self.cfg.subscriptions.channels.contains(c)).collect();
-        let text: String = extra.iter().map(|c| format!("{c}\n")).collect();
+        let configured = &self.cfg.subscriptions.channels;
+        let added = channels.iter().filter(|c| !configured.contains(c)).map(|c| format!("+{c}\n"));
+        let removed = configured.iter().filter(|c| !channels.contains(c)).map(|c| format!("-{c}\n"));
+        let text: String = added.chain(removed).collect();
         let path = self.data_dir.join(SUBSCRIPTIONS_FILE);
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)?;
@@ -415,7 +430,8 @@ pub async fn run(
 
     // Session listeners: every configured address, one shared port.
     let (listeners, listen) = conn::bind_all(&cfg.session.listen).await?;
-    let control = crate::control::bind_path(&cfg.control.socket_in(&data_dir))
+    let control_socket = cfg.control.socket_in(&data_dir);
+    let control = crate::control::bind_path(&control_socket)
         .await
         .map_err(|e| Error::Control(cfg.control.socket_in(&data_dir), e))?;
 
@@ -446,12 +462,7 @@ pub async fn run(
             None
         }
     };
-    let mut channels = cfg.subscriptions.channels.clone();
-    for c in load_subscriptions(&data_dir) {
-        if !channels.contains(&c) {
-            channels.push(c);
-        }
-    }
+    let channels = load_subscriptions(&data_dir, &cfg.subscriptions.channels);
     metrics.set_store_quota_bytes(cfg.store.quota_bytes);
     let ctx = Arc::new(Ctx {
         shared: Mutex::new(Shared {
@@ -555,7 +566,7 @@ pub async fn run(
     // Last handle to the store: the thread commits what it holds and ends.
     drop(ctx);
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
-    let _ = std::fs::remove_file(crate::control::socket_path(&data_dir));
+    let _ = std::fs::remove_file(&control_socket);
     tracing::info!("stopped");
     Ok(())
 }

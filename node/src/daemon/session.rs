@@ -88,6 +88,10 @@ pub async fn run(
     let mut peer: Option<NodeId> = None;
     let mut eof = false;
     let mut close_tx = Some(close_tx);
+    // Only a registered session that ended without a violation is a contact worth
+    // remembering: otherwise anyone could fill the history with throw-away node ids.
+    let mut registered = false;
+    let mut violated = false;
 
     loop {
         {
@@ -104,6 +108,7 @@ pub async fn run(
                         tracing::debug!(peer = %node.short(), why, "closing session");
                         s.close_with(ByeCode::Busy, why);
                     } else {
+                        registered = true;
                         tracing::info!(peer = %node.short(), transport, %address, "session up");
                     }
                 }
@@ -177,6 +182,7 @@ pub async fn run(
                     });
                 }
                 Event::Closed { reason, penalty } => {
+                    violated |= penalty != mule_engine::penalty::Penalty::None;
                     let level_warn = reason.code != ByeCode::Normal && !reason.by_peer;
                     if level_warn {
                         tracing::warn!(peer = ?peer.map(|p| p.short()), code = ?reason.code, detail = %reason.detail, ?penalty, "session closed");
@@ -239,7 +245,9 @@ pub async fn run(
     if let Some(n) = peer {
         ctx.unregister(n, sid);
         let st = s.stats();
-        ctx.record_session(n, transport, started_wall, st.bytes_sent, st.bytes_received);
+        if registered && !violated {
+            ctx.record_session(n, transport, started_wall, st.bytes_sent, st.bytes_received);
+        }
         tracing::info!(peer = %n.short(), secs = started.elapsed().as_secs_f32(),
             pieces_in = st.pieces_received, pieces_out = st.pieces_sent,
             bytes_in = st.bytes_received, bytes_out = st.bytes_sent, "session ended");
