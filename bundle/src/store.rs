@@ -1039,7 +1039,7 @@ impl Store {
                     rec,
                     now,
                     &mut evicted,
-                ) {
+                )? {
                     *result = Err(PutError::Full(full));
                     continue;
                 }
@@ -1088,14 +1088,14 @@ impl Store {
         rec: &Record,
         now: u64,
         evicted: &mut Vec<BundleId>,
-    ) -> Result<(), StoreFull> {
+    ) -> Result<Result<(), StoreFull>, StoreError> {
         let carry = !rec.trusted;
         let fits = |u: &Usage| {
             u.total + need <= self.opts.quota_bytes
                 && (!carry || u.carry + need <= self.opts.carry_quota_bytes)
         };
         if fits(usage) {
-            return Ok(());
+            return Ok(Ok(()));
         }
         let expired = |r: &Record| r.expires.is_some_and(|e| now >= e);
         let mut candidates: Vec<usize> = (0..others.len())
@@ -1139,23 +1139,22 @@ impl Store {
             } else {
                 ("carry", usage.carry, self.opts.carry_quota_bytes)
             };
-            return Err(StoreFull {
+            return Ok(Err(StoreFull {
                 needed: need,
                 used,
                 quota,
                 which,
-            });
+            }));
         }
         plan.sort_unstable_by(|a, b| b.cmp(a));
         for i in plan {
             let (id, _) = others.swap_remove(i);
-            // An I/O error here poisons the transaction; the commit then fails and reports it.
-            if Self::remove_with(txn, pieces, &id).is_ok() {
-                evicted.push(id);
-            }
+            // An error aborts the whole batch: the transaction is dropped uncommitted.
+            Self::remove_with(txn, pieces, &id)?;
+            evicted.push(id);
         }
         *usage = after;
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Stores content read from `reader` as the pieces of bundle `id` (for a bundle this node
