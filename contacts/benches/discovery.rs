@@ -14,7 +14,7 @@
 //! - link-up → `PeerUp` over mDNS alone (beacons off; a fresh node process per trial, so no
 //!   mDNS cache helps);
 //! - silent cut (veth detached from the bridge, carrier stays up) → `PeerDown`;
-//! - idle traffic per node from interface counters (beacons only, and beacons + mDNS), and
+//! - idle traffic per node (4 nodes, so beacons carry the full 3 met ids) from interface counters (beacons only, and beacons + mDNS), and
 //!   idle CPU of a node from `/proc/<pid>/stat`.
 //!
 //! Each figure includes the time `ip` takes to change the link (a few ms).
@@ -178,7 +178,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 fn idle(secs: u64, args: &[&str], label: &str) {
     let sw = Switch::new();
-    let hosts: Vec<Host> = (1..=3).map(|i| Host::new(&sw, i)).collect();
+    // Four nodes: each beacon carries the full three met ids (its largest size).
+    let hosts: Vec<Host> = (1..=4).map(|i| Host::new(&sw, i)).collect();
     for h in &hosts {
         h.attach(&sw);
     }
@@ -226,13 +227,14 @@ fn idle(secs: u64, args: &[&str], label: &str) {
     tx.sort_by(f64::total_cmp);
     cpu.sort_by(f64::total_cmp);
     println!(
-        "idle, 3 nodes, {label:<15}: tx per node {:.1} / {:.1} / {:.1} B/s (min/median/max), {:.2} packets/s, CPU per node {:.2} / {:.2} / {:.2} % (min/median/max), spurious PeerDowns: {downs}",
+        "idle, {} nodes, {label:<15}: tx per node {:.1} / {:.1} / {:.1} B/s (min/median/max), {:.2} packets/s, CPU per node {:.2} / {:.2} / {:.2} % (min/median/max), spurious PeerDowns: {downs}",
+        tx.len(),
         tx[0],
-        tx[1],
-        tx[2],
+        tx[tx.len() / 2],
+        tx[tx.len() - 1],
         pkts.iter().sum::<f64>() / pkts.len() as f64,
         cpu[0],
-        cpu[1],
-        cpu[2]
+        cpu[cpu.len() / 2],
+        cpu[cpu.len() - 1]
     );
 }

@@ -11,7 +11,18 @@
 //! 32-byte node id does not fit, so a sighting gives only a short id; [`IdMap`] resolves it
 //! to a full [`NodeId`] learnt from beacons, mDNS or an earlier session with that device.
 //! Sightings that cannot be resolved yet are kept (bounded) and reported by
-//! [`IdMap::unresolved`], so the engine can open an L2CAP session to learn who it is.
+//! [`IdMap::unresolved`]. To resolve them without any other transport, every node also runs
+//! a tiny identity listener on [`id_psm`] (the session PSM + 1) that sends its 32-byte node id
+//! and nothing else: the scanner connects there, checks the id against the advertised short
+//! id, and only then reports the peer. The id is a hint; the session handshake proves it.
+//!
+//! # One adapter per node
+//! The identity listener, the session listener ([`BleListener::bind_on`]) and the connector
+//! ([`connect_from`]) are bound to the configured adapter's address, so several nodes (one
+//! per adapter) can share a machine. Discovery scans first and advertises second, re-registers
+//! its advertisement every few seconds (emulated controllers only report an advertisement
+//! when it is enabled), gives up its round when the adapter is powered off and starts a new
+//! one when it is back; a lost `bluetoothd` is logged once as a warning and retried quietly.
 //!
 //! Sessions run over L2CAP LE credit-based channels (`SOCK_STREAM`) on a fixed PSM
 //! ([`crate::discovery::DEFAULT_BLE_PSM`] by default, LE dynamic range 0x80–0xff), as the same
@@ -130,6 +141,14 @@ impl AdvPayload {
     }
 }
 
+/// PSM of a node's identity listener, derived from its session PSM `psm`: the next one up
+/// (0x85 gives 0x86; 0xff gives 0xfe). A peer that sees an advertisement whose short id it
+/// cannot resolve connects there and reads the advertiser's 32-byte node id; the id is only a
+/// hint (it must match the advertised short id) since the session handshake authenticates it.
+pub fn id_psm(psm: u16) -> u16 {
+    if psm >= 0xff { 0xfe } else { psm.max(0x80) + 1 }
+}
+
 /// Maps Bluetooth sightings (address + short id) to full node ids. Bounded: at most
 /// `cap` known ids, `cap` address bindings and `cap` unresolved sightings (oldest first out).
 #[derive(Debug)]
@@ -237,16 +256,18 @@ pub use radio::*;
 
 #[cfg(feature = "bluetooth")]
 mod radio {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
     use std::io;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use bluer::l2cap::{SocketAddr as L2Addr, StreamListener};
+    use bluer::l2cap::{Socket, SocketAddr as L2Addr, StreamListener};
     use bluer::{Address, AddressType};
     use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
-    use tokio::task::JoinHandle;
+    use tokio::task::{JoinHandle, JoinSet};
+    use tokio::time::Instant;
 
     use super::*;
     use crate::discovery::{DiscoveryConfig, Input};
@@ -254,6 +275,22 @@ mod radio {
     use crate::stream::{
         RetryPolicy, SessionStream, connect_with_retry, session_stream, wait_connected,
     };
+
+    /// How often the advertisement is registered anew. Real controllers repeat advertising
+    /// on their own; BlueZ's emulated controllers (btvirt before BlueZ 5.80) report an
+    /// advertisement to scanners only when it is enabled, so re-registering is what lets a
+    /// peer that missed the first report (or lost the link) find us again.
+    const READVERTISE_EVERY: Duration = Duration::from_secs(8);
+    /// How often the adapter's power state is checked (a stopped `bluetoothd` shows up here).
+    const HEALTH_EVERY: Duration = Duration::from_secs(2);
+    /// A device whose identity probe failed is probed again after this long at the earliest.
+    const PROBE_AGAIN_AFTER: Duration = Duration::from_secs(4);
+    /// Longest identity probe (connect + 32 bytes).
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+    /// Identity probes running at once.
+    const MAX_PROBES: usize = 4;
+    /// Longest wait for scanning to be on before advertising anyway.
+    const DISCOVERING_WAIT: Duration = Duration::from_secs(5);
 
     /// Bluetooth discovery running in the background (advertising + scanning).
     #[derive(Debug)]
@@ -277,7 +314,7 @@ mod radio {
                 .lock()
                 .map(|mut m| m.learn_id(node))
                 .unwrap_or_default();
-            self.emit(resolved);
+            emit(&self.input, resolved);
         }
 
         /// Device `addr` is `node`.
@@ -287,20 +324,23 @@ mod radio {
                 .lock()
                 .map(|mut m| m.learn_addr(node, addr))
                 .unwrap_or_default();
-            self.emit(resolved);
+            emit(&self.input, resolved);
+        }
+
+        /// The shared id map (the [`crate::Discovery`] handle reads unresolved sightings).
+        pub(crate) fn ids(&self) -> Arc<Mutex<IdMap>> {
+            self.ids.clone()
         }
 
         /// Sightings whose node id is not known yet.
         pub fn unresolved(&self) -> Vec<(BleAddr, AdvPayload)> {
             self.ids.lock().map(|m| m.unresolved()).unwrap_or_default()
         }
+    }
 
-        fn emit(&self, resolved: Vec<(BleAddr, AdvPayload, NodeId)>) {
-            for (addr, p, node) in resolved {
-                let _ = self
-                    .input
-                    .try_send(Input::Observation(observation(node, addr, p.psm)));
-            }
+    fn emit(input: &mpsc::Sender<Input>, resolved: Vec<(BleAddr, AdvPayload, NodeId)>) {
+        for (addr, p, node) in resolved {
+            let _ = input.try_send(Input::Observation(observation(node, addr, p.psm)));
         }
     }
 
@@ -314,8 +354,25 @@ mod radio {
         }
     }
 
-    /// Starts advertising and scanning in the background. Failure to reach BlueZ is logged
-    /// once, as a warning, and Bluetooth stays off.
+    fn to_io(e: bluer::Error) -> io::Error {
+        io::Error::other(e.to_string())
+    }
+
+    /// The address of adapter `name` (`None`: BlueZ's default adapter). Sessions of a node
+    /// must use its own adapter: with several adapters in one machine (or several nodes on
+    /// one machine), a listener on "any" address takes every adapter's PSM.
+    pub async fn adapter_address(name: Option<&str>) -> io::Result<BleAddr> {
+        let session = bluer::Session::new().await.map_err(to_io)?;
+        let adapter = match name {
+            Some(n) => session.adapter(n).map_err(to_io)?,
+            None => session.default_adapter().await.map_err(to_io)?,
+        };
+        Ok(BleAddr(adapter.address().await.map_err(to_io)?.0))
+    }
+
+    /// Starts advertising and scanning in the background. While BlueZ cannot be reached
+    /// (no adapter, no `bluetoothd`, no system bus) one warning is logged and the task keeps
+    /// retrying quietly; when the adapter is powered off it waits for it to come back.
     pub(crate) fn spawn_discovery(
         cfg: &DiscoveryConfig,
         own: NodeId,
@@ -328,6 +385,14 @@ mod radio {
         Some(BleDiscovery { ids, input, task })
     }
 
+    /// Why one round of advertising + scanning ended without an error.
+    enum End {
+        /// The daemon is gone (event receiver dropped).
+        InputClosed,
+        /// The adapter is powered off, or discovery was stopped under us.
+        AdapterOff,
+    }
+
     async fn run(
         adapter_name: Option<String>,
         own: NodeId,
@@ -335,68 +400,235 @@ mod radio {
         ids: Arc<Mutex<IdMap>>,
         input: mpsc::Sender<Input>,
     ) {
-        if let Err(e) = run_inner(adapter_name, own, psm, ids, input).await {
-            tracing::warn!(error = %e, "Bluetooth unavailable, continuing without it");
+        let mut lost = false;
+        let mut first = true;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            let r = run_once(
+                adapter_name.as_deref(),
+                own,
+                psm,
+                &ids,
+                &input,
+                first,
+                &mut lost,
+            )
+            .await;
+            first = false;
+            match r {
+                Ok(End::InputClosed) => return,
+                Ok(End::AdapterOff) => {
+                    tracing::debug!(adapter = ?adapter_name, "Bluetooth adapter off or discovery stopped; waiting")
+                }
+                Err(e) if !lost => {
+                    lost = true;
+                    tracing::warn!(adapter = ?adapter_name, error = %e,
+                        "Bluetooth unavailable (no adapter or no bluetoothd); continuing without it, retrying in the background");
+                }
+                Err(e) => tracing::debug!(error = %e, "Bluetooth still unavailable"),
+            }
+            if input.is_closed() {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_secs(1);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(8));
         }
     }
 
-    async fn run_inner(
-        adapter_name: Option<String>,
+    async fn run_once(
+        adapter_name: Option<&str>,
         own: NodeId,
         psm: u16,
-        ids: Arc<Mutex<IdMap>>,
-        input: mpsc::Sender<Input>,
-    ) -> bluer::Result<()> {
+        ids: &Arc<Mutex<IdMap>>,
+        input: &mpsc::Sender<Input>,
+        first: bool,
+        lost: &mut bool,
+    ) -> bluer::Result<End> {
         let session = bluer::Session::new().await?;
-        let adapter = match &adapter_name {
+        let adapter = match adapter_name {
             Some(n) => session.adapter(n)?,
             None => session.default_adapter().await?,
         };
-        adapter.set_powered(true).await?;
+        if first {
+            adapter.set_powered(true).await?;
+        } else if !adapter.is_powered().await? {
+            // Someone switched Bluetooth off: respect it and wait.
+            return Ok(End::AdapterOff);
+        }
+        let local = adapter.address().await?;
+        let local_kind = adapter
+            .address_type()
+            .await
+            .unwrap_or(AddressType::LePublic);
+        let id_listener = StreamListener::bind(L2Addr::new(local, local_kind, id_psm(psm))).await?;
+        let _ = adapter
+            .set_discovery_filter(bluer::DiscoveryFilter {
+                transport: bluer::DiscoveryTransport::Le,
+                duplicate_data: true,
+                ..Default::default()
+            })
+            .await;
+        let mut events = Box::pin(adapter.discover_devices_with_changes().await?);
+        // Scan first, then advertise: emulated controllers push advertising reports to the
+        // scanners that are active when advertising is enabled.
+        let waited = Instant::now();
+        while !adapter.is_discovering().await.unwrap_or(true) && waited.elapsed() < DISCOVERING_WAIT
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let uuid = bluer::Uuid::from_u128(SERVICE_UUID);
         let adv = bluer::adv::Advertisement {
             service_data: BTreeMap::from([(uuid, AdvPayload::new(&own, psm).encode().to_vec())]),
             discoverable: Some(true),
             ..Default::default()
         };
-        let _adv_handle = adapter.advertise(adv).await?;
-        tracing::info!(
-            adapter = adapter.name(),
-            psm,
-            "Bluetooth advertising and scanning"
-        );
-        let mut events = adapter.discover_devices_with_changes().await?;
-        while let Some(ev) = events.next().await {
-            let bluer::AdapterEvent::DeviceAdded(addr) = ev else {
-                continue;
-            };
-            let Ok(dev) = adapter.device(addr) else {
-                continue;
-            };
-            let Ok(Some(data)) = dev.service_data().await else {
-                continue;
-            };
-            let Some(bytes) = data.get(&uuid) else {
-                continue;
-            };
-            let Ok(p) = AdvPayload::decode(bytes) else {
-                continue;
-            };
-            if p.short.matches(&own) {
-                continue;
-            }
-            let addr = BleAddr(addr.0);
-            let node = ids.lock().ok().and_then(|mut m| m.resolve(addr, p));
-            if let Some(node) = node
-                && input
-                    .send(Input::Observation(observation(node, addr, p.psm)))
-                    .await
-                    .is_err()
-            {
-                break;
+        let mut adv_handle = Some(adapter.advertise(adv.clone()).await?);
+        if std::mem::take(lost) {
+            tracing::info!(adapter = adapter.name(), address = %local, psm, "Bluetooth back: advertising and scanning");
+        } else {
+            tracing::info!(adapter = adapter.name(), address = %local, psm, "Bluetooth advertising and scanning");
+        }
+        let mut readvertise =
+            tokio::time::interval_at(Instant::now() + READVERTISE_EVERY, READVERTISE_EVERY);
+        let mut health = tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
+        let mut tasks = JoinSet::new();
+        let mut probed: HashMap<Address, Instant> = HashMap::new();
+        let mut probing = 0usize;
+        let (probe_done_tx, mut probe_done) = mpsc::channel::<Address>(MAX_PROBES * 2);
+        loop {
+            tokio::select! {
+                ev = events.next() => {
+                    let Some(ev) = ev else { return Ok(End::AdapterOff) };
+                    let bluer::AdapterEvent::DeviceAdded(addr) = ev else { continue };
+                    let Some((p, kind)) = sighting(&adapter, addr, uuid).await else { continue };
+                    if p.short.matches(&own) {
+                        continue;
+                    }
+                    let baddr = BleAddr(addr.0);
+                    let node = ids.lock().ok().and_then(|mut m| m.resolve(baddr, p));
+                    if let Some(node) = node {
+                        if input.send(Input::Observation(observation(node, baddr, p.psm))).await.is_err() {
+                            return Ok(End::InputClosed);
+                        }
+                    } else if probing < MAX_PROBES
+                        && probed.get(&addr).is_none_or(|t| t.elapsed() >= PROBE_AGAIN_AFTER)
+                    {
+                        probed.insert(addr, Instant::now());
+                        probing += 1;
+                        let (ids, input, done) = (ids.clone(), input.clone(), probe_done_tx.clone());
+                        tasks.spawn(async move {
+                            match tokio::time::timeout(PROBE_TIMEOUT, probe(local, local_kind, addr, kind, id_psm(p.psm))).await {
+                                Ok(Ok(node)) if p.short.matches(&node) => {
+                                    tracing::debug!(peer = %node.short(), device = %addr, "Bluetooth identity learnt");
+                                    let resolved = ids.lock().map(|mut m| m.learn_addr(node, baddr)).unwrap_or_default();
+                                    emit(&input, resolved);
+                                }
+                                Ok(Ok(node)) => tracing::debug!(device = %addr, claimed = %node.short(), "Bluetooth identity does not match the advertised short id"),
+                                Ok(Err(e)) => tracing::debug!(device = %addr, error = %e, "Bluetooth identity probe failed"),
+                                Err(_) => tracing::debug!(device = %addr, "Bluetooth identity probe timed out"),
+                            }
+                            let _ = done.send(addr).await;
+                        });
+                    }
+                }
+                Some(_) = probe_done.recv() => probing = probing.saturating_sub(1),
+                r = id_listener.accept() => {
+                    if let Ok((s, peer)) = r {
+                        tracing::debug!(device = %peer.addr, "Bluetooth identity asked");
+                        tasks.spawn(answer(s, own));
+                    }
+                }
+                _ = readvertise.tick() => {
+                    drop(adv_handle.take());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    match adapter.advertise(adv.clone()).await {
+                        Ok(h) => adv_handle = Some(h),
+                        Err(e) => tracing::debug!(error = %e, "Bluetooth re-advertising failed"),
+                    }
+                }
+                _ = health.tick() => {
+                    if !adapter.is_powered().await? {
+                        return Ok(End::AdapterOff);
+                    }
+                    if input.is_closed() {
+                        return Ok(End::InputClosed);
+                    }
+                }
+                Some(_) = tasks.join_next() => {}
             }
         }
-        Ok(())
+    }
+
+    /// The Mule payload and address type of a device, if it advertises one.
+    async fn sighting(
+        adapter: &bluer::Adapter,
+        addr: Address,
+        uuid: bluer::Uuid,
+    ) -> Option<(AdvPayload, AddressType)> {
+        let dev = adapter.device(addr).ok()?;
+        let data = dev.service_data().await.ok()??;
+        let p = AdvPayload::decode(data.get(&uuid)?).ok()?;
+        let kind = dev.address_type().await.unwrap_or(AddressType::LePublic);
+        Some((p, kind))
+    }
+
+    /// Asks the device's identity listener for its full node id.
+    async fn probe(
+        local: Address,
+        local_kind: AddressType,
+        peer: Address,
+        kind: AddressType,
+        psm: u16,
+    ) -> io::Result<NodeId> {
+        let policy = RetryPolicy {
+            attempts: 3,
+            ..Default::default()
+        };
+        let mut s = connect_stream(Some((local, local_kind)), peer, kind, psm, policy).await?;
+        let mut id = [0u8; 32];
+        s.read_exact(&mut id).await?;
+        Ok(NodeId(id))
+    }
+
+    /// Answers an identity probe: our 32-byte node id, then waits for the asker to close
+    /// (closing first could drop the unsent bytes).
+    async fn answer(mut s: bluer::l2cap::Stream, own: NodeId) {
+        if s.write_all(&own.0).await.is_ok() {
+            let mut b = [0u8; 16];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+        }
+    }
+
+    /// Connects an L2CAP LE stream from `local` (when given) to `peer`/`psm`, retrying
+    /// refusals and waiting until the channel is really up (`bluer` may report a connect
+    /// before the channel exists; the first write would then fail with `ENOTCONN`).
+    async fn connect_stream(
+        local: Option<(Address, AddressType)>,
+        peer: Address,
+        kind: AddressType,
+        psm: u16,
+        policy: RetryPolicy,
+    ) -> io::Result<bluer::l2cap::Stream> {
+        let sa = L2Addr::new(peer, kind, psm);
+        let stream = connect_with_retry(policy, || async move {
+            let sock = Socket::new_stream()?;
+            if let Some((addr, k)) = local {
+                sock.bind(L2Addr::new(addr, k, 0))?;
+            }
+            sock.connect(sa).await
+        })
+        .await?;
+        wait_connected(
+            || stream.as_ref().conn_info().map(drop),
+            Duration::from_millis(10),
+            Duration::from_secs(5),
+        )
+        .await?;
+        Ok(stream)
     }
 
     /// An L2CAP LE listener for incoming sessions.
@@ -406,9 +638,19 @@ mod radio {
     }
 
     impl BleListener {
-        /// Listens on `psm` (0x80–0xff) on every local adapter.
+        /// Listens on `psm` (0x80–0xff) on every local adapter. Only one process per machine
+        /// can do this; nodes sharing a machine use [`BleListener::bind_on`].
         pub async fn bind(psm: u16) -> io::Result<BleListener> {
             let sa = L2Addr::new(Address::any(), AddressType::LePublic, psm);
+            Ok(BleListener {
+                inner: StreamListener::bind(sa).await?,
+            })
+        }
+
+        /// Listens on `psm` (0x80–0xff) on the adapter with address `local` only (see
+        /// [`adapter_address`]).
+        pub async fn bind_on(local: BleAddr, psm: u16) -> io::Result<BleListener> {
+            let sa = L2Addr::new(Address(local.0), AddressType::LePublic, psm);
             Ok(BleListener {
                 inner: StreamListener::bind(sa).await?,
             })
@@ -421,9 +663,22 @@ mod radio {
         }
     }
 
-    /// Opens an L2CAP LE session to `addr`/`psm` (`random`: LE random address type),
-    /// retrying refusals and waiting until the channel is really connected.
+    /// Opens an L2CAP LE session to `addr`/`psm` (`random`: LE random address type) from
+    /// whichever adapter the kernel picks, retrying refusals and waiting until the channel is
+    /// really connected.
     pub async fn connect(
+        addr: BleAddr,
+        psm: u16,
+        random: bool,
+        policy: RetryPolicy,
+    ) -> io::Result<SessionStream> {
+        connect_from(None, addr, psm, random, policy).await
+    }
+
+    /// Like [`connect`], from the adapter with address `local` (when given), so that a node
+    /// uses its own adapter on a machine with several.
+    pub async fn connect_from(
+        local: Option<BleAddr>,
         addr: BleAddr,
         psm: u16,
         random: bool,
@@ -434,20 +689,9 @@ mod radio {
         } else {
             AddressType::LePublic
         };
-        let sa = L2Addr::new(Address(addr.0), kind, psm);
-        let stream =
-            connect_with_retry(
-                policy,
-                || async move { bluer::l2cap::Stream::connect(sa).await },
-            )
-            .await?;
-        wait_connected(
-            || stream.as_ref().conn_info().map(drop),
-            Duration::from_millis(10),
-            Duration::from_secs(5),
-        )
-        .await?;
-        Ok(session_stream(stream))
+        let local = local.map(|l| (Address(l.0), AddressType::LePublic));
+        let s = connect_stream(local, Address(addr.0), kind, psm, policy).await?;
+        Ok(session_stream(s))
     }
 }
 

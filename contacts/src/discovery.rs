@@ -243,6 +243,8 @@ pub struct Discovery {
     counters: Arc<Counters>,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
+    #[cfg(feature = "bluetooth")]
+    ble_ids: Option<Arc<std::sync::Mutex<crate::bluetooth::IdMap>>>,
 }
 
 impl Discovery {
@@ -271,6 +273,8 @@ impl Discovery {
         } else {
             None
         };
+        #[cfg(feature = "bluetooth")]
+        let ble_ids = ble.as_ref().map(|b| b.ids());
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
         let driver = Driver {
@@ -304,6 +308,8 @@ impl Discovery {
                 counters,
                 control: control_tx,
                 task,
+                #[cfg(feature = "bluetooth")]
+                ble_ids,
             },
             events_rx,
         ))
@@ -335,6 +341,19 @@ impl Discovery {
     #[cfg(feature = "bluetooth")]
     pub fn learn_ble(&self, node: NodeId, addr: crate::neighbours::BleAddr) {
         let _ = self.control.try_send(Control::LearnBle(node, addr));
+    }
+
+    /// Bluetooth devices advertising Mule whose node id is not known yet (device address and
+    /// payload with the PSM), oldest first: open an L2CAP session to learn who they are, then
+    /// call [`Discovery::learn_ble`].
+    #[cfg(feature = "bluetooth")]
+    pub fn ble_unresolved(
+        &self,
+    ) -> Vec<(crate::neighbours::BleAddr, crate::bluetooth::AdvPayload)> {
+        self.ble_ids
+            .as_ref()
+            .and_then(|m| m.lock().ok().map(|m| m.unresolved()))
+            .unwrap_or_default()
     }
 
     /// Waits until the service has stopped (after the shutdown future completed).
