@@ -138,7 +138,9 @@ fn curves(report: &Report) -> Vec<(String, Vec<f64>)> {
         .collect();
     o.sort_by(f64::total_cmp);
     out.push(("oracle".to_owned(), o));
-    for oc in &report.outcomes {
+    // Drawn in this order, widest first: the oracle, then the strategies in reverse, so
+    // the first strategy (Mule) ends up on top and identical curves stay visible as rims.
+    for oc in report.outcomes.iter().rev() {
         let mut t: Vec<f64> = aud
             .iter()
             .filter_map(|&v| oc.nodes[v].complete_at.map(|c| c - sc.publish_at))
@@ -159,6 +161,7 @@ fn completion<DB: DrawingBackend>(
     let n = sc.audience_size().max(1) as f64;
     let horizon = (report.info.start_s + report.info.duration_s - sc.publish_at).max(1.0);
     let cs = curves(report);
+    let names = labels(&cs, horizon);
     let title = format!(
         "{}: audience complete ({} nodes)",
         report.info.trace,
@@ -192,11 +195,11 @@ fn completion<DB: DrawingBackend>(
             .map_err(e)?;
         for (i, (name, t)) in cs.iter().enumerate() {
             let c = colour(name);
-            let w = width(i);
+            let w = width(i, cs.len());
             chart
                 .draw_series(LineSeries::new(steps(t, 1.0, x0, x1), c.stroke_width(w)))
                 .map_err(e)?
-                .label(name.clone())
+                .label(names[i].clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
                 });
@@ -217,15 +220,16 @@ fn completion<DB: DrawingBackend>(
             .y_desc("fraction of audience complete")
             .draw()
             .map_err(e)?;
-        for (name, t) in &cs {
+        for (i, (name, t)) in cs.iter().enumerate() {
             let c = colour(name);
+            let w = width(i, cs.len());
             chart
                 .draw_series(LineSeries::new(
                     steps(t, 3600.0, 0.0, x1),
-                    c.stroke_width(2),
+                    c.stroke_width(w),
                 ))
                 .map_err(e)?
-                .label(name.clone())
+                .label(names[i].clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
                 });
@@ -234,9 +238,32 @@ fn completion<DB: DrawingBackend>(
     }
 }
 
+/// Legend labels: a curve that cannot be told apart from an earlier one at this scale
+/// (same number of completions, every completion within 0.1% of the horizon) says so.
+fn labels(cs: &[(String, Vec<f64>)], horizon: f64) -> Vec<String> {
+    let tol = horizon * 1e-3;
+    cs.iter()
+        .enumerate()
+        .map(|(i, (name, t))| {
+            let same: Vec<&str> = cs[..i]
+                .iter()
+                .filter(|(_, u)| {
+                    u.len() == t.len() && u.iter().zip(t).all(|(a, b)| (a - b).abs() <= tol)
+                })
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if same.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} (≈ {})", same.join(", "))
+            }
+        })
+        .collect()
+}
+
 /// Curves drawn first are drawn wider, so identical curves stay visible.
-fn width(i: usize) -> u32 {
-    7u32.saturating_sub(i as u32 * 3 / 2).max(2)
+fn width(i: usize, n: usize) -> u32 {
+    2 + 3 * n.saturating_sub(i + 1) as u32 / 2
 }
 
 fn legend<'a, DB: DrawingBackend + 'a, X, Y>(
