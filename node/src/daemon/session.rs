@@ -212,6 +212,7 @@ pub async fn run(
                     eof = true;
                     if !s.is_closed() {
                         tracing::debug!(peer = ?peer.map(|p| p.short()), "transport closed by peer");
+                        s.handle_transport_closed(ctx.now_ms());
                     }
                 }
                 Ok(n) => {
@@ -259,7 +260,10 @@ pub async fn run(
 fn on_outcome(ctx: &Ctx, s: &mut Session, o: Outcome, t: MTransport) {
     match o {
         Outcome::Put(piece, outcome) => match outcome {
-            PutOutcome::Stored | PutOutcome::Completed | PutOutcome::AlreadyHad => {}
+            // Also announced to every session by broadcast; telling this one
+            // directly keeps its accounting right even if it lagged behind
+            // the broadcast (the call is idempotent).
+            PutOutcome::Stored | PutOutcome::Completed | PutOutcome::AlreadyHad => s.note_piece_stored(piece),
             PutOutcome::Invalid(why) => {
                 ctx.metrics.inc_piece_rejected(RejectReason::Invalid);
                 tracing::warn!(bundle = %piece.bundle.short(), index = piece.index, why, "peer sent a bad piece");
