@@ -512,6 +512,9 @@ pub struct Store {
     opts: StoreOptions,
     manifests: HashMap<BundleId, VerifiedManifest>,
     evicted: Vec<BundleId>,
+    /// Piece bytes in use, kept across puts so a batch does not scan every record; `None`
+    /// after anything else changed bytes or trust, then recomputed.
+    usage_cache: Option<Usage>,
 }
 
 /// Most evicted ids remembered for [`Store::take_evicted`].
@@ -562,6 +565,7 @@ impl Store {
             opts,
             manifests: HashMap::new(),
             evicted: Vec::new(),
+            usage_cache: None,
         };
         store.check_format()?;
         Ok(store)
@@ -641,6 +645,8 @@ impl Store {
         let now = self.now();
         let published = origin == Origin::Published;
         let trusted = published || self.is_trusted(vm);
+        // Marking a carried bundle as ours moves its bytes out of the carry quota.
+        self.usage_cache = None;
         let txn = self.begin_write()?;
         {
             let mut bundles = txn.open_table(BUNDLES)?;
@@ -885,6 +891,7 @@ impl Store {
     /// lost trust stop being wanted.
     pub fn set_trust(&mut self, trust: TrustList) -> Result<(), StoreError> {
         self.opts.trust = trust;
+        self.usage_cache = None;
         let recs = self.records()?;
         let txn = self.begin_write()?;
         {
@@ -909,6 +916,7 @@ impl Store {
     pub fn remove(&mut self, id: &BundleId) -> Result<bool, StoreError> {
         let txn = self.begin_write()?;
         let found = Self::remove_in(&txn, id)?;
+        self.usage_cache = None;
         txn.commit()?;
         self.manifests.remove(id);
         Ok(found)
@@ -988,7 +996,7 @@ impl Store {
         let now = self.now();
         let txn = self.begin_write()?;
         let mut evicted = Vec::new();
-        {
+        let usage = {
             let mut state: HashMap<BundleId, (Record, Bitfield)> = HashMap::new();
             {
                 let bundles = txn.open_table(BUNDLES)?;
@@ -1002,20 +1010,12 @@ impl Store {
                     }
                 }
             }
-            let mut others: Vec<(BundleId, Record)> = {
-                let bundles = txn.open_table(BUNDLES)?;
-                Self::all_records(&bundles)?
-                    .into_iter()
-                    .filter(|(id, _)| !batch.contains_key(id))
-                    .collect()
+            let mut usage = match self.usage_cache {
+                Some(u) => u,
+                None => usage_of(&Self::all_records(&txn.open_table(BUNDLES)?)?),
             };
-            let mut usage = usage_of(&others);
-            for (rec, _) in state.values() {
-                usage.total += rec.bytes;
-                if !rec.trusted {
-                    usage.carry += rec.bytes;
-                }
-            }
+            // Loaded only if something has to be evicted.
+            let mut others: Option<Vec<(BundleId, Record)>> = None;
             let mut table = txn.open_table(PIECES)?;
             for ((id, index, data), result) in pieces.iter().zip(results.iter_mut()) {
                 if result.is_err() {
@@ -1034,6 +1034,7 @@ impl Store {
                     &txn,
                     &mut table,
                     &mut others,
+                    &batch,
                     &mut usage,
                     need,
                     rec,
@@ -1063,8 +1064,10 @@ impl Store {
                 bundles.insert(&id.0, rec.encode().as_slice())?;
                 bitfields.insert(&id.0, bf.as_bytes())?;
             }
-        }
+            usage
+        };
         txn.commit()?;
+        self.usage_cache = Some(usage);
         for id in evicted {
             self.manifests.remove(&id);
             tracing::info!(bundle = %id.short(), "evicted to make room");
@@ -1082,7 +1085,8 @@ impl Store {
         &self,
         txn: &WriteTransaction,
         pieces: &mut redb::Table<(&'static [u8; 32], u32), &'static [u8]>,
-        others: &mut Vec<(BundleId, Record)>,
+        others: &mut Option<Vec<(BundleId, Record)>>,
+        exclude: &HashMap<BundleId, VerifiedManifest>,
         usage: &mut Usage,
         need: u64,
         rec: &Record,
@@ -1097,6 +1101,15 @@ impl Store {
         if fits(usage) {
             return Ok(Ok(()));
         }
+        let others = match others {
+            Some(list) => list,
+            None => others.insert(
+                Self::all_records(&txn.open_table(BUNDLES)?)?
+                    .into_iter()
+                    .filter(|(id, _)| !exclude.contains_key(id))
+                    .collect(),
+            ),
+        };
         let expired = |r: &Record| r.expires.is_some_and(|e| now >= e);
         let mut candidates: Vec<usize> = (0..others.len())
             .filter(|&i| {
@@ -1200,6 +1213,17 @@ impl Store {
     /// its bit, and the counters match. Returns the number of pieces checked.
     pub fn verify_all(&mut self) -> Result<u64, StoreError> {
         let recs = self.records()?;
+        if let Some(cached) = self.usage_cache {
+            let real = usage_of(&recs);
+            if (cached.total, cached.carry) != (real.total, real.carry) {
+                let id = recs.first().map_or(BundleId([0; 32]), |(id, _)| *id);
+                return Err(corrupt(
+                    id,
+                    "usage",
+                    format!("cached {cached:?}, real {real:?}"),
+                ));
+            }
+        }
         let known: std::collections::HashSet<BundleId> = recs.iter().map(|(id, _)| *id).collect();
         {
             // Nothing may outlive its bundle record.
