@@ -573,6 +573,30 @@ impl VerifiedManifest {
         Ok(VerifiedManifest::new(manifest, bytes.to_vec()))
     }
 
+    /// Re-reads a manifest this node verified before storing it: every check of
+    /// [`VerifiedManifest::decode`] except the signature, and the id is taken as given. Only
+    /// for bytes read back from our own store (which only verified manifests enter); a full
+    /// re-verification is [`crate::store::Store::verify_all`]'s job.
+    pub(crate) fn decode_stored(bytes: &[u8], id: BundleId) -> Result<Self, ManifestError> {
+        let mut d = Dec::new(bytes);
+        d.array_of("signed manifest envelope", 2)?;
+        let body = d.bytes("manifest body")?;
+        d.bytes_n::<64>("signature")?;
+        if d.remaining() != 0 {
+            return Err(ManifestError::TrailingBytes {
+                what: "signed manifest",
+                count: d.remaining(),
+            });
+        }
+        let manifest = Manifest::decode_body(body)?;
+        manifest.validate()?;
+        Ok(VerifiedManifest(Arc::new(Inner {
+            id,
+            manifest,
+            bytes: bytes.to_vec(),
+        })))
+    }
+
     /// The bundle id: BLAKE3 of the signed bytes.
     pub fn id(&self) -> BundleId {
         self.0.id
