@@ -1,6 +1,14 @@
 //! The Bluetooth transport of sessions: an L2CAP LE listener and connector
 //! around `mule_contacts::bluetooth`, giving the same byte stream type TCP
 //! sessions use.
+//!
+//! Both ends are bound to the configured adapter (`discovery.bluetooth_adapter`,
+//! else BlueZ's default adapter): with several adapters in one machine, a
+//! listener on "any" address would take the PSM of all of them, and a second
+//! node on the same machine could not listen at all. While the adapter cannot
+//! be found (no `bluetoothd` yet, adapter missing) the listener retries quietly;
+//! discovery is the part that warns once. A bound listener survives the adapter
+//! being powered off and on.
 
 use std::sync::Arc;
 #[cfg(feature = "bluetooth")]
@@ -12,26 +20,44 @@ use mule_engine::session::Role;
 
 use super::Ctx;
 
-/// Accepts Bluetooth L2CAP sessions until `stop`; without Bluetooth in the
-/// kernel or adapter, logs one warning and returns (other transports go on).
+/// How long the listener waits before looking for its adapter again.
+#[cfg(feature = "bluetooth")]
+const BIND_RETRY: Duration = Duration::from_secs(3);
+
+/// Accepts Bluetooth L2CAP sessions on the configured adapter until `stop`.
+/// Without Bluetooth it keeps trying to bind in the background (debug logs
+/// only: discovery already warned once); other transports are not affected.
 #[cfg(feature = "bluetooth")]
 pub async fn accept_loop(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()>) {
     let psm = mule_contacts::discovery::DEFAULT_BLE_PSM;
-    let l = match mule_contacts::bluetooth::BleListener::bind(psm).await {
-        Ok(l) => l,
-        Err(e) => {
-            // Discovery already warned once that Bluetooth is unavailable.
-            tracing::debug!(error = %e, psm, "Bluetooth session listener unavailable");
-            return;
+    let adapter = ctx.cfg.discovery.bluetooth_adapter.clone();
+    tokio::pin!(stop);
+    let l = loop {
+        let bound = async {
+            let local = mule_contacts::bluetooth::adapter_address(adapter.as_deref()).await?;
+            let l = mule_contacts::bluetooth::BleListener::bind_on(local, psm).await?;
+            Ok::<_, std::io::Error>((l, local))
+        };
+        match bound.await {
+            Ok((l, local)) => {
+                tracing::info!(psm, adapter = ?adapter, address = %local, "Bluetooth L2CAP session listener up");
+                break l;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, psm, adapter = ?adapter, "Bluetooth session listener unavailable; retrying");
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(BIND_RETRY) => {}
         }
     };
-    tracing::info!(psm, "Bluetooth L2CAP session listener up");
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
             r = l.accept() => match r {
                 Ok((stream, addr)) => {
+                    tracing::debug!(device = %addr, "Bluetooth session accepted");
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
                         super::session::run(ctx, Box::new(stream), Role::Responder, None, "bluetooth", addr.to_string()).await;
@@ -46,15 +72,25 @@ pub async fn accept_loop(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = 
     }
 }
 
-/// Opens an L2CAP LE session stream to a neighbour's advertised PSM.
+/// Opens an L2CAP LE session stream to a neighbour's advertised PSM, from the
+/// configured adapter.
 #[cfg(feature = "bluetooth")]
 pub async fn connect(ctx: &Arc<Ctx>, addr: &PeerAddr) -> Result<super::session::Stream, String> {
-    let PeerAddr::Ble { addr, psm } = addr else { unreachable!() };
-    let _ = ctx;
-    mule_contacts::bluetooth::connect(*addr, *psm, false, Default::default())
+    let PeerAddr::Ble { addr, psm } = addr else {
+        return Err(format!("not a Bluetooth address: {addr}"));
+    };
+    let adapter = ctx.cfg.discovery.bluetooth_adapter.as_deref();
+    let local = mule_contacts::bluetooth::adapter_address(adapter)
         .await
-        .map(|s| Box::new(s) as super::session::Stream)
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("Bluetooth adapter {}: {e}", adapter.unwrap_or("(default)")))?;
+    let connect =
+        mule_contacts::bluetooth::connect_from(Some(local), *addr, *psm, false, Default::default());
+    match tokio::time::timeout(super::conn::CONNECT_TIMEOUT * 5, connect).await {
+        Ok(r) => r
+            .map(|s| Box::new(s) as super::session::Stream)
+            .map_err(|e| e.to_string()),
+        Err(_) => Err("Bluetooth connect timed out".into()),
+    }
 }
 
 /// Without the `bluetooth` feature there is no Bluetooth transport.
@@ -62,4 +98,3 @@ pub async fn connect(ctx: &Arc<Ctx>, addr: &PeerAddr) -> Result<super::session::
 pub async fn connect(_: &Arc<Ctx>, _: &PeerAddr) -> Result<super::session::Stream, String> {
     Err("built without Bluetooth support".into())
 }
-

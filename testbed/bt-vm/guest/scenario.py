@@ -1,0 +1,362 @@
+#!/usr/bin/python3
+"""Mule over Bluetooth alone, inside the bt-vm guest (python3 standard library only).
+
+Two `mule run` nodes, A on hci0 and B on hci1, beacons and mDNS off, TCP listening on
+loopback only (and never told about each other), so whatever crosses, crosses over BLE
+discovery + L2CAP LE CoC. Steps, each recorded pass/fail with timings in results.json:
+
+  nodes_started         both daemons up, advertising and scanning on their own adapter
+  ble_discovery         each node reports the other as a neighbour over "ble"
+  l2cap_session         a session is up on both sides over "bluetooth"
+  bundle_256k           a signed 256 KiB bundle published on A reaches B byte-identical
+  resume_after_break    a larger bundle: B's adapter is powered off mid-transfer and back on;
+                        B's pieces never go back, it completes byte-identical, and less than
+                        the whole bundle crosses after the restore
+  bluetoothd_stopped    bluetoothd killed under running nodes: both keep running, `mule status`
+                        answers, each logs exactly one "Bluetooth unavailable" warning
+  clean_stop            SIGTERM stops both daemons
+
+Measurements: discovery latency (node start -> "peer up"), session setup ("peer up" ->
+"session up"), goodput (payload bytes / publish-to-complete time), bytes on the air per payload
+byte (ACL bytes sent by both controllers in the btmon capture during the transfer, i.e. L2CAP
+SDU headers, K-frame headers, credits, the session protocol's own frames, ACL headers).
+"""
+import hashlib
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+OUT = '/mule/out'
+MULE = '/mule/mule'
+WORK = '/tmp/mule'
+ENV = dict(l.strip().split('=', 1) for l in open('/mule/env') if '=' in l)
+BIG_KIB = int(ENV.get('BIG_KIB', '2048'))
+PSM_LOG = 'info,mule_contacts::bluetooth=debug,mule::daemon::ble=debug,mule::daemon::conn=debug'
+
+results = {'steps': [], 'measurements': {}, 'all_ok': False}
+M = results['measurements']
+
+
+def log(*a):
+    print('[scenario %.2f]' % uptime(), *a, flush=True)
+
+
+def uptime():
+    return float(open('/proc/uptime').read().split()[0])
+
+
+def save():
+    results['all_ok'] = bool(results['steps']) and all(s['ok'] for s in results['steps'])
+    with open(os.path.join(OUT, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+
+
+def step(name, ok, t0, detail=''):
+    s = {'name': name, 'ok': bool(ok), 'seconds': round(time.time() - t0, 3), 'detail': detail}
+    results['steps'].append(s)
+    log('STEP', 'PASS' if ok else 'FAIL', name, '%.2fs' % s['seconds'], detail)
+    save()
+    return ok
+
+
+def wait_for(pred, timeout, every=0.25):
+    end = time.time() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.time() >= end:
+            return None
+        time.sleep(every)
+
+
+def sha(path):
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+class Node:
+    """One `mule run` process with a time-stamped copy of its log."""
+
+    def __init__(self, name, adapter, publisher_hex):
+        self.name, self.adapter = name, adapter
+        self.dir = os.path.join(WORK, name)
+        self.data = os.path.join(self.dir, 'data')
+        os.makedirs(self.data, exist_ok=True)
+        self.config = os.path.join(self.dir, 'mule.toml')
+        with open(self.config, 'w') as f:
+            f.write('[discovery]\nbeacons = false\nmdns = false\nbluetooth = true\n'
+                    'bluetooth_adapter = "%s"\n' % adapter)
+            f.write('[session]\nlisten = ["127.0.0.1:0"]\n')
+            f.write('[subscriptions]\nchannels = ["fw"]\n')
+            f.write('[trust]\npublishers = ["%s"]\n' % publisher_hex)
+            f.write('[log]\nlevel = "%s"\nformat = "plain"\n' % PSM_LOG)
+        self.lines = []  # (unix time, text)
+        self.lock = threading.Lock()
+        self.proc = None
+        self.started = None
+
+    def start(self):
+        self.started = time.time()
+        self.proc = subprocess.Popen([MULE, 'run', '--config', self.config, '--data-dir', self.data],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, errors='replace')
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        with open(os.path.join(OUT, 'node-%s.log' % self.name), 'w') as f:
+            for line in self.proc.stderr:
+                t = time.time()
+                line = line.rstrip('\n')
+                with self.lock:
+                    self.lines.append((t, line))
+                f.write('%.3f %s\n' % (t, line))
+                f.flush()
+
+    def matches(self, pattern, after=0.0):
+        rx = re.compile(pattern)
+        with self.lock:
+            return [(t, l) for t, l in self.lines if t >= after and rx.search(l)]
+
+    def first(self, pattern, after=0.0):
+        m = self.matches(pattern, after)
+        return m[0][0] if m else None
+
+    def wait_line(self, pattern, timeout, after=0.0):
+        return wait_for(lambda: self.first(pattern, after), timeout)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def cli(self, *args, timeout=30):
+        try:
+            return subprocess.run([MULE, *args, '--data-dir', self.data], capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            return subprocess.CompletedProcess(e.cmd, 124, '', 'timed out')
+
+    def bundle(self, bid):
+        r = self.cli('bundles', '--json')
+        if r.returncode != 0:
+            return None
+        try:
+            return next((b for b in json.loads(r.stdout) if b['id'] == bid), None)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def acl_bytes(t0, t1):
+    """ACL bytes sent by each controller between t0 and t1 (unix time), from btmon's capture.
+
+    btsnoop "monitor" format: 16-byte file header, then records of original length, included
+    length, flags (controller index << 16 | opcode), drops and a timestamp in microseconds
+    since year 0; opcode 5 is an ACL packet from host to controller, i.e. one that goes on air.
+    """
+    sent = {}
+    try:
+        data = open(os.path.join(OUT, 'hci.btsnoop'), 'rb').read()
+    except OSError:
+        return None
+    if data[:8] != b'btsnoop\0':
+        return None
+    pos, epoch = 16, 0x00dcddb30f2f8000
+    while pos + 24 <= len(data):
+        _orig, incl, flags, _drops, ts = struct.unpack('>IIIIq', data[pos:pos + 24])
+        pos += 24 + incl
+        t = (ts - epoch) / 1e6
+        if flags & 0xffff == 5 and t0 <= t <= t1:
+            idx = flags >> 16
+            sent[idx] = sent.get(idx, 0) + incl
+    return sent
+
+
+def publish(node, path, name, version, key, piece=None):
+    args = ['publish', path, '--name', name, '--version', version, '--key', key, '--audience', 'fw']
+    if piece:
+        args += ['--piece-size', str(piece)]
+    r = node.cli(*args)
+    if r.returncode != 0:
+        raise RuntimeError('publish failed: %s %s' % (r.stdout, r.stderr))
+    return r.stdout.strip().split()[-1]
+
+
+def btmgmt(index, *args):
+    return subprocess.run(['btmgmt', '--index', str(index), *args], capture_output=True, text=True,
+                          timeout=20)
+
+
+def main():
+    os.makedirs(WORK, exist_ok=True)
+    ready = float(open('/run/ready-uptime').read())
+    M['guest_uptime_at_ready_s'] = ready
+    key = os.path.join(WORK, 'publisher.key')
+    r = subprocess.run([MULE, 'key', 'gen', '--out', key], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError('key gen failed: ' + r.stderr)
+    pub_hex = r.stdout.split()[0]
+    a = Node('a', 'hci0', pub_hex)
+    b = Node('b', 'hci1', pub_hex)
+    nodes = (a, b)
+
+    # 1. both daemons up on their own adapters
+    t0 = time.time()
+    a.start()
+    b.start()
+    up = [n.wait_line(r'Bluetooth (back: )?advertising and scanning', 40) for n in nodes]
+    lis = [n.wait_line(r'Bluetooth L2CAP session listener up', 20) for n in nodes]
+    ok = all(up) and all(lis) and all(n.alive() for n in nodes)
+    for n, t in zip(nodes, up):
+        if t:
+            M['advertising_after_start_s_%s' % n.name] = round(t - n.started, 3)
+    if not step('nodes_started', ok, t0, 'advertising %s, listeners %s, alive %s' % (
+            [bool(x) for x in up], [bool(x) for x in lis], [n.alive() for n in nodes])):
+        return
+
+    # 2. BLE discovery, both ways
+    peer_up = [n.wait_line(r'peer up.*transport="?ble', 60) for n in nodes]
+    for n, t in zip(nodes, peer_up):
+        if t:
+            M['ble_discovery_latency_s_%s' % n.name] = round(t - n.started, 3)
+    step('ble_discovery', all(peer_up), t0, 'node start -> peer up: %s' % [
+        round(t - n.started, 2) if t else None for n, t in zip(nodes, peer_up)])
+    if not any(peer_up):
+        return
+
+    # 3. L2CAP CoC session
+    t1 = min(t for t in peer_up if t)
+    sess = [n.wait_line(r'session up.*transport="?bluetooth', 60) for n in nodes]
+    if all(sess):
+        M['session_setup_s'] = round(max(sess) - t1, 3)
+    if not step('l2cap_session', all(sess), t1, 'first peer up -> session up: %s' % [
+            round(t - t1, 2) if t else None for t in sess]):
+        return
+
+    # 4. a signed 256 KiB bundle crosses, byte-identical
+    small = os.path.join(WORK, 'fw-256k.bin')
+    with open(small, 'wb') as f:
+        f.write(os.urandom(256 * 1024))
+    t2 = time.time()
+    bid = publish(a, small, 'fw', '1', key)
+    got = wait_for(lambda: (lambda x: x and x['pieces_have'] == x['pieces_total'] and x)(b.bundle(bid)), 150)
+    t3 = time.time()
+    same = False
+    if got:
+        exp = os.path.join(WORK, 'b-256k.bin')
+        r = b.cli('export', bid, exp)
+        same = r.returncode == 0 and sha(exp) == sha(small)
+        M['goodput_256k_kib_s'] = round(256 / (t3 - t2), 1)
+        air = acl_bytes(t2, t3)
+        if air:
+            M['acl_bytes_sent_256k'] = {'hci%d' % k: v for k, v in air.items()}
+            M['air_bytes_per_payload_byte_256k'] = round(sum(air.values()) / (256 * 1024), 3)
+    step('bundle_256k', got and same, t2, 'complete on B: %s, identical: %s' % (bool(got), same))
+
+    # 5. larger bundle, link broken (B's adapter powered off) and restored mid-transfer
+    piece = 16 * 1024
+    big = os.path.join(WORK, 'fw-big.bin')
+    size = BIG_KIB * 1024
+    with open(big, 'wb') as f:
+        f.write(os.urandom(size))
+    t4 = time.time()
+    bid2 = publish(a, big, 'fw', '2', key, piece=piece)
+    samples = []
+
+    def have():
+        x = b.bundle(bid2)
+        if x:
+            samples.append((round(time.time() - t4, 2), x['pieces_have']))
+        return x
+
+    total = size // piece
+    started = wait_for(lambda: (lambda x: x and x['pieces_have'] >= max(2, total // 5) and x)(have()), 120)
+    detail = {}
+    ok = False
+    if not started:
+        detail['error'] = 'transfer did not get going'
+    elif started['pieces_have'] >= started['pieces_total']:
+        detail['error'] = 'bundle complete before the link could be broken; raise MULE_BTVM_BIG_KIB'
+    else:
+        tb = time.time()
+        off = btmgmt(1, 'power', 'off')
+        at_break = have()['pieces_have']
+        down = wait_for(lambda: b.first(r'session (ended|closed)', tb), 20)
+        time.sleep(3)
+        mid = have()['pieces_have']
+        tr = time.time()
+        on = btmgmt(1, 'power', 'on')
+        detail.update(power_off_rc=off.returncode, power_on_rc=on.returncode,
+                      pieces_at_break=at_break, pieces_at_restore=mid, pieces_total=total,
+                      session_down_after_break_s=round(down - tb, 2) if down else None)
+        resumed = b.wait_line(r'session up', 120, tr)
+        if resumed:
+            M['session_back_after_restore_s'] = round(resumed - tr, 3)
+        done = wait_for(lambda: (lambda x: x and x['pieces_have'] == x['pieces_total'] and x)(have()), 180)
+        t5 = time.time()
+        after = [h for t, h in samples if t >= tb - t4]
+        never_back = all(h >= at_break for h in after) and min(after, default=0) > 0
+        exp = os.path.join(WORK, 'b-big.bin')
+        same = bool(done) and b.cli('export', bid2, exp).returncode == 0 and sha(exp) == sha(big)
+        after_restore = (total - mid) * piece
+        detail.update(complete=bool(done), identical=same, never_went_back=never_back,
+                      payload_after_restore=after_restore, size=size)
+        M['resume_payload_after_restore_bytes'] = after_restore
+        M['resume_bundle_bytes'] = size
+        if done:
+            M['resume_restore_to_complete_s'] = round(t5 - tr, 3)
+            # Goodput before the break, while the link was up the whole time.
+            first_t = next((t for t, h in samples if h > 0), None)
+            if first_t is not None and at_break:
+                M['goodput_big_before_break_kib_s'] = round(
+                    at_break * piece / 1024 / max(0.01, tb - t4 - first_t + 0.0), 1)
+            air = acl_bytes(tr, t5)
+            if air:
+                M['air_bytes_per_payload_byte_after_restore'] = round(sum(air.values()) / max(1, after_restore), 3)
+        ok = bool(done) and same and never_back and mid > 0 and after_restore < size and resumed
+    detail['samples'] = samples[-12:]
+    step('resume_after_break', ok, t4, detail)
+
+    # 6. bluetoothd stopped under running nodes
+    t6 = time.time()
+    pid = int(open('/run/bluetoothd.pid').read())
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(10)
+    status_ok = [n.cli('status', '--json', timeout=20).returncode == 0 for n in nodes]
+    alive = [n.alive() for n in nodes]
+    warns = [n.matches(r'Bluetooth unavailable', t6) for n in nodes]
+    others = [[l for _, l in n.matches(r'\b(WARN|ERROR)\b', t6) if 'Bluetooth unavailable' not in l] for n in nodes]
+    M['bluetoothd_stop_warning_after_s'] = [round(w[0][0] - t6, 2) if w else None for w in warns]
+    step('bluetoothd_stopped', all(alive) and all(status_ok) and all(len(w) == 1 for w in warns), t6, {
+        'alive': alive, 'status_answers': status_ok, 'bluetooth_unavailable_lines': [len(w) for w in warns],
+        'warning': warns[0][0][1] if warns[0] else None, 'other_warnings': [o[:3] for o in others]})
+
+    # 7. clean stop
+    t7 = time.time()
+    for n in nodes:
+        n.proc.send_signal(signal.SIGTERM)
+    codes = []
+    for n in nodes:
+        try:
+            codes.append(n.proc.wait(15))
+        except subprocess.TimeoutExpired:
+            n.proc.kill()
+            codes.append('killed')
+    step('clean_stop', all(c == 0 for c in codes), t7, 'exit codes %s' % codes)
+    time.sleep(0.3)
+    ended = b.matches(r'session ended')
+    M['b_sessions_ended'] = [l.split('session ended')[0][-160:] for _, l in ended][-4:]
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except Exception as e:  # a crash of the scenario itself is a failed step, never a pass
+        import traceback
+        traceback.print_exc()
+        results['steps'].append({'name': 'scenario_crashed', 'ok': False, 'detail': repr(e)})
+    save()
+    sys.exit(0 if results['all_ok'] else 1)

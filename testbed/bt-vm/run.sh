@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Mule over real BlueZ: boots a throw-away qemu guest (Debian's stock kernel, this host's
+# /usr shared read-only over 9p) with two virtual Bluetooth controllers (btvirt -l2) and
+# bluetoothd, runs two `mule run` nodes there (one per controller, Wi-Fi discovery off) and
+# checks that bundles cross over Bluetooth alone, including a resume after the link breaks.
+#
+#   bash testbed/bt-vm/run.sh [MULE_BINARY]        (as root; default: target/release/mule)
+#
+# Verdict: exit 0 only if the guest wrote results.json with every step passed and the guest
+# kernel logged no oops/BUG. Any failure to run at all (not root, no qemu, no kernel, guest
+# timeout) is a non-zero exit with a message, never a pass. See README.md next to this file.
+#
+# Environment:
+#   MULE_BTVM_CACHE   kernel/initramfs cache (default ~/.cache/mule-bt-vm)
+#   MULE_BTVM_OUT     where results and logs go (default $MULE_BTVM_CACHE/out)
+#   MULE_BTVM_ACCEL   auto|kvm|tcg (auto: KVM only with a writable /dev/kvm AND vmx/svm)
+#   MULE_BTVM_TIMEOUT whole-VM limit in seconds (default 420)
+#   MULE_BTVM_BIG_KIB size of the resume bundle in KiB (default 2048)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+T0=$(date +%s.%N)
+since() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+say() { echo "[bt-vm $(since)s] $*"; }
+die() { echo "[bt-vm] ERROR: $*" >&2; exit 2; }
+
+BIN=${1:-$REPO/target/release/mule}
+CACHE=${MULE_BTVM_CACHE:-$HOME/.cache/mule-bt-vm}
+OUT=${MULE_BTVM_OUT:-$CACHE/out}
+ACCEL=${MULE_BTVM_ACCEL:-auto}
+TIMEOUT=${MULE_BTVM_TIMEOUT:-420}
+BIG_KIB=${MULE_BTVM_BIG_KIB:-2048}
+
+[ "$(id -u)" = 0 ] || die "must run as root (installs packages; qemu shares /usr and /etc with the guest)"
+[ -x "$BIN" ] || die "no mule binary at $BIN (build it: cargo build -p mule --release)"
+command -v apt-get >/dev/null || die "needs a Debian host (apt-get): the guest runs this host's /usr"
+
+# ------------------------------------------------------------------ packages
+# The guest's userspace is this host's /usr, so BlueZ, dbus and python3 are installed here.
+# busybox-static and the kernel are only downloaded (busybox-static conflicts with busybox).
+PKGS="qemu-system-x86 cpio kmod bluez bluez-test-tools dbus python3"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    say "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
+for t in btvirt btmgmt btmon dbus-daemon; do command -v $t >/dev/null || die "$t missing after install"; done
+[ -x /usr/libexec/bluetooth/bluetoothd ] || die "bluetoothd missing after install"
+say "packages ready"
+
+# ------------------------------------------------------------------ kernel + initramfs (cached)
+KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+if [ -z "$KPKG" ]; then
+    apt-get update -qq
+    KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+fi
+[ -n "$KPKG" ] || die "cannot resolve the kernel package behind linux-image-amd64"
+KV=${KPKG#linux-image-}
+# Load order matters: the crypto self-tests of drbg/ecdh run at insmod time, before any
+# modprobe helper exists, so the algorithms they test go first.
+MODS="sha512_generic sha3_generic ctr ecb cmac jitterentropy_rng drbg ansi_cprng ecdh_generic
+      af_alg algif_hash algif_skcipher virtio_pci 9pnet_virtio 9p bluetooth hci_vhci"
+KEY=$(printf '%s\n' "$KPKG" "$MODS" | cat - "$HERE/guest/init" | sha256sum | cut -c1-12)
+KDIR=$CACHE/$KPKG-$KEY
+if [ ! -s "$KDIR/vmlinux" ] || [ ! -s "$KDIR/initrd.gz" ]; then
+    say "building kernel + initramfs for $KV in $KDIR"
+    rm -rf "$KDIR"; mkdir -p "$KDIR/dl"
+    (cd "$KDIR/dl" && apt-get download "$KPKG" busybox-static 2>&1 | grep -v 'Download is performed unsandboxed' || true)
+    ls "$KDIR"/dl/linux-image-*.deb "$KDIR"/dl/busybox-static_*.deb >/dev/null || die "kernel/busybox download failed"
+    dpkg-deb -x "$KDIR"/dl/linux-image-*.deb "$KDIR/full"
+    dpkg-deb -x "$KDIR"/dl/busybox-static_*.deb "$KDIR/bb"
+    depmod -b "$KDIR/full" "$KV"
+    # qemu boots the uncompressed kernel through its PVH entry: no decompressor under TCG
+    python3 - "$KDIR/full/boot/vmlinuz-$KV" "$KDIR/vmlinux" <<'PY'
+import lzma, sys
+raw = open(sys.argv[1], 'rb').read()
+at = raw.find(b'\xfd7zXZ\x00')
+if at < 0:
+    sys.exit('bzImage has no xz payload')
+open(sys.argv[2], 'wb').write(lzma.LZMADecompressor().decompress(raw[at:]))
+PY
+    R=$KDIR/root; M=$KDIR/full/lib/modules/$KV
+    mkdir -p "$R"/{bbx,proc,sys,dev,usr,etc,mule,run,tmp,root,var/lib} "$R/kmods/lib/modules/$KV"
+    cp "$KDIR/bb/bin/busybox" "$R/bbx/"
+    for d in bin sbin lib lib64; do ln -s usr/$d "$R/$d"; done
+    cp "$M"/modules.order "$M"/modules.builtin "$M"/modules.builtin.modinfo "$R/kmods/lib/modules/$KV/"
+    modprobe -d "$KDIR/full" -S "$KV" --show-depends -a $MODS | awk '$1=="insmod"{print $2}' | awk '!seen[$0]++' |
+    while read -r ko; do
+        rel=${ko#"$M"/}
+        mkdir -p "$R/kmods/lib/modules/$KV/$(dirname "$rel")"
+        cp "$ko" "$R/kmods/lib/modules/$KV/$rel"
+        echo "$rel" >> "$R/kmods/order"
+    done
+    depmod -b "$R/kmods" "$KV"
+    install -m 0755 "$HERE/guest/init" "$R/init"
+    printf '#!/bbx/busybox sh\nexec /usr/sbin/modprobe -d /kmods "$@"\n' > "$R/kmods/modprobe"
+    chmod +x "$R/kmods/modprobe"
+    (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1 > "$KDIR/initrd.gz")
+    rm -rf "$KDIR/full" "$KDIR/bb" "$KDIR/dl" "$R"
+    say "kernel + initramfs ready ($(du -sh "$KDIR" | cut -f1))"
+else
+    say "kernel + initramfs cached ($KDIR)"
+fi
+
+# ------------------------------------------------------------------ share with the guest
+SHARE=$CACHE/share
+rm -rf "$SHARE"; mkdir -p "$SHARE/out"
+cp "$HERE"/guest/stage2.sh "$HERE"/guest/scenario.py "$SHARE/"
+cp "$BIN" "$SHARE/mule"
+printf 'BIG_KIB=%s\n' "$BIG_KIB" > "$SHARE/env"
+
+if [ "$ACCEL" = auto ]; then
+    if [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then ACCEL=kvm; else ACCEL=tcg; fi
+fi
+case $ACCEL in
+    kvm) ACCEL_ARGS=(-accel kvm -cpu host) ;;
+    tcg) ACCEL_ARGS=(-accel tcg -cpu max) ;;
+    *) die "MULE_BTVM_ACCEL must be auto, kvm or tcg" ;;
+esac
+say "booting the guest (accel=$ACCEL, limit ${TIMEOUT}s)"
+TB=$(date +%s.%N)
+set +e
+timeout "$TIMEOUT" qemu-system-x86_64 "${ACCEL_ARGS[@]}" -m 1024 -smp 2 \
+    -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+    -kernel "$KDIR/vmlinux" -initrd "$KDIR/initrd.gz" \
+    -append "console=ttyS0 quiet panic=-1" \
+    -virtfs local,path=/usr,mount_tag=usr,security_model=none,readonly=on \
+    -virtfs local,path=/etc,mount_tag=etc,security_model=none,readonly=on \
+    -virtfs "local,path=$SHARE,mount_tag=mule,security_model=none" </dev/null 2>&1 |
+    while IFS= read -r line; do
+        printf '[%6.2f] %s\n' "$(awk -v a="$TB" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$line"
+    done > "$SHARE/out/console.log"
+QRC=${PIPESTATUS[0]}
+set -e
+VM_S=$(awk -v a="$TB" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+READY=$(grep -m1 'MULE-BTVM-READY' "$SHARE/out/console.log" | sed 's/^\[ *\([0-9.]*\)\].*/\1/' || true)
+rm -rf "$OUT"; mkdir -p "$OUT"; cp -a "$SHARE/out/." "$OUT/"
+say "guest finished: qemu exit $QRC, VM wall ${VM_S}s, boot-to-ready ${READY:-n/a}s (host clock)"
+[ "$QRC" = 124 ] && echo "[bt-vm] the guest hit the ${TIMEOUT}s limit" >&2
+
+# ------------------------------------------------------------------ verdict
+set +e
+python3 - "$OUT" "$QRC" "$VM_S" "${READY:-}" <<'PY'
+import json, os, re, sys
+out, qrc, vm_s, ready = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+path = os.path.join(out, 'results.json')
+try:
+    r = json.load(open(path))
+except Exception as e:
+    r = {'steps': [], 'measurements': {}, 'all_ok': False, 'fatal': 'no results.json from the guest: %s' % e}
+r.setdefault('measurements', {})
+r['measurements']['vm_wall_s'] = vm_s
+r['measurements']['boot_to_ready_s'] = float(ready) if ready else None
+problems = []
+dmesg = ''
+try:
+    dmesg = open(os.path.join(out, 'dmesg.txt'), errors='replace').read()
+except OSError:
+    problems.append('no dmesg.txt from the guest')
+bad = [l for l in dmesg.splitlines() if re.search(r'BUG:|Oops|kernel BUG|list_del corruption|general protection', l)]
+r['steps'].append({'name': 'guest_kernel_clean', 'ok': not bad and bool(dmesg), 'detail': bad[:5] or 'no oops/BUG in dmesg'})
+if qrc != 0:
+    problems.append('qemu exit status %d (124 = timeout)' % qrc)
+ok = bool(r['steps']) and all(s.get('ok') for s in r['steps']) and not problems and not r.get('fatal')
+r['all_ok'] = ok
+if problems:
+    r['host_problems'] = problems
+json.dump(r, open(path, 'w'), indent=2)
+print('[bt-vm] ---- steps ----')
+for s in r['steps']:
+    t = s.get('seconds')
+    print('[bt-vm] %-4s %-28s %8s  %s' % ('PASS' if s.get('ok') else 'FAIL', s['name'],
+          '%.2fs' % t if isinstance(t, (int, float)) else '', s.get('detail', '')))
+print('[bt-vm] ---- measurements ----')
+for k, v in r['measurements'].items():
+    print('[bt-vm] %-36s %s' % (k, v))
+for p in problems + ([r['fatal']] if r.get('fatal') else []):
+    print('[bt-vm] PROBLEM: %s' % p)
+sys.exit(0 if ok else 1)
+PY
+RC=$?
+set -e
+say "results: $OUT/results.json (logs, btsnoop capture and dmesg in $OUT)"
+if [ $RC = 0 ]; then say "PASS"; else say "FAIL"; fi
+exit $RC
