@@ -436,6 +436,9 @@ pub struct EmulateReport {
     pub setup_s: f64,
     /// Seconds spent tearing down.
     pub teardown_s: f64,
+    /// Nodes whose daemon did not exit within 5 s of SIGTERM and was killed (a daemon bug
+    /// worth a look in its log).
+    pub killed_after_sigterm: Vec<NodeIx>,
     /// Names of the namespaces created (all deleted by the time [`run`] returns).
     pub namespaces: Vec<String>,
     /// Process ids of the daemons (all reaped by the time [`run`] returns).
@@ -647,7 +650,9 @@ impl Daemon {
 }
 
 /// Stops daemons: SIGTERM to all, wait up to [`STOP_TIMEOUT`], SIGKILL the rest, reap all.
-fn stop_daemons(daemons: &mut [Daemon]) {
+/// Returns the indices of the daemons that had to be killed.
+fn stop_daemons(daemons: &mut [Daemon]) -> Vec<usize> {
+    let mut killed = Vec::new();
     for d in daemons.iter_mut() {
         if let Ok(None) = d.child.try_wait() {
             // SAFETY: plain syscall on a child we spawned and have not reaped.
@@ -655,19 +660,21 @@ fn stop_daemons(daemons: &mut [Daemon]) {
         }
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
-    for d in daemons.iter_mut() {
+    for (i, d) in daemons.iter_mut().enumerate() {
         loop {
             match d.child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) if Instant::now() >= deadline => {
                     let _ = d.child.kill();
                     let _ = d.child.wait();
+                    killed.push(i);
                     break;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
     }
+    killed
 }
 
 /// Everything an emulation creates. Dropping it tears everything down, in this order:
@@ -681,9 +688,11 @@ struct Topology {
     workdir: Option<PathBuf>,
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        stop_daemons(&mut self.daemons);
+impl Topology {
+    /// Tears everything down (see the type's docs); idempotent. Returns the nodes whose
+    /// daemon ignored SIGTERM for [`STOP_TIMEOUT`] and was killed.
+    fn teardown(&mut self) -> Vec<usize> {
+        let killed = stop_daemons(&mut self.daemons);
         self.daemons.clear();
         // Deleting the namespaces removes both ends of every veth and every bridge; the Rust
         // handles would only retry deletions that can no longer succeed (two failing `ip`
@@ -698,6 +707,13 @@ impl Drop for Topology {
         if let Some(w) = self.workdir.take() {
             let _ = std::fs::remove_dir_all(w);
         }
+        killed
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.teardown();
     }
 }
 
@@ -1389,6 +1405,7 @@ pub fn run(
 
     // Teardown.
     let td0 = Instant::now();
+    let killed = topo.teardown();
     drop(topo);
     let teardown_s = td0.elapsed().as_secs_f64();
 
@@ -1427,16 +1444,16 @@ pub fn run(
                     },
                     bytes_sent: r.tx_bytes,
                     bytes_recv: r.rx_bytes,
-                    pieces_sent: 0,
                     pieces_new: if v as NodeIx == origin {
                         0
                     } else {
                         r.pieces_have
                     },
-                    pieces_duplicate: 0,
-                    pieces_rejected: 0,
                     useful_from_origin: rx_from_origin[v],
                     useful_from_others: r.rx_bytes.saturating_sub(rx_from_origin[v]),
+                    // Not observable from outside the daemons (see the module docs): pieces
+                    // sent, duplicates, rejections, refusals stay zero.
+                    ..NodeStats::default()
                 }
             })
             .collect(),
@@ -1511,6 +1528,7 @@ pub fn run(
         max_switch_lag_s: max_lag,
         setup_s,
         teardown_s,
+        killed_after_sigterm: killed.iter().map(|&v| v as NodeIx).collect(),
         namespaces,
         daemon_pids,
         files: Vec::new(),
@@ -1518,6 +1536,15 @@ pub fn run(
         report: None,
     };
     write_all(&mut rep, &report, &trace, &out)?;
+    if !rep.killed_after_sigterm.is_empty() {
+        rep.warnings.push(format!(
+            "daemons of nodes {:?} did not stop within {} s of SIGTERM and were killed; see \
+             {}/logs/",
+            rep.killed_after_sigterm,
+            STOP_TIMEOUT.as_secs(),
+            out.display()
+        ));
+    }
     rep.report = Some(report);
     Ok(rep)
 }
@@ -1657,13 +1684,14 @@ fn markdown(rep: &EmulateReport, report: &Report) -> String {
         s,
         "**Minimum contact length {} s** ({} contacts extended to it). {} contacts lasted under \
          one real second after compression. Largest contact-switch lag: {:.3} s real. Setup \
-         {:.1} s, teardown {:.1} s.\n",
+         {:.1} s, teardown {:.1} s; daemons killed after ignoring SIGTERM for 5 s: {:?}.\n",
         i.min_contact_s,
         i.contacts_extended,
         rep.contacts_under_1s_real,
         rep.max_switch_lag_s,
         rep.setup_s,
-        rep.teardown_s
+        rep.teardown_s,
+        rep.killed_after_sigterm
     );
     let _ = writeln!(
         s,
