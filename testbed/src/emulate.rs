@@ -11,9 +11,18 @@
 //!    (`mule publish` through the origin's control socket).
 //! 4. Watches progress: each node's export directory every loop turn (~20 Hz; a completed,
 //!    verified bundle appears there atomically by rename, so this gives completion times to
-//!    within 50 ms real), `mule bundles --json` on every node once per real second (pieces
-//!    held, for the progress line and for nodes outside the audience). Each export is
-//!    compared byte for byte with the published file as soon as it appears.
+//!    within 50 ms real), `mule bundles --json` on every node once per real second on a
+//!    helper thread (pieces held, for the progress line and for nodes outside the audience;
+//!    off the main thread so that process start-ups never delay a contact switch). Each
+//!    export is compared byte for byte with the published file as soon as it appears.
+//!
+//! `mule-testbed emulate --help` lists the flags ([`EmulateArgs`]); the library entry point
+//! is [`run`], and [`cleanup`] backs `mule-testbed cleanup`. Output in `--out`: the shared
+//! report files (`results.json`, `nodes.csv`, `contacts.csv`, plots: see
+//! [`crate::report`], [`crate::plot`]), `summary.md` (emulation parameters, a per-node table,
+//! the headline table), `emulation.json` / `emulation_nodes.csv` (per-node completion in
+//! trace and real seconds, byte identity, pieces, bytes sent/received), and `config/`,
+//! `logs/` (each daemon's generated config and log).
 //! 5. Stops when every audience node completed, or at the end of the trace plus a grace
 //!    period (`--grace`, real seconds), or on Ctrl-C / SIGTERM; tears everything down and
 //!    writes the report.
