@@ -72,24 +72,36 @@ pub async fn accept_loop(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = 
     }
 }
 
+/// One Bluetooth dial at a time per node: the kernel runs one LE connection
+/// attempt per adapter anyway, and dials that pile up while a peer is out of
+/// range would all complete when it is back, as duplicate sessions.
+#[cfg(feature = "bluetooth")]
+static DIALING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Opens an L2CAP LE session stream to a neighbour's advertised PSM, from the
-/// configured adapter.
+/// configured adapter. Gives up before the connection manager forgets the dial
+/// (`2 × CONNECT_TIMEOUT`), so it never runs two dials to the same peer.
 #[cfg(feature = "bluetooth")]
 pub async fn connect(ctx: &Arc<Ctx>, addr: &PeerAddr) -> Result<super::session::Stream, String> {
     let PeerAddr::Ble { addr, psm } = addr else {
         return Err(format!("not a Bluetooth address: {addr}"));
     };
+    let Ok(_one) = DIALING.try_lock() else {
+        return Err("another Bluetooth connect is in progress".into());
+    };
     let adapter = ctx.cfg.discovery.bluetooth_adapter.as_deref();
-    let local = mule_contacts::bluetooth::adapter_address(adapter)
-        .await
-        .map_err(|e| format!("Bluetooth adapter {}: {e}", adapter.unwrap_or("(default)")))?;
-    let connect =
-        mule_contacts::bluetooth::connect_from(Some(local), *addr, *psm, false, Default::default());
-    match tokio::time::timeout(super::conn::CONNECT_TIMEOUT * 5, connect).await {
-        Ok(r) => r
-            .map(|s| Box::new(s) as super::session::Stream)
-            .map_err(|e| e.to_string()),
-        Err(_) => Err("Bluetooth connect timed out".into()),
+    let limit = super::conn::CONNECT_TIMEOUT * 2 - Duration::from_millis(500);
+    let dial = async {
+        let local = mule_contacts::bluetooth::adapter_address(adapter)
+            .await
+            .map_err(|e| format!("Bluetooth adapter {}: {e}", adapter.unwrap_or("(default)")))?;
+        mule_contacts::bluetooth::connect_from(Some(local), *addr, *psm, false, Default::default())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(limit, dial).await {
+        Ok(r) => r.map(|s| Box::new(s) as super::session::Stream),
+        Err(_) => Err(format!("Bluetooth connect timed out after {limit:?}")),
     }
 }
 
