@@ -363,6 +363,14 @@ impl Veth {
             "netns",
             &v.node_ns,
         ])?;
+        // The switch end is a bridge port and needs no addresses; without IPv6
+        // it sends no neighbour or multicast-listener traffic of its own, so
+        // the node end's counters see only what the nodes send.
+        let key = format!("net.ipv6.conf.{}.disable_ipv6=1", v.switch_end);
+        let _ = match &v.switch_ns {
+            Some(ns) => run(&["ip", "netns", "exec", ns, "sysctl", "-qw", &key]),
+            None => run(&["sysctl", "-qw", &key]),
+        };
         if !addr_cidr.is_empty() {
             v.nd(&["addr", "add", addr_cidr, "dev", &v.node_end])?;
         }
