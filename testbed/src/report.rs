@@ -135,6 +135,8 @@ pub struct Headline {
     pub rejected: u64,
     /// Pieces stored by nodes outside the audience (carriers), fleet-wide.
     pub carried: u64,
+    /// Requests refused because the summary's Bloom filter lied, fleet-wide.
+    pub refused: u64,
 }
 
 /// A complete report (serialised as `results.json`).
@@ -203,6 +205,7 @@ impl Report {
                     },
                     duplicates: o.nodes.iter().map(|s| s.pieces_duplicate).sum(),
                     rejected: o.nodes.iter().map(|s| s.pieces_rejected).sum(),
+                    refused: o.nodes.iter().map(|s| s.requests_refused).sum(),
                     carried: o
                         .nodes
                         .iter()
@@ -262,7 +265,7 @@ impl Report {
     pub fn nodes_csv(&self) -> String {
         let sc = &self.info.scenario;
         let mut s = String::from(
-            "strategy,node,in_audience,complete_s,oracle_s,bytes_sent,bytes_recv,pieces_sent,pieces_new,pieces_duplicate,pieces_rejected\n",
+            "strategy,node,in_audience,complete_s,oracle_s,bytes_sent,bytes_recv,pieces_sent,pieces_new,pieces_duplicate,pieces_rejected,requests_refused\n",
         );
         let opt = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_default();
         for o in &self.outcomes {
@@ -270,7 +273,7 @@ impl Report {
                 let oracle = self.oracle.complete[v];
                 let _ = writeln!(
                     s,
-                    "{},{v},{},{},{},{},{},{},{},{},{}",
+                    "{},{v},{},{},{},{},{},{},{},{},{},{}",
                     o.strategy,
                     sc.audience[v],
                     opt(n.complete_at.map(|c| c - sc.publish_at)),
@@ -280,7 +283,8 @@ impl Report {
                     n.pieces_sent,
                     n.pieces_new,
                     n.pieces_duplicate,
-                    n.pieces_rejected
+                    n.pieces_rejected,
+                    n.requests_refused
                 );
             }
         }

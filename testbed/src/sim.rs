@@ -196,6 +196,8 @@ pub struct NodeStats {
     pub pieces_duplicate: u64,
     /// Pieces it received but could not keep (carry quota full).
     pub pieces_rejected: u64,
+    /// Requests this node made that the sender refused (Bloom false positives).
+    pub requests_refused: u64,
     /// Useful payload bytes received from the origin (for offload).
     pub useful_from_origin: u64,
     /// Useful payload bytes received from other nodes.
@@ -581,6 +583,7 @@ impl<'a> Sim<'a> {
                 break;
             }
             // Not held (a false positive): refused.
+            self.stats[to as usize].requests_refused += 1;
             self.control(link, d, self.sc.overheads.refuse as u64);
             self.link_mut(link).dirs[d].view.remove(p);
         }
