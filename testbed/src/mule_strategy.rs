@@ -85,6 +85,9 @@ pub struct Mule {
     per_piece_overhead: u64,
     /// Planned requests per (receiver, sender), like the session's request window.
     plans: HashMap<(NodeIx, NodeIx), VecDeque<u32>>,
+    /// What-if: carry only if the receiver's *best* predictability over the audience
+    /// beats the sender's (not the daemon's rule; see [`Mule::strict`]).
+    strict_carry: bool,
 }
 
 impl Mule {
@@ -96,6 +99,16 @@ impl Mule {
     /// The rarest-first baseline: Mule's scheduler without social prediction.
     pub fn rarest(sc: &Scenario, nodes: u32) -> Mule {
         Mule::build("rarest", sc, nodes, false)
+    }
+
+    /// **What-if, not the daemon's rule**: Mule with a stricter carry test in front of
+    /// the engine's scheduler — a carrier gets pieces only if its best predictability
+    /// towards any audience node beats the sender's best (the engine accepts a carrier
+    /// that beats the sender for *any one* audience node). Named `mule-strict` in reports.
+    pub fn strict(sc: &Scenario, nodes: u32) -> Mule {
+        let mut m = Mule::build("mule-strict", sc, nodes, true);
+        m.strict_carry = true;
+        m
     }
 
     fn build(name: &'static str, sc: &Scenario, nodes: u32, prediction: bool) -> Mule {
@@ -130,6 +143,7 @@ impl Mule {
             fpr: sc.fpr,
             per_piece_overhead: sc.overheads.frame_header as u64,
             plans: HashMap::new(),
+            strict_carry: false,
         }
     }
 
@@ -301,6 +315,18 @@ impl Mule {
     fn plan(&self, view: &View<'_>) -> Vec<u32> {
         let to = view.to as usize;
         let from = view.from as usize;
+        if self.strict_carry && !view.dest_in_audience {
+            let best = |p: &Prophet| {
+                self.meta
+                    .audience
+                    .iter()
+                    .map(|n| p.predictability(n))
+                    .fold(0.0, f64::max)
+            };
+            if best(&self.prophets[to]) <= best(&self.prophets[from]) {
+                return Vec::new();
+            }
+        }
         let dest = Dest {
             has: view.dest_has,
             wants: view.dest_in_audience,

@@ -62,6 +62,7 @@ fn colour(name: &str) -> RGBColor {
         "rarest" => RGBColor(44, 160, 44),
         "epidemic" => RGBColor(214, 39, 40),
         "client-server" => RGBColor(148, 103, 189),
+        "mule-strict" => RGBColor(23, 190, 207),
         "oracle" => RGBColor(0, 0, 0),
         _ => RGBColor(255, 127, 14),
     }

@@ -141,6 +141,8 @@ impl std::fmt::Display for Audience {
 pub enum StrategyKind {
     /// Mule's own scheduler and prediction.
     Mule,
+    /// What-if: Mule with a stricter carry rule in front of the scheduler.
+    MuleStrict,
     /// Rarest-first without prediction.
     Rarest,
     /// Naive epidemic.
@@ -155,11 +157,12 @@ impl FromStr for StrategyKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "mule" => Ok(StrategyKind::Mule),
+            "mule-strict" => Ok(StrategyKind::MuleStrict),
             "rarest" | "rarest-first" => Ok(StrategyKind::Rarest),
             "epidemic" => Ok(StrategyKind::Epidemic),
             "client-server" | "cs" => Ok(StrategyKind::ClientServer),
             other => Err(format!(
-                "unknown strategy {other:?} (expected mule, rarest, epidemic, client-server)"
+                "unknown strategy {other:?} (expected mule, rarest, epidemic, client-server, mule-strict)"
             )),
         }
     }
@@ -285,6 +288,7 @@ pub fn strategies(
             match k {
                 StrategyKind::Mule => Box::new(Mule::new(sc, nodes, prediction)),
                 StrategyKind::Rarest => Box::new(Mule::rarest(sc, nodes)),
+                StrategyKind::MuleStrict => Box::new(Mule::strict(sc, nodes)),
                 StrategyKind::Epidemic => Box::new(Epidemic),
                 StrategyKind::ClientServer => Box::new(ClientServer),
             }

@@ -933,7 +933,9 @@ mod tests {
         sc.carry_quota_pieces = sc.pieces();
         let mule = simulate(&t, &sc, &mut Mule::new(&sc, t.nodes, true), &mut |_| {});
         let rarest = simulate(&t, &sc, &mut Mule::rarest(&sc, t.nodes), &mut |_| {});
+        let strict = simulate(&t, &sc, &mut Mule::strict(&sc, t.nodes), &mut |_| {});
         assert_eq!(mule.nodes[1].pieces_new, 0);
+        assert_eq!(strict.nodes[1].pieces_new, 0);
         assert_eq!(rarest.nodes[1].pieces_new, sc.pieces() as u64);
         for o in [&mule, &rarest] {
             assert_eq!(o.nodes[3].pieces_new, sc.pieces() as u64, "{}", o.strategy);
