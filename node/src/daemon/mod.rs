@@ -41,6 +41,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::metrics::Metrics;
 use mule_contacts::history::{Contact, History};
 
+/// redb page cache of the daemon's store.
+pub const STORE_CACHE_BYTES: usize = 4 << 20;
+
 /// File of the contact history database inside the data directory.
 pub const HISTORY_FILE: &str = "contacts.redb";
 /// File of the subscriptions added at run time (`mule subscribe`), one per line.
@@ -412,6 +415,9 @@ pub async fn run(
         carry_quota_bytes: if cfg.trust.carry_untrusted { cfg.trust.untrusted_quota_bytes } else { 0 },
         carry_untrusted: cfg.trust.carry_untrusted,
         trust,
+        // Pieces are written once and read rarely: a small page cache keeps
+        // the daemon's memory within a gateway's means (RSS target 32 MiB).
+        cache_bytes: STORE_CACHE_BYTES,
         ..StoreOptions::default()
     };
     let store = Store::open(&data_dir, store_opts)?;
