@@ -180,8 +180,17 @@ pub struct Netns {
 impl Netns {
     /// Creates a fresh namespace named [`unique_name`]`(prefix)` with its loopback up.
     pub fn new(prefix: &str) -> io::Result<Netns> {
-        let name = unique_name(prefix);
-        run(&["ip", "netns", "add", &name])?;
+        // A SIGKILLed earlier process with the same pid may have left a namespace of the
+        // same name: take the next counter value then.
+        let mut attempt = 0;
+        let name = loop {
+            let name = unique_name(prefix);
+            match run(&["ip", "netns", "add", &name]) {
+                Ok(_) => break name,
+                Err(e) if attempt < 8 && e.to_string().contains("exists") => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let ns = Netns { name };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         for key in [
