@@ -10,8 +10,9 @@ discovery + L2CAP LE CoC. Steps, each recorded pass/fail with timings in results
   l2cap_session         a session is up on both sides over "bluetooth"
   bundle_256k           a signed 256 KiB bundle published on A reaches B byte-identical
   resume_after_break    a larger bundle: B's adapter is powered off mid-transfer and back on;
-                        B's pieces never go back, it completes byte-identical, and less than
-                        the whole bundle crosses after the restore
+                        a new session comes up, B's pieces never go back, new pieces arrive,
+                        and what is left at the restore is less than the whole bundle
+  big_bundle_complete   ... and that bundle then completes on B byte-identical
   bluetoothd_stopped    bluetoothd killed under running nodes: both keep running, `mule status`
                         answers, each logs exactly one "Bluetooth unavailable" warning
   clean_stop            SIGTERM stops both daemons
@@ -36,7 +37,7 @@ MULE = '/mule/mule'
 WORK = '/tmp/mule'
 ENV = dict(l.strip().split('=', 1) for l in open('/mule/env') if '=' in l)
 BIG_KIB = int(ENV.get('BIG_KIB', '2048'))
-PSM_LOG = 'info,mule_contacts::bluetooth=debug,mule::daemon::ble=debug,mule::daemon::conn=debug'
+LOG_LEVEL = 'info,mule_contacts::bluetooth=debug,mule::daemon::ble=debug,mule::daemon::conn=debug,mule_engine::session=debug'
 
 results = {'steps': [], 'measurements': {}, 'all_ok': False}
 M = results['measurements']
@@ -94,7 +95,7 @@ class Node:
             f.write('[session]\nlisten = ["127.0.0.1:0"]\n')
             f.write('[subscriptions]\nchannels = ["fw"]\n')
             f.write('[trust]\npublishers = ["%s"]\n' % publisher_hex)
-            f.write('[log]\nlevel = "%s"\nformat = "plain"\n' % PSM_LOG)
+            f.write('[log]\nlevel = "%s"\nformat = "plain"\n' % LOG_LEVEL)
         self.lines = []  # (unix time, text)
         self.lock = threading.Lock()
         self.proc = None
@@ -268,29 +269,33 @@ def main():
         f.write(os.urandom(size))
     t4 = time.time()
     bid2 = publish(a, big, 'fw', '2', key, piece=piece)
-    samples = []
+    samples = []  # (seconds since publish, B's pieces_have)
 
     def have():
         x = b.bundle(bid2)
         if x:
-            samples.append((round(time.time() - t4, 2), x['pieces_have']))
+            samples.append((time.time() - t4, x['pieces_have']))
         return x
+
+    def complete(x):
+        return x and x['pieces_have'] == x['pieces_total'] and x
 
     total = size // piece
     started = wait_for(lambda: (lambda x: x and x['pieces_have'] >= max(2, total // 5) and x)(have()), 120)
     detail = {}
-    ok = False
+    fin = {}
+    ok = done = False
     if not started:
         detail['error'] = 'transfer did not get going'
-    elif started['pieces_have'] >= started['pieces_total']:
+    elif complete(started):
         detail['error'] = 'bundle complete before the link could be broken; raise MULE_BTVM_BIG_KIB'
     else:
         tb = time.time()
         off = btmgmt(1, 'power', 'off')
-        at_break = have()['pieces_have']
+        at_break = (have() or {}).get('pieces_have', 0)
         down = wait_for(lambda: b.first(r'session (ended|closed)', tb), 20)
         time.sleep(3)
-        mid = have()['pieces_have']
+        mid = (have() or {}).get('pieces_have', 0)
         cr = hci_counters()
         tr = time.time()
         on = btmgmt(1, 'power', 'on')
@@ -300,32 +305,59 @@ def main():
         resumed = b.wait_line(r'session up', 120, tr)
         if resumed:
             M['session_back_after_restore_s'] = round(resumed - tr, 3)
-        done = wait_for(lambda: (lambda x: x and x['pieces_have'] == x['pieces_total'] and x)(have()), 180)
+        # Wait for completion; give up after 40 s without a new piece (a stalled session
+        # would otherwise hold the job until its limit).
+        last = [mid, time.time()]
+
+        def progress():
+            x = have()
+            if complete(x):
+                return x
+            if x and x['pieces_have'] > last[0]:
+                last[:] = [x['pieces_have'], time.time()]
+            return 'stalled' if time.time() - last[1] > 40 else None
+
+        res = wait_for(progress, 240)
+        done = complete(res) if isinstance(res, dict) else None
         t5 = time.time()
         c5 = hci_counters()
-        after = [h for t, h in samples if t >= tb - t4]
-        never_back = all(h >= at_break for h in after) and min(after, default=0) > 0
+        hs = [h for _, h in samples]
+        monotone = all(x <= y for x, y in zip(hs, hs[1:]))
+        after = [h for t, h in samples if t >= tr - t4]
+        grew = max(after, default=0) > mid
         exp = os.path.join(WORK, 'b-big.bin')
         same = bool(done) and b.cli('export', bid2, '--out', exp).returncode == 0 and sha(exp) == sha(big)
         after_restore = (total - mid) * piece
-        detail.update(complete=bool(done), identical=same, never_went_back=never_back,
-                      payload_after_restore=after_restore, size=size)
-        M['resume_payload_after_restore_bytes'] = after_restore
+        detail.update(never_went_back=monotone, pieces_after_restore=max(after, default=0) - mid,
+                      payload_left_at_restore=after_restore, size=size)
+        M['resume_payload_left_at_restore_bytes'] = after_restore
         M['resume_bundle_bytes'] = size
+        first_t = next((t for t, h in samples if h > 0), None)
+        if first_t is not None and at_break:
+            M['goodput_big_before_break_kib_s'] = round(at_break * piece / 1024 / max(0.01, tb - t4 - first_t), 1)
+        ok = bool(resumed) and mid > 0 and monotone and grew and after_restore < size
+        fin = {'complete': bool(done), 'identical': same, 'pieces_have': hs[-1] if hs else None,
+               'pieces_total': total}
         if done:
             M['resume_restore_to_complete_s'] = round(t5 - tr, 3)
-            # Goodput before the break, while the link was up the whole time.
-            first_t = next((t for t, h in samples if h > 0), None)
-            if first_t is not None and at_break:
-                M['goodput_big_before_break_kib_s'] = round(
-                    at_break * piece / 1024 / max(0.01, tb - t4 - first_t + 0.0), 1)
             air = air_delta(cr, c5)
             if air:
                 M['hci_tx_bytes_after_restore'] = air[0]
                 M['air_bytes_per_payload_byte_after_restore'] = round(air[0] / max(1, after_restore), 3)
-        ok = bool(done) and same and never_back and mid > 0 and after_restore < size and resumed
-    detail['samples'] = samples[-12:]
+        else:
+            shed = b.matches(r'shedding requests', tr)
+            stalled = b.matches(r'requests stalled', tr)
+            fin['stalled_for_s'] = round(time.time() - last[1], 1)
+            fin['engine_shed_lines_on_b'] = [l.split('shedding requests')[-1].strip() for _, l in shed][:4]
+            fin['engine_stalled_lines_on_b'] = len(stalled)
+            if shed or stalled:
+                fin['diagnosis'] = ('B shed/cancelled outstanding requests after the restore and never '
+                                    'asked for those pieces again in that session (the engine skips '
+                                    'cancelled pieces until they arrive, and the peer dropped them)')
+        done = done and same
+    detail['samples'] = [(round(t, 2), h) for t, h in samples][-8:]
     step('resume_after_break', ok, t4, detail)
+    step('big_bundle_complete', done, t4, fin or 'not reached')
 
     # 6. bluetoothd stopped under running nodes
     t6 = time.time()
@@ -355,7 +387,7 @@ def main():
     step('clean_stop', all(c == 0 for c in codes), t7, 'exit codes %s' % codes)
     time.sleep(0.3)
     ended = b.matches(r'session ended')
-    M['b_sessions_ended'] = [l.split('session ended')[0][-160:] for _, l in ended][-4:]
+    M['b_sessions_ended'] = [l.split('session ended')[-1].strip() for _, l in ended][-4:]
 
 
 if __name__ == '__main__':
