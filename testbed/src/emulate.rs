@@ -752,6 +752,34 @@ fn tc_burst(rate: Rate) -> String {
     format!("{b}b")
 }
 
+/// Runs `ip -n ns -batch -` with `commands` (one per line) on stdin.
+fn ip_batch(ns: &str, commands: &str) -> io::Result<()> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(commands.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "`ip -n {ns} -batch -` failed ({}): {} (commands: {})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            commands.trim().replace('\n', "; ")
+        )));
+    }
+    Ok(())
+}
+
 /// Reads the byte counters of every interface in namespace `ns` with one command.
 fn link_counters(ns: &str) -> io::Result<HashMap<String, (u64, u64)>> {
     let out = mule_netns::run(&["ip", "-n", ns, "-s", "-o", "link", "show"])?;
@@ -1186,13 +1214,19 @@ pub fn run(
                  uses: &mut Vec<ContactUse>,
                  tx: &mut [u64],
                  rx: &mut [u64],
-                 from_origin: &mut [u64]|
-     -> io::Result<()> {
+                 from_origin: &mut [u64],
+                 batch: &mut String| {
         let p = &topo.pairs[s.pair];
         let ctr = |v: &Veth| snap.get(v.switch_end()).copied().unwrap_or((0, 0));
         if s.up {
-            p.va.attach(&p.bridge)?;
-            p.vb.attach(&p.bridge)?;
+            for v in [&p.va, &p.vb] {
+                let _ = writeln!(
+                    batch,
+                    "link set {} master {}",
+                    v.switch_end(),
+                    p.bridge.name()
+                );
+            }
             open.insert(
                 s.pair,
                 Open {
@@ -1201,8 +1235,9 @@ pub fn run(
                 },
             );
         } else {
-            p.va.detach()?;
-            p.vb.detach()?;
+            for v in [&p.va, &p.vb] {
+                let _ = writeln!(batch, "link set {} nomaster", v.switch_end());
+            }
             if let Some(o) = open.remove(&s.pair) {
                 // Switch end rx = what the node sent; switch end tx = what it received.
                 let (ra, ta) = ctr(&p.va);
@@ -1232,7 +1267,6 @@ pub fn run(
                 }
             }
         }
-        Ok(())
     };
 
     let finish = loop {
@@ -1243,6 +1277,7 @@ pub fn run(
         // Contact switches due now.
         if next_switch < switches.len() && real_of(switches[next_switch].t) <= now {
             let snap = link_counters(&sw_name).map_err(EmulateError::Topology)?;
+            let mut batch = String::new();
             while next_switch < switches.len() && real_of(switches[next_switch].t) <= now {
                 let s = switches[next_switch];
                 let lag = (now - real_of(s.t)).as_secs_f64();
@@ -1256,13 +1291,17 @@ pub fn run(
                     &mut per_node_tx,
                     &mut per_node_rx,
                     &mut rx_from_origin,
-                )
-                .map_err(EmulateError::Topology)?;
+                    &mut batch,
+                );
                 if s.up {
                     replayed += 1;
                 }
                 next_switch += 1;
             }
+            // All switches due at once in one `ip` process: at high time compression several
+            // contacts change within a few milliseconds, and one process per change would
+            // delay the later ones.
+            ip_batch(&sw_name, &batch).map_err(EmulateError::Topology)?;
         }
         // Publishing, on a helper thread: `mule publish` cuts, hashes and signs the file,
         // which takes seconds in a debug build; the contact switches must not wait for it.
@@ -1414,8 +1453,8 @@ pub fn run(
             &mut per_node_tx,
             &mut per_node_rx,
             &mut rx_from_origin,
-        )
-        .map_err(EmulateError::Topology)?;
+            &mut String::new(),
+        );
     }
     let mut tx_total = vec![0u64; n];
     for p in &topo.pairs {
