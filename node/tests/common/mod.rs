@@ -254,6 +254,15 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
+        // If the test process dies without running its destructors (SIGKILL, a timeout), the
+        // daemon must not outlive it.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                Ok(())
+            });
+        }
         self.child = Some(cmd.spawn().expect("spawning mule run"));
         self.client = None;
         let deadline = Instant::now() + Duration::from_secs(60);
