@@ -706,6 +706,16 @@ mod tests {
     }
 
     #[test]
+    fn identity_psm_stays_in_the_le_dynamic_range_and_differs() {
+        for psm in 0x80..=0xffu16 {
+            let id = id_psm(psm);
+            assert!((0x80..=0xff).contains(&id), "{psm:#x} -> {id:#x}");
+            assert_ne!(id, psm);
+        }
+        assert_eq!(id_psm(0x85), 0x86);
+    }
+
+    #[test]
     fn payload_roundtrip_and_rejects() {
         let p = AdvPayload::new(&node(3), 0x85);
         let b = p.encode();
