@@ -61,8 +61,11 @@ pub async fn run(
     cfg.claim_owner = sid;
     cfg.expected_peer = expected;
     let mut seed = SessionSeed { challenge: [0; 32], salt: [0; 16] };
-    let _ = getrandom::fill(&mut seed.challenge);
-    let _ = getrandom::fill(&mut seed.salt);
+    if let Err(e) = getrandom::fill(&mut seed.challenge).and_then(|_| getrandom::fill(&mut seed.salt)) {
+        // A predictable challenge would let a recorded handshake be replayed.
+        tracing::error!(error = %e, "no randomness for the session challenge; not starting the session");
+        return;
+    }
     let mut s = Session::new(cfg, ctx.identity.signing_key().clone(), role, ctx.now_ms(), seed, view);
     ctx.metrics.inc_sessions_opened();
     let started = Instant::now();
