@@ -57,9 +57,9 @@ fn main() {
         .filter(|s| s.success())
         .and_then(|_| std::fs::metadata(&stripped).ok())
         .map(|m| m.len());
-    println!("binary (bench profile = release + debug info): {:.2} MB", size as f64 / 1e6);
+    println!("binary (release profile, as shipped): {:.2} MB", size as f64 / 1e6);
     match stripped_size {
-        Some(s) => println!("binary stripped: {:.2} MB (target <= 8 MB) {}", s as f64 / 1e6, verdict(s as f64 <= 8e6)),
+        Some(s) => println!("binary after strip: {:.2} MB (target <= 8 MB) {}", s as f64 / 1e6, verdict(s as f64 <= 8e6)),
         None => println!("binary stripped: `strip` not available"),
     }
 
