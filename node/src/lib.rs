@@ -25,7 +25,7 @@ pub fn run_daemon(cfg: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("installing the SIGTERM handler");
@@ -35,6 +35,10 @@ pub fn run_daemon(cfg: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             }
         };
         daemon::run(daemon::RunOptions { config: cfg, data_dir }, shutdown).await
-    })?;
+    });
+    // Tasks still winding down (a session on a dead link) are dropped, not
+    // waited for: the store has already committed and stopped.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(())
 }

@@ -569,7 +569,11 @@ pub async fn run(
             }
         }
     }
-    // Last handle to the store: the thread commits what it holds and ends.
+    // Commit what is queued and stop the store thread, even if a session task
+    // that is still winding down holds a handle.
+    if tokio::time::timeout(Duration::from_secs(10), ctx.store.shutdown()).await.is_err() {
+        tracing::error!("the store did not finish its queue within 10 s");
+    }
     drop(ctx);
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     let _ = std::fs::remove_file(&control_socket);

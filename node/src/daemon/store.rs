@@ -73,6 +73,8 @@ pub enum Cmd {
     SetWanted(BundleId, bool, Reply<Result<(), StoreError>>),
     /// Bytes used.
     Usage(Reply<Result<Usage, StoreError>>),
+    /// Finish what was queued before, then stop the thread (shutdown).
+    Shutdown(Reply<()>),
     /// Export and install every ready bundle (dependencies first).
     InstallPending(Reply<Result<Vec<(BundleId, Result<PathBuf, String>)>, StoreError>>),
 }
@@ -177,6 +179,13 @@ impl StoreHandle {
         Ok(self.call(Cmd::Usage).await??)
     }
 
+    /// Stops the store thread after everything queued before this call has
+    /// been committed. Later calls fail with [`Gone`]: tasks still winding
+    /// down cannot keep the store (and the process) alive.
+    pub async fn shutdown(&self) -> Result<(), Gone> {
+        self.call(Cmd::Shutdown).await
+    }
+
     /// Exports and installs every ready bundle.
     pub async fn install_pending(&self) -> Result<Vec<(BundleId, Result<PathBuf, String>)>, CallError> {
         Ok(self.call(Cmd::InstallPending).await??)
@@ -214,6 +223,10 @@ fn actor(mut store: Store, mut rx: mpsc::Receiver<Cmd>, completion: Completion) 
             commit_puts(&mut store, &mut puts);
             continue;
         }
+        if let Cmd::Shutdown(reply) = cmd {
+            let _ = reply.send(());
+            break;
+        }
         handle(&mut store, cmd, &completion);
     }
     tracing::debug!("store thread finished");
@@ -242,7 +255,7 @@ fn commit_puts(store: &mut Store, puts: &mut Vec<(PieceRef, Vec<u8>, Reply<PutOu
 
 fn handle(store: &mut Store, cmd: Cmd, completion: &Completion) {
     match cmd {
-        Cmd::PutPiece(..) => unreachable!("batched by the caller"),
+        Cmd::PutPiece(..) | Cmd::Shutdown(_) => unreachable!("handled by the actor loop"),
         Cmd::ReadPiece(p, r) => {
             let _ = r.send(store.read_piece(&p.bundle, p.index));
         }
