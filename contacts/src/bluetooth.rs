@@ -435,7 +435,7 @@ mod radio {
                 backoff = Duration::from_secs(1);
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(8));
+            backoff = (backoff * 2).min(Duration::from_secs(4));
         }
     }
 
@@ -464,7 +464,30 @@ mod radio {
             .address_type()
             .await
             .unwrap_or(AddressType::LePublic);
-        let id_listener = StreamListener::bind(L2Addr::new(local, local_kind, id_psm(psm))).await?;
+        // The identity listener answers in its own task, so a slow D-Bus call in the loop
+        // below never leaves probes waiting (bluer's `bind` has a backlog of 1, too small).
+        let id_sock = Socket::new_stream()?;
+        id_sock.bind(L2Addr::new(local, local_kind, id_psm(psm)))?;
+        let id_listener = id_sock.listen(8)?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut answers = JoinSet::new();
+            loop {
+                tokio::select! {
+                    r = id_listener.accept() => match r {
+                        Ok((s, peer)) => {
+                            tracing::debug!(device = %peer.addr, "Bluetooth identity asked");
+                            answers.spawn(answer(s, own));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "Bluetooth identity accept failed");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    },
+                    Some(_) = answers.join_next() => {}
+                }
+            }
+        });
         let _ = adapter
             .set_discovery_filter(bluer::DiscoveryFilter {
                 transport: bluer::DiscoveryTransport::Le,
@@ -495,7 +518,6 @@ mod radio {
         let mut readvertise =
             tokio::time::interval_at(Instant::now() + READVERTISE_EVERY, READVERTISE_EVERY);
         let mut health = tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
-        let mut tasks = JoinSet::new();
         let mut probed: HashMap<Address, Instant> = HashMap::new();
         let mut probing = 0usize;
         let (probe_done_tx, mut probe_done) = mpsc::channel::<Address>(MAX_PROBES * 2);
@@ -536,12 +558,6 @@ mod radio {
                     }
                 }
                 Some(_) = probe_done.recv() => probing = probing.saturating_sub(1),
-                r = id_listener.accept() => {
-                    if let Ok((s, peer)) = r {
-                        tracing::debug!(device = %peer.addr, "Bluetooth identity asked");
-                        tasks.spawn(answer(s, own));
-                    }
-                }
                 _ = readvertise.tick() => {
                     drop(adv_handle.take());
                     tokio::time::sleep(Duration::from_millis(100)).await;
