@@ -363,7 +363,10 @@ def main():
     t6 = time.time()
     pid = int(open('/run/bluetoothd.pid').read())
     os.kill(pid, signal.SIGTERM)
-    time.sleep(10)
+    # Each node notices at its next adapter check or retry (a few seconds); then wait a bit
+    # more so that a second warning would be seen.
+    wait_for(lambda: all(n.matches(r'Bluetooth unavailable', t6) for n in nodes), 25)
+    time.sleep(4)
     status_ok = [n.cli('status', '--json', timeout=20).returncode == 0 for n in nodes]
     alive = [n.alive() for n in nodes]
     warns = [n.matches(r'Bluetooth unavailable', t6) for n in nodes]
