@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use mule_bundle::store::{BundleInfo, Origin, Store, StoreOptions};
-use mule_bundle::{BundleId, PublishOptions, TrustList, VerifiedManifest, keys};
+use mule_bundle::store::{BundleInfo, Origin, Store};
+use mule_bundle::{BundleId, PublishOptions, VerifiedManifest, keys};
 use mule_config::Config;
 
 use crate::cli::{Cli, Command, ConfigCommand, KeyCommand, PublishArgs};
@@ -76,17 +76,7 @@ async fn target(cfg: &Config, data_dir: &Path) -> Result<Target> {
 
 /// Opens the store the way the daemon would.
 pub fn open_store(cfg: &Config, data_dir: &Path) -> Result<Store> {
-    let mut trust = TrustList::new();
-    for k in &cfg.trust.publishers {
-        trust.insert(*k.as_bytes());
-    }
-    let opts = StoreOptions {
-        quota_bytes: cfg.store.quota_bytes,
-        carry_quota_bytes: if cfg.trust.carry_untrusted { cfg.trust.untrusted_quota_bytes } else { 0 },
-        carry_untrusted: cfg.trust.carry_untrusted,
-        trust,
-        ..StoreOptions::default()
-    };
+    let opts = crate::daemon::store_options(cfg);
     Store::open(data_dir, opts).with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 

@@ -386,6 +386,24 @@ impl Ctx {
     }
 }
 
+/// How the daemon (and the CLI, when no daemon runs) opens the store.
+pub fn store_options(cfg: &Config) -> StoreOptions {
+    let mut trust = TrustList::new();
+    for k in &cfg.trust.publishers {
+        trust.insert(*k.as_bytes());
+    }
+    StoreOptions {
+        quota_bytes: cfg.store.quota_bytes,
+        carry_quota_bytes: if cfg.trust.carry_untrusted { cfg.trust.untrusted_quota_bytes } else { 0 },
+        carry_untrusted: cfg.trust.carry_untrusted,
+        trust,
+        // Pieces are written once and read rarely: a small page cache keeps
+        // the daemon's memory within a gateway's means (RSS target 32 MiB).
+        cache_bytes: STORE_CACHE_BYTES,
+        ..StoreOptions::default()
+    }
+}
+
 /// Resolved start-up parameters.
 pub struct RunOptions {
     /// The configuration.
@@ -406,20 +424,7 @@ pub async fn run(
     let node = identity.id();
     tracing::info!(node = %node, data_dir = %data_dir.display(), "starting");
 
-    let mut trust = TrustList::new();
-    for k in &cfg.trust.publishers {
-        trust.insert(*k.as_bytes());
-    }
-    let store_opts = StoreOptions {
-        quota_bytes: cfg.store.quota_bytes,
-        carry_quota_bytes: if cfg.trust.carry_untrusted { cfg.trust.untrusted_quota_bytes } else { 0 },
-        carry_untrusted: cfg.trust.carry_untrusted,
-        trust,
-        // Pieces are written once and read rarely: a small page cache keeps
-        // the daemon's memory within a gateway's means (RSS target 32 MiB).
-        cache_bytes: STORE_CACHE_BYTES,
-        ..StoreOptions::default()
-    };
+    let store_opts = store_options(&cfg);
     let store = Store::open(&data_dir, store_opts)?;
     let completion = Completion {
         export_dir: cfg.store.export_dir_in(&data_dir),
