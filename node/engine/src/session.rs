@@ -1026,9 +1026,11 @@ impl Session {
             if x.my_requests.len() >= window || x.outstanding_bytes >= window_bytes {
                 break;
             }
+            // A piece we cancelled earlier may be requested again (the peer
+            // dropped it); if the old copy still arrives first it is taken as
+            // the answer, and the later copy is dropped as cancelled.
             if x.my_requests.contains_key(&piece)
                 || x.awaiting_store.contains_key(&piece)
-                || x.cancelled.contains(&piece)
                 || !claims.try_claim(piece, owner)
             {
                 continue;
