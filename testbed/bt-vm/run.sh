@@ -16,6 +16,8 @@
 #   MULE_BTVM_ACCEL   auto|kvm|tcg (auto: KVM only with a writable /dev/kvm AND vmx/svm)
 #   MULE_BTVM_TIMEOUT whole-VM limit in seconds (default 420)
 #   MULE_BTVM_BIG_KIB size of the resume bundle in KiB (default 2048)
+#   MULE_BTVM_REQUIRE steps that decide the exit status, comma-separated (default: all;
+#                     CI names the discovery, session and 256 KiB bundle steps)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -168,15 +170,28 @@ bad = [l for l in dmesg.splitlines() if re.search(r'BUG:|Oops|kernel BUG|list_de
 r['steps'].append({'name': 'guest_kernel_clean', 'ok': not bad and bool(dmesg), 'detail': bad[:5] or 'no oops/BUG in dmesg'})
 if qrc != 0:
     problems.append('qemu exit status %d (124 = timeout)' % qrc)
-ok = bool(r['steps']) and all(s.get('ok') for s in r['steps']) and not problems and not r.get('fatal')
-r['all_ok'] = ok
+all_ok = bool(r['steps']) and all(s.get('ok') for s in r['steps']) and not problems and not r.get('fatal')
+r['all_ok'] = all_ok
+# MULE_BTVM_REQUIRE=step,step,... judges only those steps (each must be present and pass);
+# the default, "all", judges every step, the kernel check and qemu's exit.
+require = os.environ.get('MULE_BTVM_REQUIRE', 'all').strip()
+if require == 'all':
+    ok = all_ok
+else:
+    names = [n.strip() for n in require.split(',') if n.strip()]
+    got = {s['name']: s.get('ok') for s in r['steps']}
+    missing = [n for n in names if got.get(n) is not True]
+    ok = bool(names) and not missing
+    if missing:
+        problems.append('required steps not passed: %s' % ', '.join(missing))
+    r['required_steps'] = names
 if problems:
     r['host_problems'] = problems
 json.dump(r, open(path, 'w'), indent=2)
 print('[bt-vm] ---- steps ----')
 for s in r['steps']:
     t = s.get('seconds')
-    print('[bt-vm] %-4s %-28s %8s  %s' % ('PASS' if s.get('ok') else 'FAIL', s['name'],
+    print('[bt-vm] %-4s %-28s %8s  %s' % ('PASS' if s.get('ok') else ('FAIL' if require == 'all' or s['name'] in r.get('required_steps', []) else 'fail (not required)'), s['name'],
           '%.2fs' % t if isinstance(t, (int, float)) else '', s.get('detail', '')))
 print('[bt-vm] ---- measurements ----')
 for k, v in r['measurements'].items():
