@@ -39,8 +39,15 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 fn mule(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mule")).args(args).output().expect("running mule");
-    assert!(out.status.success(), "mule {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_mule"))
+        .args(args)
+        .output()
+        .expect("running mule");
+    assert!(
+        out.status.success(),
+        "mule {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -57,9 +64,16 @@ fn main() {
         .filter(|s| s.success())
         .and_then(|_| std::fs::metadata(&stripped).ok())
         .map(|m| m.len());
-    println!("binary (release profile, as shipped): {:.2} MB", size as f64 / 1e6);
+    println!(
+        "binary (release profile, as shipped): {:.2} MB",
+        size as f64 / 1e6
+    );
     match stripped_size {
-        Some(s) => println!("binary after strip: {:.2} MB (target <= 8 MB) {}", s as f64 / 1e6, verdict(s as f64 <= 8e6)),
+        Some(s) => println!(
+            "binary after strip: {:.2} MB (target <= 8 MB) {}",
+            s as f64 / 1e6,
+            verdict(s as f64 <= 8e6)
+        ),
         None => println!("binary stripped: `strip` not available"),
     }
 
@@ -67,22 +81,39 @@ fn main() {
         return;
     }
     let key = tmp.path().join("pub.key");
-    let pubhex = mule(&["key", "gen", "--out", key.to_str().unwrap()]).trim().to_string();
+    let pubhex = mule(&["key", "gen", "--out", key.to_str().unwrap()])
+        .trim()
+        .to_string();
     let switch = Netns::new("fsw").expect("switch ns");
     let bridge = Bridge::new_in(&switch, "fbr").expect("bridge");
     let mut nodes = Vec::new();
     for i in 0..3 {
         let ns = Netns::new("fn").expect("ns");
-        let veth = Veth::new(Some(&switch), &ns, &format!("10.203.{}.{}/16", std::process::id() % 200, i + 1)).expect("veth");
+        let veth = Veth::new(
+            Some(&switch),
+            &ns,
+            &format!("10.203.{}.{}/16", std::process::id() % 200, i + 1),
+        )
+        .expect("veth");
         veth.attach_up(&bridge).expect("attach");
         let dir = tmp.path().join(format!("n{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("mule.toml");
         let mut f = std::fs::File::create(&cfg).unwrap();
-        writeln!(f, "[subscriptions]\nchannels = [\"fw\"]\n[trust]\npublishers = [\"{pubhex}\"]").unwrap();
+        writeln!(
+            f,
+            "[subscriptions]\nchannels = [\"fw\"]\n[trust]\npublishers = [\"{pubhex}\"]"
+        )
+        .unwrap();
         let child = ns
             .command(bin.to_str().unwrap())
-            .args(["run", "--config", cfg.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()])
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -92,7 +123,7 @@ fn main() {
     }
     // Let discovery settle, then measure an idle minute.
     std::thread::sleep(Duration::from_secs(5));
-    let pid = nodes[0].3 .0.id();
+    let pid = nodes[0].3.0.id();
     let iface = nodes[0].1.node_end().to_string();
     let c0 = nodes[0].0.counters(&iface).expect("counters");
     let t0 = cpu_ticks(pid);
@@ -104,14 +135,30 @@ fn main() {
     let hz = 100.0; // USER_HZ on Linux
     let cpu_pct = (t1 - t0) as f64 / hz / secs * 100.0;
     let rss = status_kib(pid, "VmRSS:");
-    let peers = mule(&["peers", "--json", "--data-dir", nodes[0].2.to_str().unwrap()]);
+    let peers = mule(&[
+        "peers",
+        "--json",
+        "--data-dir",
+        nodes[0].2.to_str().unwrap(),
+    ]);
     let neighbours = serde_json::from_str::<serde_json::Value>(&peers)
         .ok()
         .and_then(|v| v.as_array().map(|a| a.len()))
         .unwrap_or(0);
     println!("neighbours seen by node 0: {neighbours}");
-    println!("idle RSS after {:.0} s: {:.1} MiB (target <= 8 MiB) {}", secs + 5.0, rss as f64 / 1024.0, verdict(rss <= 8 * 1024));
-    println!("idle CPU: {:.3} % of one core ({} ticks in {:.0} s; target <= 0.5 %) {}", cpu_pct, t1 - t0, secs, verdict(cpu_pct <= 0.5));
+    println!(
+        "idle RSS after {:.0} s: {:.1} MiB (target <= 8 MiB) {}",
+        secs + 5.0,
+        rss as f64 / 1024.0,
+        verdict(rss <= 8 * 1024)
+    );
+    println!(
+        "idle CPU: {:.3} % of one core ({} ticks in {:.0} s; target <= 0.5 %) {}",
+        cpu_pct,
+        t1 - t0,
+        secs,
+        verdict(cpu_pct <= 0.5)
+    );
     println!(
         "idle traffic on node 0's link: {:.0} B/s sent, {:.0} B/s received (beacons, mDNS)",
         (c1.tx_bytes - c0.tx_bytes) as f64 / secs,
@@ -130,9 +177,22 @@ fn main() {
     }
     std::fs::write(&content, &data).unwrap();
     let publisher = nodes[2].2.to_str().unwrap().to_string();
-    mule(&["publish", content.to_str().unwrap(), "--name", "fw", "--version", "1", "--key", key.to_str().unwrap(), "--audience", "fw", "--data-dir", &publisher]);
+    mule(&[
+        "publish",
+        content.to_str().unwrap(),
+        "--name",
+        "fw",
+        "--version",
+        "1",
+        "--key",
+        key.to_str().unwrap(),
+        "--audience",
+        "fw",
+        "--data-dir",
+        &publisher,
+    ]);
     let receiver = nodes[1].2.to_str().unwrap().to_string();
-    let rpid = nodes[1].3 .0.id();
+    let rpid = nodes[1].3.0.id();
     let t = Instant::now();
     let mut done = false;
     while t.elapsed() < Duration::from_secs(120) {

@@ -36,7 +36,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             let key = keys::generate()?;
             keys::write_key_file(&out, &key)?;
             println!("{}", keys::public_hex(&key));
-            eprintln!("wrote {} (mode 0600); the line above is its public key", out.display());
+            eprintln!(
+                "wrote {} (mode 0600); the line above is its public key",
+                out.display()
+            );
             Ok(())
         }
         Command::Key(KeyCommand::Show { file }) => {
@@ -57,7 +60,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn rt() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Where a verb runs: the daemon or the store itself.
@@ -69,7 +74,9 @@ enum Target {
 async fn target(cfg: &Config, data_dir: &Path) -> Result<Target> {
     match Client::connect_at(data_dir, &cfg.control.socket_in(data_dir)).await {
         Ok(c) => Ok(Target::Daemon(c)),
-        Err(control::Error::NotRunning { .. }) => Ok(Target::Direct(Box::new(open_store(cfg, data_dir)?))),
+        Err(control::Error::NotRunning { .. }) => {
+            Ok(Target::Direct(Box::new(open_store(cfg, data_dir)?)))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -77,7 +84,8 @@ async fn target(cfg: &Config, data_dir: &Path) -> Result<Target> {
 /// Opens the store the way the daemon would.
 pub fn open_store(cfg: &Config, data_dir: &Path) -> Result<Store> {
     let opts = crate::daemon::store_options(cfg);
-    Store::open(data_dir, opts).with_context(|| format!("opening the store in {}", data_dir.display()))
+    Store::open(data_dir, opts)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
 async fn daemon_only(cfg: &Config, data_dir: &Path, what: &str) -> Result<Client> {
@@ -103,15 +111,25 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
         Command::Manifest { id, out } => {
             let vm = manifest_of(&id, cfg, data_dir).await?;
             write_atomic(&out, vm.as_bytes())?;
-            eprintln!("wrote the signed manifest of {} to {}", vm.id(), out.display());
+            eprintln!(
+                "wrote the signed manifest of {} to {}",
+                vm.id(),
+                out.display()
+            );
             Ok(())
         }
         Command::ImportManifest { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let vm = VerifiedManifest::decode(&bytes).with_context(|| format!("{} is not a valid signed manifest", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let vm = VerifiedManifest::decode(&bytes)
+                .with_context(|| format!("{} is not a valid signed manifest", file.display()))?;
             match target(cfg, data_dir).await? {
                 Target::Daemon(mut c) => {
-                    c.call(&Request::ImportManifest { manifest: bytes, published: false }).await?;
+                    c.call(&Request::ImportManifest {
+                        manifest: bytes,
+                        published: false,
+                    })
+                    .await?;
                 }
                 Target::Direct(mut s) => {
                     s.insert_manifest(&vm, Origin::Received)?;
@@ -122,7 +140,9 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
         }
         Command::Status(j) => {
             let mut c = daemon_only(cfg, data_dir, "status").await?;
-            let Response::Status(st) = c.call(&Request::Status).await? else { bail!("unexpected answer") };
+            let Response::Status(st) = c.call(&Request::Status).await? else {
+                bail!("unexpected answer")
+            };
             if j.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
@@ -132,7 +152,9 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
         }
         Command::Peers(j) => {
             let mut c = daemon_only(cfg, data_dir, "peers").await?;
-            let Response::Status(st) = c.call(&Request::Status).await? else { bail!("unexpected answer") };
+            let Response::Status(st) = c.call(&Request::Status).await? else {
+                bail!("unexpected answer")
+            };
             if j.json {
                 println!("{}", serde_json::to_string_pretty(&st.neighbours)?);
             } else {
@@ -142,30 +164,52 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
         }
         Command::Contacts(j) => {
             let mut c = daemon_only(cfg, data_dir, "contacts").await?;
-            let Response::Contacts(list) = c.call(&Request::Contacts).await? else { bail!("unexpected answer") };
+            let Response::Contacts(list) = c.call(&Request::Contacts).await? else {
+                bail!("unexpected answer")
+            };
             if j.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<16} {:>8} {:>12} {:>14} {:>10} {:>12} {:>6}", "PEER", "CONTACTS", "MEDIAN_S", "INTERCONTACT_S", "SEEN_AGO_S", "BYTES", "P");
+                println!(
+                    "{:<16} {:>8} {:>12} {:>14} {:>10} {:>12} {:>6}",
+                    "PEER", "CONTACTS", "MEDIAN_S", "INTERCONTACT_S", "SEEN_AGO_S", "BYTES", "P"
+                );
                 for p in list {
-                    println!("{:<16} {:>8} {:>12.1} {:>14.1} {:>10} {:>12} {:>6.3}", &p.node_id[..16], p.contacts, p.median_contact_s, p.median_intercontact_s, p.last_seen_s_ago, p.bytes, p.predictability);
+                    println!(
+                        "{:<16} {:>8} {:>12.1} {:>14.1} {:>10} {:>12} {:>6.3}",
+                        &p.node_id[..16],
+                        p.contacts,
+                        p.median_contact_s,
+                        p.median_intercontact_s,
+                        p.last_seen_s_ago,
+                        p.bytes,
+                        p.predictability
+                    );
                 }
             }
             Ok(())
         }
         Command::Subscribe { channel } => {
             let mut c = daemon_only(cfg, data_dir, "subscribe").await?;
-            c.call(&Request::Subscribe { channel: channel.clone() }).await?;
+            c.call(&Request::Subscribe {
+                channel: channel.clone(),
+            })
+            .await?;
             eprintln!("subscribed to {channel}");
             Ok(())
         }
         Command::Unsubscribe { channel } => {
             let mut c = daemon_only(cfg, data_dir, "unsubscribe").await?;
-            c.call(&Request::Unsubscribe { channel: channel.clone() }).await?;
+            c.call(&Request::Unsubscribe {
+                channel: channel.clone(),
+            })
+            .await?;
             eprintln!("unsubscribed from {channel}");
             Ok(())
         }
-        Command::Run | Command::Key(_) | Command::Config(_) => unreachable!("handled synchronously"),
+        Command::Run | Command::Key(_) | Command::Config(_) => {
+            unreachable!("handled synchronously")
+        }
     }
 }
 
@@ -184,14 +228,18 @@ async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
     opts.depends = parse_ids(&a.depends, "--depends")?;
     opts.lineage = parse_ids(&a.replaces, "--replaces")?;
     opts.audience = a.audience;
-    let life = humantime::parse_duration(&a.expires).with_context(|| format!("--expires {:?}: use e.g. 30d, 12h", a.expires))?;
+    let life = humantime::parse_duration(&a.expires)
+        .with_context(|| format!("--expires {:?}: use e.g. 30d, 12h", a.expires))?;
     opts.expires = Some(now + life.as_secs());
     opts.piece_size = a.piece_size.unwrap_or(cfg.store.piece_size_default as u32);
     for m in a.meta {
-        let (k, v) = m.split_once('=').ok_or_else(|| anyhow!("--meta {m:?}: expected KEY=VALUE"))?;
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--meta {m:?}: expected KEY=VALUE"))?;
         opts.metadata.insert(k.to_string(), v.to_string());
     }
-    let vm = mule_bundle::publish_file(&a.file, &opts, &key).with_context(|| format!("publishing {}", a.file.display()))?;
+    let vm = mule_bundle::publish_file(&a.file, &opts, &key)
+        .with_context(|| format!("publishing {}", a.file.display()))?;
     let id = vm.id();
     match target(cfg, data_dir).await? {
         Target::Direct(mut s) => {
@@ -200,7 +248,11 @@ async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
             s.put_content(&id, std::io::BufReader::with_capacity(1 << 20, f))?;
         }
         Target::Daemon(mut c) => {
-            c.call(&Request::ImportManifest { manifest: vm.to_bytes(), published: true }).await?;
+            c.call(&Request::ImportManifest {
+                manifest: vm.to_bytes(),
+                published: true,
+            })
+            .await?;
             let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&a.file)?);
             let size = vm.manifest().piece_size as usize;
             let per = (PUT_BATCH_BYTES / size).max(1);
@@ -214,14 +266,25 @@ async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
                     }
                     let len = vm.piece_len(index + pieces.len() as u32).unwrap_or(0) as usize;
                     let mut buf = vec![0u8; len];
-                    f.read_exact(&mut buf).context("the file changed while it was being published")?;
+                    f.read_exact(&mut buf)
+                        .context("the file changed while it was being published")?;
                     pieces.push(serde_bytes::ByteBuf::from(buf));
                 }
                 let n = pieces.len() as u32;
-                c.call(&Request::PutPieces { bundle: id.to_string(), first: index, pieces }).await?;
+                c.call(&Request::PutPieces {
+                    bundle: id.to_string(),
+                    first: index,
+                    pieces,
+                })
+                .await?;
                 index += n;
                 if total > 64 {
-                    eprint!("\rpublishing {} {}/{}", progress_bar(index, total, 30), index, total);
+                    eprint!(
+                        "\rpublishing {} {}/{}",
+                        progress_bar(index, total, 30),
+                        index,
+                        total
+                    );
                 }
             }
             if total > 64 {
@@ -263,7 +326,9 @@ pub fn bundle_view(b: &BundleInfo) -> view::Bundle {
 async fn bundle_list(cfg: &Config, data_dir: &Path) -> Result<Vec<view::Bundle>> {
     Ok(match target(cfg, data_dir).await? {
         Target::Daemon(mut c) => {
-            let Response::Status(st) = c.call(&Request::Status).await? else { bail!("unexpected answer") };
+            let Response::Status(st) = c.call(&Request::Status).await? else {
+                bail!("unexpected answer")
+            };
             st.bundles
         }
         Target::Direct(mut s) => s.bundles()?.iter().map(bundle_view).collect(),
@@ -289,10 +354,15 @@ async fn manifest_of(id: &str, cfg: &Config, data_dir: &Path) -> Result<Verified
     let id = resolve(id, &list)?;
     match target(cfg, data_dir).await? {
         Target::Daemon(mut c) => {
-            let Response::Bytes(b) = c.call(&Request::Manifest { id: id.to_string() }).await? else { bail!("unexpected answer") };
+            let Response::Bytes(b) = c.call(&Request::Manifest { id: id.to_string() }).await?
+            else {
+                bail!("unexpected answer")
+            };
             Ok(VerifiedManifest::decode(&b)?)
         }
-        Target::Direct(mut s) => s.manifest(&id)?.ok_or_else(|| anyhow!("no bundle {id} in the store")),
+        Target::Direct(mut s) => s
+            .manifest(&id)?
+            .ok_or_else(|| anyhow!("no bundle {id} in the store")),
     }
 }
 
@@ -300,7 +370,10 @@ async fn inspect(id: &str, json: bool, cfg: &Config, data_dir: &Path) -> Result<
     let list = bundle_list(cfg, data_dir).await?;
     let full = resolve(id, &list)?;
     let vm = manifest_of(&full.to_string(), cfg, data_dir).await?;
-    let info = list.into_iter().find(|b| b.id == full.to_string()).unwrap_or_default();
+    let info = list
+        .into_iter()
+        .find(|b| b.id == full.to_string())
+        .unwrap_or_default();
     let m = vm.manifest();
     let doc = serde_json::json!({
         "id": full.to_string(),
@@ -331,9 +404,21 @@ async fn inspect(id: &str, json: bool, cfg: &Config, data_dir: &Path) -> Result<
     } else {
         let obj = doc.as_object().expect("object");
         for (k, v) in obj {
-            println!("{k:<15} {}", match v { serde_json::Value::String(s) => s.clone(), v => v.to_string() });
+            println!(
+                "{k:<15} {}",
+                match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                }
+            );
         }
-        println!("{:<15} {} {}/{}", "progress", progress_bar(info.pieces_have, vm.piece_count(), 30), info.pieces_have, vm.piece_count());
+        println!(
+            "{:<15} {} {}/{}",
+            "progress",
+            progress_bar(info.pieces_have, vm.piece_count(), 30),
+            info.pieces_have,
+            vm.piece_count()
+        );
     }
     Ok(())
 }
@@ -346,14 +431,32 @@ async fn export(id: &str, out: &Path, cfg: &Config, data_dir: &Path) -> Result<(
             mule_bundle::complete::export_to(&mut s, &full, out)?;
         }
         Target::Daemon(mut c) => {
-            let Response::Bytes(b) = c.call(&Request::Manifest { id: full.to_string() }).await? else { bail!("unexpected answer") };
+            let Response::Bytes(b) = c
+                .call(&Request::Manifest {
+                    id: full.to_string(),
+                })
+                .await?
+            else {
+                bail!("unexpected answer")
+            };
             let vm = VerifiedManifest::decode(&b)?;
             let tmp = tmp_path(out);
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?,
+            );
             let mut hasher = blake3::Hasher::new();
             let result: Result<()> = async {
                 for index in 0..vm.piece_count() {
-                    let Response::Bytes(piece) = c.call(&Request::ReadPiece { bundle: full.to_string(), index }).await? else { bail!("unexpected answer") };
+                    let Response::Bytes(piece) = c
+                        .call(&Request::ReadPiece {
+                            bundle: full.to_string(),
+                            index,
+                        })
+                        .await?
+                    else {
+                        bail!("unexpected answer")
+                    };
                     mule_bundle::verify_piece(&vm, index, &piece)?;
                     hasher.update(&piece);
                     f.write_all(&piece)?;
@@ -378,7 +481,10 @@ async fn export(id: &str, out: &Path, cfg: &Config, data_dir: &Path) -> Result<(
 }
 
 fn tmp_path(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
     out.with_file_name(format!(".{name}.mule-tmp.{}", std::process::id()))
 }
 
@@ -394,7 +500,10 @@ fn print_bundles(list: &[view::Bundle]) {
         println!("no bundles");
         return;
     }
-    println!("{:<16} {:<20} {:<10} {:<8} {:<24} {:>11} STATE", "ID", "NAME", "VERSION", "PRIO", "PROGRESS", "PIECES");
+    println!(
+        "{:<16} {:<20} {:<10} {:<8} {:<24} {:>11} STATE",
+        "ID", "NAME", "VERSION", "PRIO", "PROGRESS", "PIECES"
+    );
     for b in list {
         println!(
             "{:<16} {:<20} {:<10} {:<8} {:<24} {:>11} {}{}",
@@ -405,7 +514,15 @@ fn print_bundles(list: &[view::Bundle]) {
             progress_bar(b.pieces_have, b.pieces_total, 20),
             format!("{}/{}", b.pieces_have, b.pieces_total),
             b.state,
-            if b.published { " (published)" } else if b.wanted { " (wanted)" } else if !b.trusted { " (carried, untrusted)" } else { " (carried)" }
+            if b.published {
+                " (published)"
+            } else if b.wanted {
+                " (wanted)"
+            } else if !b.trusted {
+                " (carried, untrusted)"
+            } else {
+                " (carried)"
+            }
         );
     }
 }
@@ -415,9 +532,19 @@ fn print_neighbours(n: &[view::Neighbour]) {
         println!("no neighbours");
         return;
     }
-    println!("{:<16} {:<10} {:<32} {:>8} SESSION", "PEER", "TRANSPORT", "ADDRESS", "AGE_S");
+    println!(
+        "{:<16} {:<10} {:<32} {:>8} SESSION",
+        "PEER", "TRANSPORT", "ADDRESS", "AGE_S"
+    );
     for p in n {
-        println!("{:<16} {:<10} {:<32} {:>8} {}", &p.node_id[..16], p.transport, p.address, p.contact_age_s, if p.in_session { "yes" } else { "no" });
+        println!(
+            "{:<16} {:<10} {:<32} {:>8} {}",
+            &p.node_id[..16],
+            p.transport,
+            p.address,
+            p.contact_age_s,
+            if p.in_session { "yes" } else { "no" }
+        );
     }
 }
 
@@ -425,8 +552,20 @@ fn print_status(st: &view::Status) {
     println!("node        {}", st.node_id);
     println!("listening   {}", st.listen.join(", "));
     println!("uptime      {} s", st.uptime_s);
-    println!("store       {} of {} bytes ({:.1}%)", st.store_bytes, st.store_quota_bytes, 100.0 * st.store_bytes as f64 / st.store_quota_bytes.max(1) as f64);
-    println!("subscribed  {}", if st.subscriptions.is_empty() { "-".to_string() } else { st.subscriptions.join(", ") });
+    println!(
+        "store       {} of {} bytes ({:.1}%)",
+        st.store_bytes,
+        st.store_quota_bytes,
+        100.0 * st.store_bytes as f64 / st.store_quota_bytes.max(1) as f64
+    );
+    println!(
+        "subscribed  {}",
+        if st.subscriptions.is_empty() {
+            "-".to_string()
+        } else {
+            st.subscriptions.join(", ")
+        }
+    );
     println!("sessions    {}", st.sessions);
     println!();
     print_neighbours(&st.neighbours);

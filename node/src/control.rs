@@ -114,7 +114,8 @@ pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     msg: &T,
 ) -> Result<(), Error> {
-    let body = cbor4ii::serde::to_vec(Vec::new(), msg).map_err(|e| Error::Malformed(e.to_string()))?;
+    let body =
+        cbor4ii::serde::to_vec(Vec::new(), msg).map_err(|e| Error::Malformed(e.to_string()))?;
     if body.len() > MAX_MESSAGE {
         return Err(Error::TooLarge(body.len()));
     }
@@ -185,7 +186,9 @@ impl Client {
         match read_message(&mut self.stream).await? {
             Some(Response::Error(e)) => Err(Error::Remote(e)),
             Some(r) => Ok(r),
-            None => Err(Error::Malformed("daemon closed the control connection".into())),
+            None => Err(Error::Malformed(
+                "daemon closed the control connection".into(),
+            )),
         }
     }
 }
@@ -204,7 +207,10 @@ pub async fn bind_path(path: &Path) -> std::io::Result<tokio::net::UnixListener>
         if tokio::net::UnixStream::connect(&path).await.is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("another mule daemon is already running on {}", path.display()),
+                format!(
+                    "another mule daemon is already running on {}",
+                    path.display()
+                ),
             ));
         }
         std::fs::remove_file(&path)?;
@@ -221,14 +227,21 @@ mod tests {
     #[tokio::test]
     async fn message_round_trip_and_limits() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        write_message(&mut a, &Request::Subscribe { channel: "fw".into() })
-            .await
-            .unwrap();
+        write_message(
+            &mut a,
+            &Request::Subscribe {
+                channel: "fw".into(),
+            },
+        )
+        .await
+        .unwrap();
         let got: Request = read_message(&mut b).await.unwrap().unwrap();
         assert!(matches!(got, Request::Subscribe { channel } if channel == "fw"));
 
         // An announced length over the limit is refused before allocating.
-        a.write_all(&(MAX_MESSAGE as u32 + 1).to_be_bytes()).await.unwrap();
+        a.write_all(&(MAX_MESSAGE as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
         let err = read_message::<_, Request>(&mut b).await.unwrap_err();
         assert!(matches!(err, Error::TooLarge(_)));
     }

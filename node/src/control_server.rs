@@ -14,7 +14,11 @@ use crate::daemon::store::PutOutcome;
 const MAX_CLIENTS: usize = 16;
 
 /// Serves control connections until `stop`.
-pub async fn serve(ctx: Arc<Ctx>, listener: UnixListener, stop: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    listener: UnixListener,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
@@ -47,7 +51,8 @@ const IDLE_CLIENT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn client(ctx: Arc<Ctx>, mut stream: UnixStream) {
     loop {
-        let req: Request = match tokio::time::timeout(IDLE_CLIENT, read_message(&mut stream)).await {
+        let req: Request = match tokio::time::timeout(IDLE_CLIENT, read_message(&mut stream)).await
+        {
             Err(_) => return,
             Ok(Ok(Some(r))) => r,
             Ok(Ok(None)) => return,
@@ -75,17 +80,31 @@ async fn handle(ctx: &Arc<Ctx>, req: Request) -> Result<Response, String> {
     Ok(match req {
         Request::Status => Response::Status(Box::new(ctx.status().await.map_err(e)?)),
         Request::Contacts => Response::Contacts(ctx.contacts_view().await),
-        Request::ImportManifest { manifest, published } => {
+        Request::ImportManifest {
+            manifest,
+            published,
+        } => {
             let vm = VerifiedManifest::decode(&manifest).map_err(|e| e.to_string())?;
-            let origin = if published { Origin::Published } else { Origin::Received };
+            let origin = if published {
+                Origin::Published
+            } else {
+                Origin::Received
+            };
             ctx.accept_manifest(vm.clone(), origin).await.map_err(e)?;
             Response::Id(vm.id().to_string())
         }
-        Request::PutPieces { bundle, first, pieces } => {
+        Request::PutPieces {
+            bundle,
+            first,
+            pieces,
+        } => {
             let id = parse_id(&bundle)?;
             let mut rxs = Vec::with_capacity(pieces.len());
             for (i, data) in pieces.into_iter().enumerate() {
-                let piece = PieceRef { bundle: id, index: first + i as u32 };
+                let piece = PieceRef {
+                    bundle: id,
+                    index: first + i as u32,
+                };
                 let rx = ctx
                     .store
                     .put_piece_deferred(piece, data.into_vec())
@@ -106,7 +125,12 @@ async fn handle(ctx: &Arc<Ctx>, req: Request) -> Result<Response, String> {
         }
         Request::Manifest { id } => {
             let id = parse_id(&id)?;
-            let vm = ctx.store.manifest(id).await.map_err(e)?.ok_or(format!("no bundle {id} in the store"))?;
+            let vm = ctx
+                .store
+                .manifest(id)
+                .await
+                .map_err(e)?
+                .ok_or(format!("no bundle {id} in the store"))?;
             Response::Bytes(vm.to_bytes())
         }
         Request::ReadPiece { bundle, index } => {
@@ -120,11 +144,15 @@ async fn handle(ctx: &Arc<Ctx>, req: Request) -> Result<Response, String> {
             Response::Bytes(data)
         }
         Request::Subscribe { channel } => {
-            ctx.set_subscription(&channel, true).await.map_err(|e| e.to_string())?;
+            ctx.set_subscription(&channel, true)
+                .await
+                .map_err(|e| e.to_string())?;
             Response::Done
         }
         Request::Unsubscribe { channel } => {
-            ctx.set_subscription(&channel, false).await.map_err(|e| e.to_string())?;
+            ctx.set_subscription(&channel, false)
+                .await
+                .map_err(|e| e.to_string())?;
             Response::Done
         }
     })

@@ -27,14 +27,22 @@ pub fn run_daemon(cfg: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .build()?;
     let result = rt.block_on(async move {
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
             }
         };
-        daemon::run(daemon::RunOptions { config: cfg, data_dir }, shutdown).await
+        daemon::run(
+            daemon::RunOptions {
+                config: cfg,
+                data_dir,
+            },
+            shutdown,
+        )
+        .await
     });
     // Tasks still winding down (a session on a dead link) are dropped, not
     // waited for: the store has already committed and stopped.

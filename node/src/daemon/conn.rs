@@ -56,7 +56,8 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Vec<Soc
             let s2 = socket2::SockRef::from(&sock);
             let _ = s2.set_only_v6(true);
         }
-        sock.set_reuseaddr(true).map_err(|e| Error::Listen(a.to_string(), e))?;
+        sock.set_reuseaddr(true)
+            .map_err(|e| Error::Listen(a.to_string(), e))?;
         if let Err(e) = sock.bind(a) {
             if a.is_ipv6() && e.kind() == std::io::ErrorKind::AddrNotAvailable {
                 tracing::warn!(addr = %a, "IPv6 not available; not listening on it");
@@ -64,8 +65,12 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Vec<Soc
             }
             return Err(Error::Listen(a.to_string(), e));
         }
-        let l = sock.listen(64).map_err(|e| Error::Listen(a.to_string(), e))?;
-        let local = l.local_addr().map_err(|e| Error::Listen(a.to_string(), e))?;
+        let l = sock
+            .listen(64)
+            .map_err(|e| Error::Listen(a.to_string(), e))?;
+        let local = l
+            .local_addr()
+            .map_err(|e| Error::Listen(a.to_string(), e))?;
         port.get_or_insert(local.port());
         bound.push(local);
         listeners.push(l);
@@ -73,19 +78,28 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Vec<Soc
     if listeners.is_empty() {
         return Err(Error::Listen(
             format!("{addrs:?}"),
-            std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no usable listen address"),
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "no usable listen address",
+            ),
         ));
     }
     Ok((listeners, bound))
 }
 
 /// Accepts sessions until `stop`.
-pub async fn accept_loop(ctx: Arc<Ctx>, l: TcpListener, stop: impl std::future::Future<Output = ()>) {
+pub async fn accept_loop(
+    ctx: Arc<Ctx>,
+    l: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     // Every accepted connection holds a slot until its task ends, authenticated or not:
     // sessions plus as many handshakes in progress (a flood of connections that never
     // authenticate must not take unbounded sockets, tasks and read buffers).
-    let slots = Arc::new(tokio::sync::Semaphore::new(2 * ctx.cfg.session.max_sessions as usize));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        2 * ctx.cfg.session.max_sessions as usize,
+    ));
     loop {
         tokio::select! {
             _ = &mut stop => return,
@@ -128,7 +142,9 @@ pub async fn start_discovery(
 ) -> Option<mpsc::Receiver<Event>> {
     let d = &ctx.cfg.discovery;
     if !d.beacons && !d.mdns && !d.bluetooth {
-        tracing::warn!("discovery is off (beacons, mdns and bluetooth): this node meets only session.peers and nodes that dial it");
+        tracing::warn!(
+            "discovery is off (beacons, mdns and bluetooth): this node meets only session.peers and nodes that dial it"
+        );
         return None;
     }
     let mut dc = mule_contacts::discovery::DiscoveryConfig {
@@ -149,7 +165,8 @@ pub async fn start_discovery(
     dc.table.silence = d.peer_silence();
     dc.table.ble_silence = d.bluetooth_silence();
     let (_tx, holdings) = tokio::sync::watch::channel(Default::default());
-    match mule_contacts::discovery::Discovery::start(dc, ctx.identity.clone(), holdings, stop).await {
+    match mule_contacts::discovery::Discovery::start(dc, ctx.identity.clone(), holdings, stop).await
+    {
         Ok((disc, events)) => {
             let counters = disc.counters_handle();
             ctx.metrics.set_beacon_source(Box::new(move || {
@@ -204,15 +221,35 @@ pub async fn manage(
 fn on_event(ctx: &Arc<Ctx>, ev: Event) {
     let now = Timestamp::now();
     match ev {
-        Event::PeerUp { node, transport, addr, .. } => {
+        Event::PeerUp {
+            node,
+            transport,
+            addr,
+            ..
+        } => {
             tracing::info!(peer = %node.short(), transport = transport.name(), %addr, "peer up");
             ctx.metrics.inc_contacts();
             let mut sh = ctx.shared.lock().expect("shared state");
             sh.prophet.on_encounter(node, now);
-            sh.neighbours.insert(node, NeighbourInfo { transport, addr, since: Instant::now(), since_wall: now, bytes_sent: 0, bytes_received: 0 });
+            sh.neighbours.insert(
+                node,
+                NeighbourInfo {
+                    transport,
+                    addr,
+                    since: Instant::now(),
+                    since_wall: now,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                },
+            );
             ctx.metrics.set_neighbours(sh.neighbours.len() as u64);
         }
-        Event::PeerChanged { node, transport, addr, .. } => {
+        Event::PeerChanged {
+            node,
+            transport,
+            addr,
+            ..
+        } => {
             let mut sh = ctx.shared.lock().expect("shared state");
             if let Some(n) = sh.neighbours.get_mut(&node) {
                 n.transport = transport;
@@ -257,12 +294,25 @@ fn maintain(ctx: &Arc<Ctx>, static_backoff: &mut HashMap<SocketAddr, Instant>) {
         }
         for addr in &ctx.cfg.session.peers {
             let connected = sh.sessions.values().any(|e| e.address == addr.to_string())
-                || sh.static_nodes.get(addr).is_some_and(|n| sh.sessions.contains_key(n));
-            if connected || static_backoff.get(addr).is_some_and(|t| Instant::now() < *t) {
+                || sh
+                    .static_nodes
+                    .get(addr)
+                    .is_some_and(|n| sh.sessions.contains_key(n));
+            if connected
+                || static_backoff
+                    .get(addr)
+                    .is_some_and(|t| Instant::now() < *t)
+            {
                 continue;
             }
             static_backoff.insert(*addr, Instant::now() + Duration::from_secs(1));
-            dial.push((None, PeerAddr::Ip { addr: *addr, iface: None }));
+            dial.push((
+                None,
+                PeerAddr::Ip {
+                    addr: *addr,
+                    iface: None,
+                },
+            ));
         }
     }
     for (node, addr) in dial {
@@ -287,19 +337,36 @@ async fn dial_one(ctx: Arc<Ctx>, node: Option<NodeId>, addr: PeerAddr) {
     };
     match result {
         Ok(stream) => {
-            let transport = if matches!(addr, PeerAddr::Ble { .. }) { "bluetooth" } else { "tcp" };
+            let transport = if matches!(addr, PeerAddr::Ble { .. }) {
+                "bluetooth"
+            } else {
+                "tcp"
+            };
             let dialed = match &addr {
                 PeerAddr::Ip { addr, .. } => addr.to_string(),
                 other => other.to_string(),
             };
-            super::session::run(ctx.clone(), stream, Role::Initiator, node, transport, dialed).await;
+            super::session::run(
+                ctx.clone(),
+                stream,
+                Role::Initiator,
+                node,
+                transport,
+                dialed,
+            )
+            .await;
         }
         Err(e) => {
             tracing::debug!(peer = ?node.map(|n| n.short()), %addr, error = %e, "connect failed");
-            ctx.metrics.inc_session_failed(crate::metrics::SessionFailure::Connect);
+            ctx.metrics
+                .inc_session_failed(crate::metrics::SessionFailure::Connect);
             if let Some(n) = node {
                 let now = ctx.now_ms();
-                ctx.shared.lock().expect("shared state").penalties.record_failure(n, now);
+                ctx.shared
+                    .lock()
+                    .expect("shared state")
+                    .penalties
+                    .record_failure(n, now);
             }
         }
     }
@@ -338,7 +405,8 @@ impl Ctx {
         if let Some(existing) = sh.sessions.get(&node) {
             // Keep the session initiated by the smaller node id.
             let we_are_smaller = me < node;
-            let new_wins = initiated_by_us == we_are_smaller && existing.initiated_by_us != we_are_smaller;
+            let new_wins =
+                initiated_by_us == we_are_smaller && existing.initiated_by_us != we_are_smaller;
             if !new_wins {
                 return Err("duplicate session");
             }
@@ -349,7 +417,17 @@ impl Ctx {
         {
             sh.static_nodes.insert(sa, node);
         }
-        sh.sessions.insert(node, SessionEntry { sid, initiated_by_us, close, transport, address, since: Instant::now() });
+        sh.sessions.insert(
+            node,
+            SessionEntry {
+                sid,
+                initiated_by_us,
+                close,
+                transport,
+                address,
+                since: Instant::now(),
+            },
+        );
         self.metrics.set_sessions_active(sh.sessions.len() as u64);
         Ok(())
     }
@@ -371,4 +449,3 @@ impl Ctx {
         }
     }
 }
-

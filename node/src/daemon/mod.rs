@@ -195,7 +195,11 @@ impl Ctx {
             ..LocalView::default()
         };
         // Room left for bundles carried for others (neither wanted nor ours).
-        let carried: u64 = snap.iter().filter(|(_, _, i)| !i.wanted && !i.published).map(|(_, _, i)| i.bytes).sum();
+        let carried: u64 = snap
+            .iter()
+            .filter(|(_, _, i)| !i.wanted && !i.published)
+            .map(|(_, _, i)| i.bytes)
+            .sum();
         view.carry_quota_bytes = self.cfg.carry.quota_bytes.saturating_sub(carried);
         for (vm, bits, info) in snap {
             if info.trusted && view::wanted_by(&vm, &me, &[]) {
@@ -271,7 +275,11 @@ impl Ctx {
             })
             .collect();
         // Peers in session that discovery does not know (static peers, incoming).
-        for (id, e) in sh.sessions.iter().filter(|(id, _)| !sh.neighbours.contains_key(id)) {
+        for (id, e) in sh
+            .sessions
+            .iter()
+            .filter(|(id, _)| !sh.neighbours.contains_key(id))
+        {
             neighbours.push(v::Neighbour {
                 node_id: id.to_string(),
                 transport: "session".to_string(),
@@ -299,7 +307,10 @@ impl Ctx {
     /// Adds or removes a subscription, persists it and re-evaluates wants.
     pub(crate) async fn set_subscription(&self, channel: &str, on: bool) -> std::io::Result<()> {
         if channel.is_empty() || channel.len() > 255 || channel.contains('\n') {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a channel name is 1 to 255 bytes, one line"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a channel name is 1 to 255 bytes, one line",
+            ));
         }
         let channels = {
             let mut sh = self.shared.lock().expect("shared state");
@@ -310,8 +321,14 @@ impl Ctx {
             sh.channels.clone()
         };
         let configured = &self.cfg.subscriptions.channels;
-        let added = channels.iter().filter(|c| !configured.contains(c)).map(|c| format!("+{c}\n"));
-        let removed = configured.iter().filter(|c| !channels.contains(c)).map(|c| format!("-{c}\n"));
+        let added = channels
+            .iter()
+            .filter(|c| !configured.contains(c))
+            .map(|c| format!("+{c}\n"));
+        let removed = configured
+            .iter()
+            .filter(|c| !channels.contains(c))
+            .map(|c| format!("-{c}\n"));
         let text: String = added.chain(removed).collect();
         let path = self.data_dir.join(SUBSCRIPTIONS_FILE);
         let tmp = path.with_extension("tmp");
@@ -326,7 +343,14 @@ impl Ctx {
     /// Accounts a finished session: its bytes go to the current contact with
     /// the peer; a session with a peer discovery does not know (a static
     /// peer) is a contact of its own in the history.
-    pub(crate) fn record_session(&self, peer: NodeId, transport: &'static str, start: Timestamp, sent: u64, received: u64) {
+    pub(crate) fn record_session(
+        &self,
+        peer: NodeId,
+        transport: &'static str,
+        start: Timestamp,
+        sent: u64,
+        received: u64,
+    ) {
         {
             let mut sh = self.shared.lock().expect("shared state");
             if let Some(n) = sh.neighbours.get_mut(&peer) {
@@ -335,8 +359,19 @@ impl Ctx {
                 return;
             }
         }
-        let transport = if transport == "bluetooth" { mule_contacts::Transport::Ble } else { mule_contacts::Transport::Beacon };
-        self.record_history(Contact { peer, start, end: Timestamp::now(), transport, bytes_sent: sent, bytes_received: received });
+        let transport = if transport == "bluetooth" {
+            mule_contacts::Transport::Ble
+        } else {
+            mule_contacts::Transport::Beacon
+        };
+        self.record_history(Contact {
+            peer,
+            start,
+            end: Timestamp::now(),
+            transport,
+            bytes_sent: sent,
+            bytes_received: received,
+        });
     }
 
     /// A contact ended (`PeerDown`): into the history.
@@ -352,7 +387,9 @@ impl Ctx {
     }
 
     fn record_history(&self, c: Contact) {
-        let Some(h) = self.history.clone() else { return };
+        let Some(h) = self.history.clone() else {
+            return;
+        };
         tokio::task::spawn_blocking(move || {
             if let Err(e) = h.record(&c) {
                 tracing::warn!(error = %e, "recording a contact failed");
@@ -362,13 +399,19 @@ impl Ctx {
 
     /// Contact statistics and predictions for `mule contacts`.
     pub(crate) async fn contacts_view(&self) -> Vec<v::PeerContacts> {
-        let Some(h) = self.history.clone() else { return Vec::new() };
-        let stats = tokio::task::spawn_blocking(move || -> Vec<(NodeId, mule_contacts::history::Stats)> {
-            let peers = h.peers().unwrap_or_default();
-            peers.into_iter().filter_map(|p| h.stats(&p).ok().flatten().map(|s| (p, s))).collect()
-        })
-        .await
-        .unwrap_or_default();
+        let Some(h) = self.history.clone() else {
+            return Vec::new();
+        };
+        let stats =
+            tokio::task::spawn_blocking(move || -> Vec<(NodeId, mule_contacts::history::Stats)> {
+                let peers = h.peers().unwrap_or_default();
+                peers
+                    .into_iter()
+                    .filter_map(|p| h.stats(&p).ok().flatten().map(|s| (p, s)))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
         let sh = self.shared.lock().expect("shared state");
         let now = Timestamp::now();
         stats
@@ -377,7 +420,10 @@ impl Ctx {
                 node_id: p.to_string(),
                 contacts: s.count as u64,
                 median_contact_s: s.median_duration.as_secs_f64(),
-                median_intercontact_s: s.median_inter_contact.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                median_intercontact_s: s
+                    .median_inter_contact
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
                 last_seen_s_ago: now.since(s.last_seen).as_secs(),
                 bytes: s.bytes,
                 predictability: sh.prophet.predictability(&p),
@@ -394,7 +440,11 @@ pub fn store_options(cfg: &Config) -> StoreOptions {
     }
     StoreOptions {
         quota_bytes: cfg.store.quota_bytes,
-        carry_quota_bytes: if cfg.trust.carry_untrusted { cfg.trust.untrusted_quota_bytes } else { 0 },
+        carry_quota_bytes: if cfg.trust.carry_untrusted {
+            cfg.trust.untrusted_quota_bytes
+        } else {
+            0
+        },
         carry_untrusted: cfg.trust.carry_untrusted,
         trust,
         // Pieces are written once and read rarely: a small page cache keeps
@@ -418,7 +468,10 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let RunOptions { config: cfg, data_dir } = opts;
+    let RunOptions {
+        config: cfg,
+        data_dir,
+    } = opts;
     crate::paths::ensure_dir(&data_dir).map_err(|e| Error::DataDir(data_dir.clone(), e))?;
     let identity = NodeIdentity::load_or_create(&data_dir)?;
     let node = identity.id();
@@ -540,7 +593,11 @@ pub async fn run(
     tracing::info!(node = %node, listen = ?listen, "ready");
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)));
+    let mut tick = tokio::time::interval(
+        watchdog
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5)),
+    );
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -576,7 +633,10 @@ pub async fn run(
     }
     // Commit what is queued and stop the store thread, even if a session task
     // that is still winding down holds a handle.
-    if tokio::time::timeout(Duration::from_secs(10), ctx.store.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), ctx.store.shutdown())
+        .await
+        .is_err()
+    {
         tracing::error!("the store did not finish its queue within 10 s");
     }
     drop(ctx);
@@ -603,8 +663,12 @@ async fn installer(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()>) {
             Ok(done) => {
                 for (id, r) in done {
                     match r {
-                        Ok(path) => tracing::info!(bundle = %id.short(), path = %path.display(), "bundle complete and installed"),
-                        Err(e) => tracing::warn!(bundle = %id.short(), error = %e, "install failed; retried later with backoff"),
+                        Ok(path) => {
+                            tracing::info!(bundle = %id.short(), path = %path.display(), "bundle complete and installed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(bundle = %id.short(), error = %e, "install failed; retried later with backoff")
+                        }
                     }
                 }
             }

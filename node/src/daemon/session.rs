@@ -49,7 +49,11 @@ pub async fn run(
     address: String,
 ) {
     let sid = ctx.new_sid();
-    let mtransport = if transport == "bluetooth" { MTransport::Bluetooth } else { MTransport::Tcp };
+    let mtransport = if transport == "bluetooth" {
+        MTransport::Bluetooth
+    } else {
+        MTransport::Tcp
+    };
     let view = match ctx.local_view().await {
         Ok(v) => v,
         Err(e) => {
@@ -60,13 +64,25 @@ pub async fn run(
     let mut cfg = ctx.session_cfg.clone();
     cfg.claim_owner = sid;
     cfg.expected_peer = expected;
-    let mut seed = SessionSeed { challenge: [0; 32], salt: [0; 16] };
-    if let Err(e) = getrandom::fill(&mut seed.challenge).and_then(|_| getrandom::fill(&mut seed.salt)) {
+    let mut seed = SessionSeed {
+        challenge: [0; 32],
+        salt: [0; 16],
+    };
+    if let Err(e) =
+        getrandom::fill(&mut seed.challenge).and_then(|_| getrandom::fill(&mut seed.salt))
+    {
         // A predictable challenge would let a recorded handshake be replayed.
         tracing::error!(error = %e, "no randomness for the session challenge; not starting the session");
         return;
     }
-    let mut s = Session::new(cfg, ctx.identity.signing_key().clone(), role, ctx.now_ms(), seed, view);
+    let mut s = Session::new(
+        cfg,
+        ctx.identity.signing_key().clone(),
+        role,
+        ctx.now_ms(),
+        seed,
+        view,
+    );
     ctx.metrics.inc_sessions_opened();
     let started = Instant::now();
     let started_wall = Timestamp::now();
@@ -107,7 +123,14 @@ pub async fn run(
                 Event::PeerAuthenticated { node, .. } => {
                     peer = Some(node);
                     let tx = close_tx.take().expect("authenticated once");
-                    if let Err(why) = ctx.register(node, sid, role == Role::Initiator, tx, transport, address.clone()) {
+                    if let Err(why) = ctx.register(
+                        node,
+                        sid,
+                        role == Role::Initiator,
+                        tx,
+                        transport,
+                        address.clone(),
+                    ) {
                         tracing::debug!(peer = %node.short(), why, "closing session");
                         s.close_with(ByeCode::Busy, why);
                     } else {
@@ -118,7 +141,12 @@ pub async fn run(
                 Event::SummaryReceived { node, .. } => {
                     if let Some(h) = s.peer_holdings() {
                         let mut sh = ctx.shared.lock().expect("shared state");
-                        let metas: Vec<_> = s.local_view().bundles.values().map(|b| b.meta.clone()).collect();
+                        let metas: Vec<_> = s
+                            .local_view()
+                            .bundles
+                            .values()
+                            .map(|b| b.meta.clone())
+                            .collect();
                         sh.rarity.observe(node, metas.iter(), |p| h.has(p));
                         let vector = h.predictabilities();
                         sh.prophet.on_transitive(node, &vector, Timestamp::now());
@@ -128,7 +156,8 @@ pub async fn run(
                     ctx.metrics.inc_manifests_received();
                     match VerifiedManifest::decode(&bytes) {
                         Err(e) => {
-                            ctx.metrics.inc_manifest_rejected(crate::metrics::ManifestReject::Invalid);
+                            ctx.metrics
+                                .inc_manifest_rejected(crate::metrics::ManifestReject::Invalid);
                             tracing::warn!(peer = ?peer.map(|p| p.short()), error = %e, "bad manifest from peer");
                             s.handle_manifest_rejected(&e.to_string());
                         }
@@ -138,8 +167,12 @@ pub async fn run(
                                 if let Err(e) = ctx.accept_manifest(vm, Origin::Received).await {
                                     use mule_bundle::store::StoreError as E;
                                     let reason = match &e {
-                                        super::store::CallError::Store(E::Untrusted { .. }) => crate::metrics::ManifestReject::Untrusted,
-                                        super::store::CallError::Store(E::Expired(_)) => crate::metrics::ManifestReject::Expired,
+                                        super::store::CallError::Store(E::Untrusted { .. }) => {
+                                            crate::metrics::ManifestReject::Untrusted
+                                        }
+                                        super::store::CallError::Store(E::Expired(_)) => {
+                                            crate::metrics::ManifestReject::Expired
+                                        }
                                         _ => crate::metrics::ManifestReject::StoreError,
                                     };
                                     ctx.metrics.inc_manifest_rejected(reason);
@@ -197,7 +230,11 @@ pub async fn run(
                     }
                     if let Some(n) = peer {
                         let now = ctx.now_ms();
-                        ctx.shared.lock().expect("shared state").penalties.record_close(n, now, penalty);
+                        ctx.shared
+                            .lock()
+                            .expect("shared state")
+                            .penalties
+                            .record_close(n, now, penalty);
                     }
                 }
             }
@@ -242,9 +279,17 @@ pub async fn run(
 
     // Done: hand back claims, leave the registry, let the writer flush (briefly:
     // on a dead link it would wait forever).
-    let released = ctx.shared.lock().expect("shared state").claims.release_owner(sid);
+    let released = ctx
+        .shared
+        .lock()
+        .expect("shared state")
+        .claims
+        .release_owner(sid);
     if !released.is_empty() {
-        tracing::debug!(pieces = released.len(), "released claims of a finished session");
+        tracing::debug!(
+            pieces = released.len(),
+            "released claims of a finished session"
+        );
     }
     if let Some(n) = peer {
         ctx.unregister(n, sid);
@@ -266,7 +311,9 @@ fn on_outcome(ctx: &Ctx, s: &mut Session, o: Outcome, t: MTransport) {
             // Also announced to every session by broadcast; telling this one
             // directly keeps its accounting right even if it lagged behind
             // the broadcast (the call is idempotent).
-            PutOutcome::Stored | PutOutcome::Completed | PutOutcome::AlreadyHad => s.note_piece_stored(piece),
+            PutOutcome::Stored | PutOutcome::Completed | PutOutcome::AlreadyHad => {
+                s.note_piece_stored(piece)
+            }
             PutOutcome::Invalid(why) => {
                 ctx.metrics.inc_piece_rejected(RejectReason::Invalid);
                 tracing::warn!(bundle = %piece.bundle.short(), index = piece.index, why, "peer sent a bad piece");
@@ -298,9 +345,13 @@ fn on_outcome(ctx: &Ctx, s: &mut Session, o: Outcome, t: MTransport) {
 
 fn failure_of(code: ByeCode) -> Option<SessionFailure> {
     Some(match code {
-        ByeCode::Normal | ByeCode::Busy | ByeCode::StoreFull | ByeCode::SelfConnection => return None,
+        ByeCode::Normal | ByeCode::Busy | ByeCode::StoreFull | ByeCode::SelfConnection => {
+            return None;
+        }
         ByeCode::IdleTimeout => SessionFailure::Timeout,
-        ByeCode::HandshakeTimeout | ByeCode::AuthFailed | ByeCode::BadVersion => SessionFailure::Handshake,
+        ByeCode::HandshakeTimeout | ByeCode::AuthFailed | ByeCode::BadVersion => {
+            SessionFailure::Handshake
+        }
         _ => SessionFailure::Protocol,
     })
 }

@@ -62,9 +62,16 @@ pub enum Cmd {
     /// Read a piece.
     ReadPiece(PieceRef, Reply<Result<Option<Vec<u8>>, StoreError>>),
     /// Store a verified manifest.
-    InsertManifest(VerifiedManifest, Origin, Reply<Result<Inserted, StoreError>>),
+    InsertManifest(
+        VerifiedManifest,
+        Origin,
+        Reply<Result<Inserted, StoreError>>,
+    ),
     /// A stored manifest.
-    Manifest(BundleId, Reply<Result<Option<VerifiedManifest>, StoreError>>),
+    Manifest(
+        BundleId,
+        Reply<Result<Option<VerifiedManifest>, StoreError>>,
+    ),
     /// Every bundle's bookkeeping.
     Bundles(Reply<Result<Vec<BundleInfo>, StoreError>>),
     /// Manifests and bitfields of every bundle (a session's starting view).
@@ -113,7 +120,10 @@ pub struct Completion {
 impl StoreHandle {
     /// Starts the store thread around an open store. The thread ends (after
     /// committing what it holds) when every handle is dropped.
-    pub fn spawn(store: Store, completion: Completion) -> (StoreHandle, std::thread::JoinHandle<()>) {
+    pub fn spawn(
+        store: Store,
+        completion: Completion,
+    ) -> (StoreHandle, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let join = std::thread::Builder::new()
             .name("mule-store".into())
@@ -140,7 +150,10 @@ impl StoreHandle {
         data: Vec<u8>,
     ) -> Result<oneshot::Receiver<PutOutcome>, Gone> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::PutPiece(piece, data, tx)).await.map_err(|_| Gone)?;
+        self.tx
+            .send(Cmd::PutPiece(piece, data, tx))
+            .await
+            .map_err(|_| Gone)?;
         Ok(rx)
     }
 
@@ -150,7 +163,11 @@ impl StoreHandle {
     }
 
     /// Stores a verified manifest.
-    pub async fn insert_manifest(&self, vm: VerifiedManifest, origin: Origin) -> Result<Inserted, CallError> {
+    pub async fn insert_manifest(
+        &self,
+        vm: VerifiedManifest,
+        origin: Origin,
+    ) -> Result<Inserted, CallError> {
         Ok(self.call(|r| Cmd::InsertManifest(vm, origin, r)).await??)
     }
 
@@ -165,7 +182,9 @@ impl StoreHandle {
     }
 
     /// Manifests and bitfields of every bundle.
-    pub async fn snapshot(&self) -> Result<Vec<(VerifiedManifest, Bitfield, BundleInfo)>, CallError> {
+    pub async fn snapshot(
+        &self,
+    ) -> Result<Vec<(VerifiedManifest, Bitfield, BundleInfo)>, CallError> {
         Ok(self.call(Cmd::Snapshot).await??)
     }
 
@@ -187,7 +206,9 @@ impl StoreHandle {
     }
 
     /// Exports and installs every ready bundle.
-    pub async fn install_pending(&self) -> Result<Vec<(BundleId, Result<PathBuf, String>)>, CallError> {
+    pub async fn install_pending(
+        &self,
+    ) -> Result<Vec<(BundleId, Result<PathBuf, String>)>, CallError> {
         Ok(self.call(Cmd::InstallPending).await??)
     }
 }
@@ -233,8 +254,10 @@ fn actor(mut store: Store, mut rx: mpsc::Receiver<Cmd>, completion: Completion) 
 }
 
 fn commit_puts(store: &mut Store, puts: &mut Vec<(PieceRef, Vec<u8>, Reply<PutOutcome>)>) {
-    let batch: Vec<(BundleId, u32, &[u8])> =
-        puts.iter().map(|(p, d, _)| (p.bundle, p.index, d.as_slice())).collect();
+    let batch: Vec<(BundleId, u32, &[u8])> = puts
+        .iter()
+        .map(|(p, d, _)| (p.bundle, p.index, d.as_slice()))
+        .collect();
     match store.put_pieces(&batch) {
         Ok(results) => {
             drop(batch);
@@ -295,7 +318,9 @@ fn handle(store: &mut Store, cmd: Cmd, completion: &Completion) {
     }
 }
 
-fn snapshot(store: &mut Store) -> Result<Vec<(VerifiedManifest, Bitfield, BundleInfo)>, StoreError> {
+fn snapshot(
+    store: &mut Store,
+) -> Result<Vec<(VerifiedManifest, Bitfield, BundleInfo)>, StoreError> {
     let mut out = Vec::new();
     for info in store.bundles()? {
         let (Some(vm), Some(bits)) = (store.manifest(&info.id)?, store.bitfield(&info.id)?) else {

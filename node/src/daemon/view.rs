@@ -52,7 +52,8 @@ pub fn local_bundle(vm: &VerifiedManifest, have: &StoreBits) -> LocalBundle {
 /// Whether a node with these subscriptions wants the bundle for itself: one
 /// of its channels, or its own node id, is in the audience.
 pub fn wanted_by(vm: &VerifiedManifest, me: &NodeId, channels: &[String]) -> bool {
-    vm.manifest().audience.iter().any(|a| {
-        channels.iter().any(|c| c == a) || audience_node(a).is_some_and(|n| n == *me)
-    })
+    vm.manifest()
+        .audience
+        .iter()
+        .any(|a| channels.iter().any(|c| c == a) || audience_node(a).is_some_and(|n| n == *me))
 }
