@@ -729,3 +729,28 @@ fn carry_goes_only_to_a_peer_that_predicts_the_audience_better() {
         "worse one was not offered it"
     );
 }
+
+#[test]
+fn requests_shed_when_the_link_slows_are_made_again() {
+    // One sender whose link drops from 1 MB/s to 20 KB/s: the receiver sheds the
+    // requests the slow link cannot serve in time (the sender drops them on Cancel).
+    // Once the link is fast again those pieces must be requested again, or the
+    // transfer stalls for good (seen over Bluetooth after an adapter came back).
+    let (mut w, e, data) = pair(2_000_000);
+    let l = w.connect(1, 0, Some(1000));
+    w.run_for(400);
+    w.links[l].rate_bytes_per_ms = Some(20);
+    w.run_for(4_000);
+    assert!(
+        !w.nodes[1].complete(&e.meta.id),
+        "finished before the slow phase ended"
+    );
+    w.links[l].rate_bytes_per_ms = Some(1000);
+    assert!(
+        w.run_until(10_000, |w| w.nodes[1].complete(&e.meta.id)),
+        "stalled with {} of {} pieces",
+        w.nodes[1].view.bundles[&e.meta.id].have.count(),
+        e.meta.pieces
+    );
+    assert_eq!(assembled(&w.nodes[1], &e), data);
+}
