@@ -958,16 +958,10 @@ pub fn run(
             opts.piece_size
         )));
     }
-    let publish_at = match opts.publish_at {
-        PublishAt::Fraction(f) => trace.start + f * trace.duration(),
-        PublishAt::Seconds(s) => s,
-    };
-    if publish_at < trace.start || publish_at > trace.end {
-        return Err(EmulateError::Invalid(format!(
-            "--publish-at {publish_at} s is outside the trace [{}, {}]",
-            trace.start, trace.end
-        )));
-    }
+    let publish_at = opts
+        .publish_at
+        .resolve(&trace)
+        .map_err(EmulateError::Invalid)?;
     if !opts.mule.is_file() && opts.mule.components().count() > 1 {
         return Err(EmulateError::Invalid(format!(
             "--mule {}: no such file (build it with `cargo build -p mule`)",

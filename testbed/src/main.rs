@@ -230,10 +230,7 @@ fn real_main() -> Result<()> {
                     format!("origin {} not in the trace (0..{})", publish.node, t.nodes).into(),
                 );
             }
-            let at = match publish_at {
-                PublishAt::Fraction(f) => t.start + f * t.duration(),
-                PublishAt::Seconds(s) => s,
-            };
+            let at = publish_at.time_in(&t);
             let o =
                 mule_testbed::oracle::Oracle::compute(&t, publish.node, at, publish.size.0, rate);
             println!("node,earliest_arrival_s,complete_s");

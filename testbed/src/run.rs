@@ -65,6 +65,28 @@ pub enum PublishAt {
     Seconds(f64),
 }
 
+impl PublishAt {
+    /// The publishing time in trace seconds.
+    pub fn time_in(self, trace: &Trace) -> f64 {
+        match self {
+            PublishAt::Fraction(f) => trace.start + f * trace.duration(),
+            PublishAt::Seconds(s) => s,
+        }
+    }
+
+    /// [`time_in`](Self::time_in), refused when it falls outside the trace.
+    pub fn resolve(self, trace: &Trace) -> Result<f64, String> {
+        let at = self.time_in(trace);
+        if at < trace.start || at > trace.end {
+            return Err(format!(
+                "--publish-at {at} s is outside the trace [{}, {}]",
+                trace.start, trace.end
+            ));
+        }
+        Ok(at)
+    }
+}
+
 impl FromStr for PublishAt {
     type Err = String;
 
@@ -220,16 +242,7 @@ pub fn prepare(args: &SimulateArgs) -> Result<(Trace, Scenario), RunError> {
             trace.nodes
         )));
     }
-    let publish_at = match args.publish_at {
-        PublishAt::Fraction(f) => trace.start + f * trace.duration(),
-        PublishAt::Seconds(s) => s,
-    };
-    if publish_at < trace.start || publish_at > trace.end {
-        return Err(RunError::Invalid(format!(
-            "--publish-at {publish_at} s is outside the trace [{}, {}]",
-            trace.start, trace.end
-        )));
-    }
+    let publish_at = args.publish_at.resolve(&trace).map_err(RunError::Invalid)?;
     if args.publish.size.0 == 0 {
         return Err(RunError::Invalid(
             "--publish: the bundle size must be positive".into(),
