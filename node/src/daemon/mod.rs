@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mule_bundle::store::{Origin, Store, StoreOptions};
-use mule_bundle::{BundleId, PieceRef, TrustList, VerifiedManifest};
+use mule_bundle::{PieceRef, TrustList, VerifiedManifest};
 use mule_config::Config;
 use mule_contacts::{NodeId, NodeIdentity, Prophet, ProphetParams, Timestamp};
 use mule_engine::RarityTracker;
@@ -100,8 +100,6 @@ pub enum Notice {
     PieceStored(PieceRef),
     /// A manifest was stored.
     ManifestStored(LocalBundle),
-    /// The store is full (true) or has room again (false).
-    StoreFull(bool),
 }
 
 /// A session as the registry knows it.
@@ -682,6 +680,3 @@ async fn installer(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()>) {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _assert_send(_: &Path, _: BundleId) {}

@@ -268,7 +268,6 @@ pub async fn run(
             n = notices.recv() => match n {
                 Ok(Notice::PieceStored(p)) => s.note_piece_stored(p),
                 Ok(Notice::ManifestStored(b)) => s.note_manifest(b),
-                Ok(Notice::StoreFull(f)) => s.set_store_full(f),
                 Err(broadcast::error::RecvError::Lagged(k)) => tracing::debug!(missed = k, "session lagged behind store notices"),
                 Err(broadcast::error::RecvError::Closed) => eof = true,
             },

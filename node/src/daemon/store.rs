@@ -8,7 +8,6 @@
 //! instead of letting memory grow.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use mule_bundle::complete::{self, Hook};
 use mule_bundle::store::{BundleInfo, Inserted, Origin, Put, PutError, Store, StoreError, Usage};
@@ -330,6 +329,3 @@ fn snapshot(
     }
     Ok(out)
 }
-
-/// Shared so sessions can hold it.
-pub type SharedStore = Arc<StoreHandle>;
