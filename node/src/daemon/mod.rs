@@ -44,6 +44,9 @@ use mule_contacts::history::{Contact, History};
 /// redb page cache of the daemon's store.
 pub const STORE_CACHE_BYTES: usize = 4 << 20;
 
+/// Capacity of the store-notice broadcast ring (see where it is created).
+const NOTICE_RING: usize = 2048;
+
 /// File of the contact history database inside the data directory.
 pub const HISTORY_FILE: &str = "contacts.redb";
 /// File of the subscriptions added at run time (`mule subscribe`), one per line.
@@ -98,8 +101,8 @@ pub enum Error {
 pub enum Notice {
     /// A piece was stored (from any session or the CLI).
     PieceStored(PieceRef),
-    /// A manifest was stored.
-    ManifestStored(LocalBundle),
+    /// A manifest was stored (shared: every session's receiver would clone it).
+    ManifestStored(Arc<LocalBundle>),
 }
 
 /// A session as the registry knows it.
@@ -231,7 +234,9 @@ impl Ctx {
             let bits = mule_bundle::Bitfield::new(vm.piece_count());
             let _ = self
                 .notices
-                .send(Notice::ManifestStored(view::local_bundle(&vm, &bits)));
+                .send(Notice::ManifestStored(Arc::new(view::local_bundle(
+                    &vm, &bits,
+                ))));
             tracing::info!(bundle = %vm.id().short(), name = %vm.manifest().name,
                 version = %vm.manifest().version, wanted, "manifest stored");
         }
@@ -509,7 +514,9 @@ pub async fn run(
         i_typ: p.i_typ(),
         ..ProphetParams::default()
     };
-    let (notices, _) = broadcast::channel(4096);
+    // The ring is allocated up front (slots of ~70 bytes): 2048 notices are ~0.4 s of pieces
+    // at 300 MB/s, and a session that lags further only misses some Have updates.
+    let (notices, _) = broadcast::channel(NOTICE_RING);
     let session_cfg = SessionConfig {
         keepalive_interval_ms: cfg.session.keepalive_ms,
         idle_timeout_ms: cfg.session.idle_timeout_ms,

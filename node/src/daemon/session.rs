@@ -267,7 +267,7 @@ pub async fn run(
             _ = sleep_until(deadline), if deadline.is_some() => s.handle_timeout(ctx.now_ms()),
             n = notices.recv() => match n {
                 Ok(Notice::PieceStored(p)) => s.note_piece_stored(p),
-                Ok(Notice::ManifestStored(b)) => s.note_manifest(b),
+                Ok(Notice::ManifestStored(b)) => s.note_manifest(Arc::unwrap_or_clone(b)),
                 Err(broadcast::error::RecvError::Lagged(k)) => tracing::debug!(missed = k, "session lagged behind store notices"),
                 Err(broadcast::error::RecvError::Closed) => eof = true,
             },
