@@ -320,6 +320,11 @@ struct Exchange {
     pending_haves: Vec<PieceRef>,
     pending_refuse: Vec<PieceRef>,
     pending_cancel: Vec<PieceRef>,
+    /// The last full schedule's pieces not requested yet, best first. Progress (a piece
+    /// answered or stored) only tops the window up from here; a full schedule runs again
+    /// when something changed what the peer holds or we want, or every
+    /// [`REPLAN_INTERVAL_MS`]. Entries may be stale and are checked when taken.
+    plan: VecDeque<(PieceRef, scheduler::Reason)>,
 }
 
 /// One contact session with one neighbour.
@@ -365,8 +370,10 @@ pub struct Session {
     tx_piece_bytes: usize,
     events: VecDeque<Event>,
     now: u64,
-    /// Something changed that may allow new requests.
+    /// Something changed what the peer holds or we want: run a full schedule.
     plan_dirty: bool,
+    /// A request was answered or cancelled: top the window up from the cached plan.
+    plan_refill: bool,
     last_plan: u64,
     started: u64,
     last_rx: u64,
@@ -466,6 +473,7 @@ impl Session {
             events: VecDeque::new(),
             now,
             plan_dirty: true,
+            plan_refill: false,
             last_plan: now,
             started: now,
             last_rx: now,
@@ -807,7 +815,7 @@ impl Session {
             // Came from this peer: it knows.
             x.awaiting_bytes -= size;
             x.release.push(piece);
-            self.plan_dirty = true;
+            self.plan_refill = true;
             return;
         }
         if let Some(size) = x.my_requests.remove(&piece) {
@@ -815,7 +823,7 @@ impl Session {
             x.cancelled.insert(piece);
             x.pending_cancel.push(piece);
             x.release.push(piece);
-            self.plan_dirty = true;
+            self.plan_refill = true;
         }
         // Our summary went out when we entered `Exchanging`; anything newer is a Have.
         if newly {
@@ -903,9 +911,11 @@ impl Session {
     /// claiming each in the node-wide `claims` so no two sessions request the same piece,
     /// and releasing claims this session no longer needs.
     ///
-    /// The full schedule runs only when something changed (summary, `Have`, manifest, an
-    /// answered or refused request, [`replan`](Self::replan)) or every
-    /// [`REPLAN_INTERVAL_MS`] otherwise, so claims released by other sessions are picked up.
+    /// The full schedule runs only when something changed what the peer holds or we want
+    /// (summary, `Have`, `Refuse`, manifest, stalled requests, [`replan`](Self::replan)) or
+    /// every [`REPLAN_INTERVAL_MS`], so claims released by other sessions and new rarity
+    /// are picked up; an answered request only tops the window up from the cached order, so
+    /// planning costs O(pieces) per interval, not per piece received.
     pub fn plan_requests(&mut self, claims: &mut PieceClaims, rarity: &RarityTracker) {
         let owner = self.cfg.claim_owner;
         let store_full = self.store_full;
@@ -918,7 +928,8 @@ impl Session {
         let Some(peer) = x.peer.as_ref() else {
             return;
         };
-        if !self.plan_dirty && self.now < self.last_plan + REPLAN_INTERVAL_MS {
+        let stale = self.plan_dirty || self.now >= self.last_plan + REPLAN_INTERVAL_MS;
+        if !stale && !self.plan_refill {
             return;
         }
         // Never more than the peer accepts (its Hello), or it would close the session.
@@ -976,43 +987,53 @@ impl Session {
         {
             return;
         }
-        // Receiver-side schedule: the peer is the source, we are the destination.
-        type Holds<'h> = Box<dyn Fn(u32) -> bool + 'h>;
-        let holds: Vec<(BundleId, Holds<'_>)> = self
-            .local
-            .bundles
-            .values()
-            .filter(|b| !b.have.is_complete() && b.meta.piece_size <= self.cfg.piece_size_max)
-            .map(|b| {
-                let id = b.meta.id;
-                let f: Holds<'_> = Box::new(move |index| peer.has(PieceRef { bundle: id, index }));
-                (id, f)
-            })
-            .collect();
-        let bundles = holds
-            .iter()
-            .map(|(id, f)| SourceBundle {
-                meta: &self.local.bundles[id].meta,
-                holds: &**f,
-            })
-            .collect();
-        let me = SelfView {
-            local: &self.local,
-            carry_left: self
+        self.plan_refill = false;
+        if stale {
+            // Receiver-side schedule: the peer is the source, we are the destination.
+            type Holds<'h> = Box<dyn Fn(u32) -> bool + 'h>;
+            let holds: Vec<(BundleId, Holds<'_>)> = self
                 .local
-                .carry_quota_bytes
-                .saturating_sub(x.carry_requested),
-        };
-        let input = ScheduleInput {
-            bundles,
-            peer: &me,
-            local_predictability: &|n| peer.predictability(n),
-            rarity: &|p| rarity.holders(p),
-            budget: Budget::UNLIMITED,
-        };
-        let plan = scheduler::schedule(&input);
-        self.plan_dirty = false;
-        self.last_plan = self.now;
+                .bundles
+                .values()
+                .filter(|b| !b.have.is_complete() && b.meta.piece_size <= self.cfg.piece_size_max)
+                .map(|b| {
+                    let id = b.meta.id;
+                    let f: Holds<'_> =
+                        Box::new(move |index| peer.has(PieceRef { bundle: id, index }));
+                    (id, f)
+                })
+                .collect();
+            let bundles = holds
+                .iter()
+                .map(|(id, f)| SourceBundle {
+                    meta: &self.local.bundles[id].meta,
+                    holds: &**f,
+                })
+                .collect();
+            let me = SelfView {
+                local: &self.local,
+                carry_left: self
+                    .local
+                    .carry_quota_bytes
+                    .saturating_sub(x.carry_requested),
+            };
+            let input = ScheduleInput {
+                bundles,
+                peer: &me,
+                local_predictability: &|n| peer.predictability(n),
+                rarity: &|p| rarity.holders(p),
+                budget: Budget::UNLIMITED,
+            };
+            x.plan = scheduler::schedule(&input)
+                .into_iter()
+                .filter_map(|d| match d.item {
+                    Item::Piece(p) => Some((p, d.reason)),
+                    Item::Manifest(_) => None,
+                })
+                .collect();
+            self.plan_dirty = false;
+            self.last_plan = self.now;
+        }
         if x.my_requests.is_empty() {
             // Idle until now: neither the stall clock nor the rate sample should count it.
             x.last_progress = self.now;
@@ -1021,10 +1042,17 @@ impl Session {
         }
         let mut batch = Vec::new();
         let mut carry_added = 0;
-        for d in plan {
-            let Item::Piece(piece) = d.item else { continue };
+        while let Some(&(piece, reason)) = x.plan.front() {
             if x.my_requests.len() >= window || x.outstanding_bytes >= window_bytes {
                 break;
+            }
+            x.plan.pop_front();
+            // Taken from a cached plan: we may hold it by now (another session stored it).
+            let Some(bundle) = self.local.bundles.get(&piece.bundle) else {
+                continue;
+            };
+            if bundle.have.get(piece.index) {
+                continue;
             }
             // A piece we cancelled earlier may be requested again (the peer
             // dropped it); if the old copy still arrives first it is taken as
@@ -1035,19 +1063,16 @@ impl Session {
             {
                 continue;
             }
-            let size = self.local.bundles[&piece.bundle]
-                .meta
-                .piece_len(piece.index);
-            if d.reason.class == scheduler::Class::Carry {
+            let size = bundle.meta.piece_len(piece.index);
+            if reason.class == scheduler::Class::Carry {
                 carry_added += size;
             }
-            tracing::trace!(piece = piece.index, bundle = %piece.bundle.short(), reason = %d.reason, "request");
+            tracing::trace!(piece = piece.index, bundle = %piece.bundle.short(), %reason, "request");
             x.my_requests.insert(piece, size);
             x.my_order.push_back(piece);
             x.outstanding_bytes += size;
             batch.push(piece);
         }
-        drop(holds);
         x.carry_requested += carry_added;
         self.stats.requests_sent += batch.len() as u64;
         for chunk in batch.chunks(MAX_PIECE_LIST) {
@@ -1422,6 +1447,7 @@ impl Session {
             pending_haves: Vec::new(),
             pending_refuse: Vec::new(),
             pending_cancel: Vec::new(),
+            plan: VecDeque::new(),
         }));
     }
 
@@ -1539,7 +1565,7 @@ impl Session {
                         x.sample_start = self.now;
                         x.sample_bytes = 0;
                     }
-                    self.plan_dirty = true;
+                    self.plan_refill = true;
                     self.stats.pieces_received += 1;
                     self.stats.piece_bytes_received += size;
                     self.events.push_back(Event::PieceReceived { piece, data });
