@@ -258,7 +258,11 @@ pub fn export_to(store: &mut Store, id: &BundleId, out: &Path) -> Result<(), Com
     result
 }
 
-fn write_verified(store: &Store, vm: &VerifiedManifest, tmp: &Path) -> Result<(), CompleteError> {
+fn write_verified(
+    store: &mut Store,
+    vm: &VerifiedManifest,
+    tmp: &Path,
+) -> Result<(), CompleteError> {
     let io = |source| CompleteError::Io {
         path: tmp.to_owned(),
         source,
@@ -268,7 +272,7 @@ fn write_verified(store: &Store, vm: &VerifiedManifest, tmp: &Path) -> Result<()
     let mut whole = blake3::Hasher::new();
     for index in 0..vm.piece_count() {
         let piece = store
-            .read_piece(&id, index)?
+            .read_piece_of(vm, index)?
             .ok_or(CompleteError::NotComplete {
                 id,
                 have: index,
