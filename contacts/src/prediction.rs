@@ -160,7 +160,7 @@ impl Prophet {
             return;
         }
         self.last_aged = Some(Timestamp(last.0 + k * unit));
-        let factor = self.params.gamma.clamp(0.0, 1.0).powf(k as f64);
+        let factor = libm::pow(self.params.gamma.clamp(0.0, 1.0), k as f64);
         let threshold = self.params.p_first_threshold;
         self.table.retain(|_, e| {
             e.p *= factor;

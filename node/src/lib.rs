@@ -21,8 +21,10 @@ use mule_config::Config;
 /// `mule run`: logs, the runtime, signals, then [`daemon::run`].
 pub fn run_daemon(cfg: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     logging::init(&cfg.log.level);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for every socket, timer and session: the per-byte work (hashing, writes)
+    // happens on the store thread, and a second worker cost idle memory (its stack, a malloc
+    // arena, the work-stealing scheduler's code) without making transfers faster.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let result = rt.block_on(async move {

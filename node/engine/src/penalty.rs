@@ -113,7 +113,7 @@ impl PenaltyBook {
 
     fn decayed(&self, r: &Record, now: u64) -> f64 {
         let dt = now.saturating_sub(r.score_at) as f64;
-        r.score * 0.5f64.powf(dt / self.cfg.half_life_ms.max(1) as f64)
+        r.score * libm::exp2(-dt / self.cfg.half_life_ms.max(1) as f64)
     }
 
     fn backoff(&self, failures: u32, mult: u32) -> u64 {

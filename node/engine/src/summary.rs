@@ -119,7 +119,7 @@ impl BloomFilter {
         }
         let p = fp_rate.clamp(1e-9, 0.5);
         let ln2 = std::f64::consts::LN_2;
-        let m = (-(items as f64) * p.ln() / (ln2 * ln2)).ceil();
+        let m = (-(items as f64) * libm::log(p) / (ln2 * ln2)).ceil();
         let bytes = ((m / 8.0).ceil() as usize).clamp(8, MAX_FILTER_BYTES);
         let m = (bytes * 8) as f64;
         let k = ((m / items as f64) * ln2)
