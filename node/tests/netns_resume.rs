@@ -15,6 +15,21 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Lan, Node, NodeConfig, Publisher, random_file, require_root};
+use mule_netns::Netns;
+
+/// TCP sockets in `ns` whose remote end is `peer_ip` (listeners have none), as `ss` prints them.
+fn sockets_towards(ns: &Netns, peer_ip: &str) -> Vec<String> {
+    let out = ns.exec(&["ss", "-tanH"]).expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(4)
+                .is_some_and(|remote| remote.starts_with(&format!("{peer_ip}:")))
+        })
+        .map(str::to_string)
+        .collect()
+}
 
 /// Contact length.
 const CONTACT: Duration = Duration::from_secs(10);
@@ -70,6 +85,17 @@ fn resume_across_cuts(test: &str, size: usize, gap: Duration, max_contacts: u32)
             // Out of range: nothing may move; the node must notice the dead session by itself.
             std::thread::sleep(gap);
             have = b.pieces_have(&id);
+            // ... and drop it abortively: a socket left retransmitting into the dead link (the
+            // sender's holds megabytes of unsent pieces) would keep the kernel re-resolving
+            // the peer's address, and the next contact's connection would wait for that.
+            for (who, h, peer) in [("A", &ha, &hb.ip), ("B", &hb, &ha.ip)] {
+                let left = sockets_towards(&h.ns, peer);
+                assert!(
+                    left.is_empty(),
+                    "{test}: {who} still has sockets towards its peer {gap:?} after the cut:\n{}",
+                    left.join("\n")
+                );
+            }
         }
         let line = format!(
             "contact {contacts}: pieces {before} -> {have} of {total}, {during} link bytes",

@@ -60,7 +60,7 @@ pub async fn accept_loop(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = 
                     tracing::debug!(device = %addr, "Bluetooth session accepted");
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        super::session::run(ctx, Box::new(stream), Role::Responder, None, "bluetooth", addr.to_string()).await;
+                        super::session::run(ctx, Box::new(stream), None, Role::Responder, None, "bluetooth", addr.to_string()).await;
                     });
                 }
                 Err(e) => {

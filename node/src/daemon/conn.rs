@@ -113,10 +113,10 @@ pub async fn accept_loop(
                         tracing::debug!(%peer, "too many connections in progress; refusing one");
                         continue;
                     };
-                    tune(&stream);
+                    let abort = tune(&stream);
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        super::session::run(ctx, Box::new(stream), Role::Responder, None, "tcp", peer.to_string()).await;
+                        super::session::run(ctx, Box::new(stream), abort, Role::Responder, None, "tcp", peer.to_string()).await;
                         drop(slot);
                     });
                 }
@@ -129,8 +129,11 @@ pub async fn accept_loop(
     }
 }
 
-fn tune(s: &TcpStream) {
+/// Sets a session socket's options and returns a second handle to it, with which the
+/// session can make its close abortive when the link died ([`super::session::run`]).
+fn tune(s: &TcpStream) -> Option<socket2::Socket> {
     let _ = s.set_nodelay(true);
+    socket2::SockRef::from(s).try_clone().ok()
 }
 
 /// Starts discovery; when it cannot start (no usable interface, no
@@ -326,17 +329,17 @@ async fn dial_one(ctx: Arc<Ctx>, node: Option<NodeId>, addr: PeerAddr) {
         PeerAddr::Ip { addr: sa, .. } => {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(sa)).await {
                 Ok(Ok(s)) => {
-                    tune(&s);
-                    Ok(Box::new(s) as super::session::Stream)
+                    let abort = tune(&s);
+                    Ok((Box::new(s) as super::session::Stream, abort))
                 }
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("connect timed out".to_string()),
             }
         }
-        PeerAddr::Ble { .. } => super::ble::connect(&ctx, &addr).await,
+        PeerAddr::Ble { .. } => super::ble::connect(&ctx, &addr).await.map(|s| (s, None)),
     };
     match result {
-        Ok(stream) => {
+        Ok((stream, abort)) => {
             let transport = if matches!(addr, PeerAddr::Ble { .. }) {
                 "bluetooth"
             } else {
@@ -349,6 +352,7 @@ async fn dial_one(ctx: Arc<Ctx>, node: Option<NodeId>, addr: PeerAddr) {
             super::session::run(
                 ctx.clone(),
                 stream,
+                abort,
                 Role::Initiator,
                 node,
                 transport,

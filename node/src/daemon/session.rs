@@ -40,9 +40,18 @@ enum Outcome {
 }
 
 /// Runs one session to its end.
+///
+/// `abort` is a second handle to a TCP session's socket. When the session ends because the
+/// peer went silent (idle or handshake timeout: the link is gone), the socket is closed
+/// abortively (`SO_LINGER` 0): unsent data is dropped instead of being retransmitted into
+/// the dead link for minutes. Those retransmissions also keep the kernel re-resolving the
+/// peer's address (ARP), so that when the link came back the next connection waited for the
+/// neighbour entry's 1 s retry timer, or failed with "no route to host".
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctx: Arc<Ctx>,
     stream: Stream,
+    abort: Option<socket2::Socket>,
     role: Role,
     expected: Option<NodeId>,
     transport: &'static str,
@@ -111,6 +120,7 @@ pub async fn run(
     // remembering: otherwise anyone could fill the history with throw-away node ids.
     let mut registered = false;
     let mut violated = false;
+    let mut dead_link = false;
 
     loop {
         {
@@ -219,6 +229,11 @@ pub async fn run(
                 }
                 Event::Closed { reason, penalty } => {
                     violated |= penalty != mule_engine::penalty::Penalty::None;
+                    dead_link |= !reason.by_peer
+                        && matches!(
+                            reason.code,
+                            ByeCode::IdleTimeout | ByeCode::HandshakeTimeout
+                        );
                     let level_warn = reason.code != ByeCode::Normal && !reason.by_peer;
                     if level_warn {
                         tracing::warn!(peer = ?peer.map(|p| p.short()), code = ?reason.code, detail = %reason.detail, ?penalty, "session closed");
@@ -301,7 +316,15 @@ pub async fn run(
             bytes_in = st.bytes_received, bytes_out = st.bytes_sent, "session ended");
     }
     drop(wtx);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+    if dead_link {
+        if let Some(sock) = &abort {
+            let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+        }
+        writer.abort();
+        let _ = writer.await;
+    } else {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+    }
 }
 
 fn on_outcome(ctx: &Ctx, s: &mut Session, o: Outcome, t: MTransport) {
