@@ -209,7 +209,7 @@ fn main() {
     }
     let key = SigningKey::from_bytes(&[1; 32]);
     println!(
-        "durable ingest (verify + redb commit with fsync), {} MiB content, median of {RUNS} runs",
+        "durable ingest (verify, write + fdatasync the data file, redb commit with fsync), {} MiB content, median of {RUNS} runs",
         CONTENT_LEN >> 20
     );
     for kib in SIZES_KIB {
