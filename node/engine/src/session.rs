@@ -954,9 +954,11 @@ impl Session {
             Some(r) => (r * self.cfg.request_window_ms as f64) as u64,
         }
         .clamp(floor, max);
-        // The peer turned out slower than requested for: hand back the newest requests
-        // (served last) so other sessions can fetch them sooner.
-        if x.outstanding_bytes > window_bytes + largest_piece {
+        // The peer turned out much slower than requested for: hand back the newest requests
+        // (served last) so other sessions can fetch them sooner. Only at twice the window:
+        // the pieces are most likely in the peer's socket already, so a cancel on a noisy rate
+        // sample (the first one after a contact starts reads low) would only send them twice.
+        if x.outstanding_bytes > 2 * window_bytes + largest_piece {
             let mut shed = Vec::new();
             while x.outstanding_bytes > window_bytes {
                 let Some(p) = x.my_order.pop_back() else {

@@ -316,10 +316,8 @@ pub async fn run(
             bytes_in = st.bytes_received, bytes_out = st.bytes_sent, "session ended");
     }
     drop(wtx);
-    if dead_link {
-        if let Some(sock) = &abort {
-            let _ = sock.set_linger(Some(std::time::Duration::ZERO));
-        }
+    if let (true, Some(sock)) = (dead_link, &abort) {
+        let _ = sock.set_linger(Some(std::time::Duration::ZERO));
         writer.abort();
         let _ = writer.await;
     } else {
