@@ -27,7 +27,7 @@ since() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 say() { echo "[bt-vm $(since)s] $*"; }
 die() { echo "[bt-vm] ERROR: $*" >&2; exit 2; }
 
-BIN=${1:-$REPO/target/release/mule}
+BIN=${1:-${CARGO_TARGET_DIR:-$REPO/target}/release/mule}
 CACHE=${MULE_BTVM_CACHE:-$HOME/.cache/mule-bt-vm}
 OUT=${MULE_BTVM_OUT:-$CACHE/out}
 ACCEL=${MULE_BTVM_ACCEL:-auto}
