@@ -271,8 +271,9 @@ fn write_verified(
     let mut file = std::io::BufWriter::with_capacity(1 << 16, File::create(tmp).map_err(io)?);
     let mut whole = blake3::Hasher::new();
     for index in 0..vm.piece_count() {
+        // export_to checked that every bit is set.
         let piece = store
-            .read_piece_of(vm, index)?
+            .read_claimed(vm, index)?
             .ok_or(CompleteError::NotComplete {
                 id,
                 have: index,

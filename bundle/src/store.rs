@@ -544,6 +544,12 @@ impl fmt::Debug for Store {
     }
 }
 
+/// Maps an I/O error on `path` to [`StoreError::Io`] (for `map_err`).
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use<> {
+    let path = path.to_owned();
+    move |source| StoreError::Io { path, source }
+}
+
 fn corrupt(id: BundleId, what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
         id,
@@ -555,10 +561,7 @@ fn corrupt(id: BundleId, what: &'static str, detail: impl ToString) -> StoreErro
 impl Store {
     /// Opens (creating if needed) the store in `data_dir` (file [`STORE_FILE_NAME`]).
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
         Store::open_file(&data_dir.join(STORE_FILE_NAME), opts)
     }
 
@@ -575,10 +578,7 @@ impl Store {
                 e => e.into(),
             })?;
         let pieces_dir = path.with_extension("pieces");
-        std::fs::create_dir_all(&pieces_dir).map_err(|source| StoreError::Io {
-            path: pieces_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&pieces_dir).map_err(io_err(&pieces_dir))?;
         let store = Store {
             db,
             path: path.to_owned(),
@@ -594,36 +594,35 @@ impl Store {
         Ok(store)
     }
 
-    fn io_err(&self, path: &Path, source: std::io::Error) -> StoreError {
-        let _ = self;
-        StoreError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-
     /// Path of a bundle's data file.
     fn data_path(&self, id: &BundleId) -> PathBuf {
         self.pieces_dir.join(id.to_string())
     }
 
+    /// Data files whose bundle is not among `records` (file name, path).
+    fn orphan_files(
+        &self,
+        records: &[(BundleId, Record)],
+    ) -> Result<Vec<(String, PathBuf)>, StoreError> {
+        let known: std::collections::HashSet<String> =
+            records.iter().map(|(id, _)| id.to_string()).collect();
+        let mut orphans = Vec::new();
+        for entry in std::fs::read_dir(&self.pieces_dir).map_err(io_err(&self.pieces_dir))? {
+            let entry = entry.map_err(io_err(&self.pieces_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                orphans.push((name, entry.path()));
+            }
+        }
+        Ok(orphans)
+    }
+
     /// Deletes data files whose bundle has no record (a crash between a removal's commit and
     /// the file's deletion leaves one).
     fn sweep_orphans(&self) -> Result<(), StoreError> {
-        let known: std::collections::HashSet<String> = self
-            .records()?
-            .iter()
-            .map(|(id, _)| id.to_string())
-            .collect();
-        let dir =
-            std::fs::read_dir(&self.pieces_dir).map_err(|e| self.io_err(&self.pieces_dir, e))?;
-        for entry in dir {
-            let entry = entry.map_err(|e| self.io_err(&self.pieces_dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !known.contains(&name) {
-                tracing::info!(file = %entry.path().display(), "deleting data of a removed bundle");
-                std::fs::remove_file(entry.path()).map_err(|e| self.io_err(&entry.path(), e))?;
-            }
+        for (_, path) in self.orphan_files(&self.records()?)? {
+            tracing::info!(file = %path.display(), "deleting data of a removed bundle");
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
         }
         Ok(())
     }
@@ -643,11 +642,11 @@ impl Store {
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .map_err(|e| self.io_err(&path, e))?;
+                .map_err(io_err(&path))?;
             if !existed {
                 std::fs::File::open(&self.pieces_dir)
                     .and_then(|d| d.sync_all())
-                    .map_err(|e| self.io_err(&self.pieces_dir, e))?;
+                    .map_err(io_err(&self.pieces_dir))?;
             }
             self.files.insert(*id, f);
         }
@@ -662,7 +661,7 @@ impl Store {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io_err(&path, e)),
+                Err(e) => return Err(io_err(&path)(e)),
             }
         }
         Ok(())
@@ -941,30 +940,29 @@ impl Store {
         let Some(vm) = self.manifest(id)? else {
             return Ok(None);
         };
-        self.read_piece_of(&vm, index)
+        if !self.bitfield(id)?.is_some_and(|b| b.get(index)) {
+            return Ok(None);
+        }
+        self.read_claimed(&vm, index)
     }
 
-    /// A stored piece of a bundle whose manifest the caller holds.
-    pub fn read_piece_of(
+    /// Reads piece `index` from the data file; the caller has checked that its bit is set
+    /// (`None` only for an index past the end).
+    pub(crate) fn read_claimed(
         &mut self,
         vm: &VerifiedManifest,
         index: PieceIndex,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         use std::os::unix::fs::FileExt;
-        let id = vm.id();
-        if index >= vm.piece_count() || !self.bitfield(&id)?.is_some_and(|b| b.get(index)) {
-            return Ok(None);
-        }
         let Some(len) = vm.manifest().piece_len(index) else {
             return Ok(None);
         };
-        let len = len as usize;
+        let id = vm.id();
         let offset = u64::from(index) * u64::from(vm.manifest().piece_size);
-        let mut data = vec![0u8; len];
-        let path = self.data_path(&id);
+        let mut data = vec![0u8; len as usize];
         self.data_file(&id)?
             .read_exact_at(&mut data, offset)
-            .map_err(|e| StoreError::Io { path, source: e })?;
+            .map_err(|e| io_err(&self.data_path(&id))(e))?;
         Ok(Some(data))
     }
 
@@ -1156,12 +1154,11 @@ impl Store {
                 }
                 // Written (not yet claimed) before the commit; synced below.
                 let offset = u64::from(*index) * u64::from(batch[id].manifest().piece_size);
-                let path = self.data_path(id);
                 {
                     use std::os::unix::fs::FileExt;
                     self.data_file(id)?
                         .write_all_at(data, offset)
-                        .map_err(|e| StoreError::Io { path, source: e })?;
+                        .map_err(|e| io_err(&self.data_path(id))(e))?;
                 }
                 if !touched.contains(id) {
                     touched.push(*id);
@@ -1180,10 +1177,9 @@ impl Store {
             }
             // Durable before any bit claims them.
             for id in &touched {
-                let path = self.data_path(id);
                 self.data_file(id)?
                     .sync_data()
-                    .map_err(|e| StoreError::Io { path, source: e })?;
+                    .map_err(|e| io_err(&self.data_path(id))(e))?;
             }
             let mut bundles = txn.open_table(BUNDLES)?;
             let mut bitfields = txn.open_table(BITFIELDS)?;
@@ -1356,17 +1352,9 @@ impl Store {
         let known: std::collections::HashSet<BundleId> = recs.iter().map(|(id, _)| *id).collect();
         {
             // Nothing may outlive its bundle record.
-            let names: std::collections::HashSet<String> =
-                known.iter().map(|id| id.to_string()).collect();
-            let dir = std::fs::read_dir(&self.pieces_dir)
-                .map_err(|e| self.io_err(&self.pieces_dir, e))?;
-            for entry in dir {
-                let entry = entry.map_err(|e| self.io_err(&self.pieces_dir, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !names.contains(&name) {
-                    let id = name.parse().unwrap_or(BundleId([0; 32]));
-                    return Err(corrupt(id, "piece", "stored without a bundle record"));
-                }
+            if let Some((name, _)) = self.orphan_files(&recs)?.into_iter().next() {
+                let id = name.parse().unwrap_or(BundleId([0; 32]));
+                return Err(corrupt(id, "piece", "stored without a bundle record"));
             }
             let txn = self.db.begin_read()?;
             for (table, what) in [(MANIFESTS, "manifest"), (BITFIELDS, "bitfield")] {
@@ -1398,7 +1386,7 @@ impl Store {
             let mut bytes = 0;
             for index in (0..vm.piece_count()).filter(|&i| bf.get(i)) {
                 let data = self
-                    .read_piece_of(&vm, index)?
+                    .read_claimed(&vm, index)?
                     .ok_or_else(|| corrupt(id, "piece", "claimed but unreadable"))?;
                 verify_piece(&vm, index, &data).map_err(|e| corrupt(id, "piece", e))?;
                 bytes += data.len() as u64;
