@@ -53,7 +53,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use cbor4ii::core::dec::Read as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -185,13 +184,7 @@ impl Serialize for Bytes<'_> {
 
 /// Decodes one CBOR item filling the whole of `buf` (trailing bytes are an error).
 fn decode_exact<'a, T: Deserialize<'a>>(buf: &'a [u8], what: &str) -> Result<T, BeaconError> {
-    let mut de = cbor4ii::serde::Deserializer::new(cbor4ii::core::utils::SliceReader::new(buf));
-    let v = T::deserialize(&mut de).map_err(|e| BeaconError::Malformed(format!("{what}: {e}")))?;
-    let mut rest = de.into_inner();
-    match rest.fill(1) {
-        Ok(r) if r.as_ref().is_empty() => Ok(v),
-        _ => Err(BeaconError::Malformed(format!("{what}: trailing bytes"))),
-    }
+    crate::cbor_decode_exact(buf).map_err(|e| BeaconError::Malformed(format!("{what}: {e}")))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {

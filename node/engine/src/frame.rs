@@ -24,7 +24,7 @@ use crate::cbor::{self, CborError, Reader};
 use crate::summary::{Summary, SummaryError};
 
 /// Protocol version spoken by this implementation.
-pub const PROTOCOL_VERSION: u64 = 1;
+pub const PROTOCOL_VERSION: u64 = 2;
 /// Largest piece payload accepted, in bytes.
 pub const MAX_PIECE_BYTES: usize = 256 * 1024;
 /// Largest frame of the small control messages (everything but the four below).
@@ -756,11 +756,13 @@ mod tests {
                 count: 1
             })
         );
-        // Hello of version 2.
-        assert_eq!(
-            decode_frame(&[0, 0, 0, 3, 1, 0x81, 2]),
-            Err(FrameError::UnsupportedVersion(2))
-        );
+        // Hello of version 1 (its Summary had a different filter) and of version 3.
+        for v in [1, 3] {
+            assert_eq!(
+                decode_frame(&[0, 0, 0, 3, 1, 0x81, v]),
+                Err(FrameError::UnsupportedVersion(u64::from(v)))
+            );
+        }
         assert!(matches!(
             decode_frame(&[0, 0, 0, 2, 10, 0xa0]),
             Err(FrameError::Malformed { .. })

@@ -222,8 +222,8 @@ pub enum Event {
         complete: usize,
         /// Manifests it knows.
         manifests: usize,
-        /// Size of its filter in bytes.
-        filter_bytes: usize,
+        /// Pieces in its filter (as the sender counts them).
+        filter_items: usize,
     },
     /// The peer offered a manifest: verify it, then call [`Session::note_manifest`] on every
     /// session (or [`Session::handle_manifest_rejected`] on this one).
@@ -1468,7 +1468,7 @@ impl Session {
                         node,
                         complete: s.complete.len(),
                         manifests: s.manifests.len(),
-                        filter_bytes: s.filter.bits().len(),
+                        filter_items: s.filter.len(),
                     };
                     x.peer = Some(PeerHoldings::new(*s));
                     self.plan_dirty = true;

@@ -13,39 +13,44 @@
 //! Exact inventories (a false positive only costs one `Refuse{NotHeld}` round trip, after
 //! which the requester marks the piece as not held by that peer), merging filters.
 //!
-//! # Filter construction (normative; see also `node/PROTOCOL.md`)
-//! A filter is `(salt: 16 bytes, k: 1..=16, bits: 0..=2 MiB bytes)`, `m = 8 * len(bits)`
-//! bits. For a piece `(bundle, index)`:
-//! ```text
-//! h  = BLAKE3(salt || bundle_id (32 bytes) || index as u32 big-endian)      // 52-byte input
-//! h1 = u64::from_le_bytes(h[0..8]);  h2 = u64::from_le_bytes(h[8..16])
-//! bit_i = (h1 + i * h2) mod m   for i in 0..k   (wrapping 64-bit arithmetic)
-//! bit j lives in bits[j / 8] under mask 1 << (j % 8)
-//! ```
-//! An empty `bits` contains nothing. The sender sizes it for `n` pieces and a target false
-//! positive rate `p`: `m = ceil(-n ln p / ln² 2)` rounded up to whole bytes (at least 8),
-//! `k = round(m / n · ln 2)` clamped to `1..=16`, and `m` capped at the 2 MiB limit.
+//! # Filter (normative; see also `node/PROTOCOL.md` 3.3.1)
+//! The filter is a `growable-bloom-filter` 2.1 [`GrowableBloom`] (a scalable, partitioned
+//! Bloom filter), serialised with its serde derive through cbor4ii and carried as a byte
+//! string. The inserted item is the 52-byte key `salt (16) || bundle id (32) || index (u32
+//! big-endian)`, hashed as one byte string (no length prefix), so the key hashes the same on
+//! every platform; the 16-byte salt is fresh per session. The sender sizes the filter for the
+//! pieces it inserts (known from its store snapshot), so it has a single stage; a receiver
+//! accepts up to [`MAX_STAGES`].
 //!
-//! # Why not `growable-bloom-filter`
-//! The issue suggested it, and it was measured (see `shared/CRATES.md`): its serialised form
-//! is not a stable or checkable format (a crafted filter deserialised fine and then panicked
-//! in `contains()`; a huge hash count cost 22 ms per lookup), and its stages cannot be
-//! bounded before use. The sending side does not need growth either: the summary is built
-//! from a snapshot whose size is known, and pieces stored afterwards are announced with exact
-//! `Have` frames. So both sides use this fixed, fully specified filter, which a third party
-//! can implement from the paragraph above.
+//! # Hostile filters
+//! The crate's deserialiser accepts values its `contains` then panics on (a stage shorter than
+//! its hash count divides by zero) or spends unbounded time on (a huge hash count), and it has
+//! no bounds of its own. So a received filter is decoded twice from the same bytes: first into
+//! a mirror of the serde layout ([`WireFilter`]) whose stage count, stage sizes, hash counts,
+//! error rate and growth parameters are checked, and only then into the crate's type. A
+//! lookup in an accepted filter costs at most `MAX_STAGES × MAX_HASHES` bit tests.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use growable_bloom_filter::{GrowableBloom, GrowableBloomBuilder};
+use serde::Deserialize;
 
 use mule_bundle::{BundleId, PieceRef};
-use mule_contacts::NodeId;
+use mule_contacts::{NodeId, cbor_decode_exact};
 
 use crate::cbor::{self, CborError, Reader};
 
-/// Largest filter bit array accepted or produced, in bytes (16 Mi bits).
+/// Most filter bit-array bytes accepted or produced, summed over stages (16 Mi bits).
 pub const MAX_FILTER_BYTES: usize = 2 << 20;
-/// Largest hash-function count accepted or produced.
-pub const MAX_HASHES: u8 = 16;
+/// Most bytes of the serialised filter (bit arrays plus the serde framing).
+pub const MAX_FILTER_ENCODED: usize = MAX_FILTER_BYTES + 1024;
+/// Largest hash-function count (slices per stage) accepted or produced.
+pub const MAX_HASHES: u64 = 16;
+/// Most filter stages accepted (the sender produces one).
+pub const MAX_STAGES: usize = 4;
+/// Largest growth factor accepted.
+pub const MAX_GROWTH: u64 = 16;
 /// Most bundle ids in the `complete` and `manifests` lists each.
 pub const MAX_IDS: usize = 16_384;
 /// Most bundle ids in the `want_bundles` list.
@@ -60,12 +65,21 @@ pub const MAX_PREDICTABILITIES: usize = 256;
 /// Why a summary (or its filter) is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SummaryError {
-    /// The filter's bit array exceeds [`MAX_FILTER_BYTES`].
+    /// The filter's bit arrays (or its encoding) exceed [`MAX_FILTER_BYTES`].
     #[error("filter of {0} bytes exceeds the limit of {MAX_FILTER_BYTES}")]
     FilterTooLarge(usize),
-    /// The hash count is 0 or above [`MAX_HASHES`].
-    #[error("filter hash count {0} outside 1..={MAX_HASHES}")]
+    /// A stage's hash count is 0, above [`MAX_HASHES`], or more than its bits.
+    #[error("filter hash count {0} outside 1..={MAX_HASHES} or above the stage's bit count")]
     BadHashCount(u64),
+    /// More than [`MAX_STAGES`] stages.
+    #[error("filter has more than {MAX_STAGES} stages")]
+    TooManyStages,
+    /// Error rate, growth factor or tightening ratio out of range.
+    #[error("filter parameter {0} out of range")]
+    BadParameter(&'static str),
+    /// The serialised filter does not have the expected layout.
+    #[error("filter layout: {0}")]
+    FilterLayout(String),
     /// A predictability is not a finite number in `0..=1`.
     #[error("predictability {0} is not in 0..=1")]
     BadPredictability(f32),
@@ -77,74 +91,182 @@ pub enum SummaryError {
 /// A per-session salt mixed into every filter key.
 pub type Salt = [u8; 16];
 
-/// A fixed-size, salted Bloom filter over pieces, with validated bounds.
-#[derive(Clone, PartialEq, Eq)]
+/// The filter item: `salt || bundle id || index (big-endian)`, hashed as one byte string.
+struct FilterKey([u8; 52]);
+
+impl FilterKey {
+    fn new(salt: &Salt, piece: PieceRef) -> Self {
+        let mut k = [0u8; 52];
+        k[..16].copy_from_slice(salt);
+        k[16..48].copy_from_slice(piece.bundle.as_bytes());
+        k[48..].copy_from_slice(&piece.index.to_be_bytes());
+        FilterKey(k)
+    }
+}
+
+impl Hash for FilterKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // One `write` of the raw bytes: no length prefix, nothing platform-dependent.
+        state.write(&self.0);
+    }
+}
+
+/// Mirror of one `growable-bloom-filter` 2.1 stage's serde layout, for validation.
+#[derive(Deserialize)]
+struct WireStage {
+    #[serde(with = "serde_bytes")]
+    b: Vec<u8>,
+    k: u64,
+}
+
+/// The stage list, refused as soon as it has more than [`MAX_STAGES`] entries.
+struct WireStages(Vec<WireStage>);
+
+impl<'de> Deserialize<'de> for WireStages {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = WireStages;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "at most {MAX_STAGES} filter stages")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<WireStages, A::Error> {
+                let mut v = Vec::new();
+                while let Some(stage) = seq.next_element::<WireStage>()? {
+                    if v.len() == MAX_STAGES {
+                        return Err(serde::de::Error::custom("too many stages"));
+                    }
+                    v.push(stage);
+                }
+                Ok(WireStages(v))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// Mirror of `GrowableBloom`'s serde layout (field names are the crate's).
+#[derive(Deserialize)]
+struct WireFilter {
+    b: WireStages,
+    e: f64,
+    t: u64,
+    i: u64,
+    c: u64,
+    #[serde(default = "default_growth")]
+    g: u64,
+    #[serde(default = "default_tightening")]
+    r: f64,
+}
+
+fn default_growth() -> u64 {
+    2
+}
+
+fn default_tightening() -> f64 {
+    0.851_562_5
+}
+
+impl WireFilter {
+    fn check(&self) -> Result<(), SummaryError> {
+        let mut total = 0usize;
+        for s in &self.b.0 {
+            total = total.saturating_add(s.b.len());
+            if s.k == 0 || s.k > MAX_HASHES || (s.b.len() as u64) * 8 < s.k {
+                return Err(SummaryError::BadHashCount(s.k));
+            }
+        }
+        if total > MAX_FILTER_BYTES {
+            return Err(SummaryError::FilterTooLarge(total));
+        }
+        if !(self.e > 0.0 && self.e < 1.0) {
+            return Err(SummaryError::BadParameter("error rate"));
+        }
+        if !(2..=MAX_GROWTH).contains(&self.g) {
+            return Err(SummaryError::BadParameter("growth factor"));
+        }
+        if !(self.r > 0.0 && self.r <= 1.0) {
+            return Err(SummaryError::BadParameter("tightening ratio"));
+        }
+        // Counts must fit a 32-bit usize (the crate's type) and be consistent.
+        let small = |v: u64| v <= u64::from(u32::MAX);
+        if !(small(self.t) && small(self.i) && small(self.c)) || self.i > self.c {
+            return Err(SummaryError::BadParameter("insertion counts"));
+        }
+        Ok(())
+    }
+}
+
+/// A salted Bloom filter over pieces (`growable-bloom-filter`), with validated bounds.
+#[derive(Clone)]
 pub struct BloomFilter {
     salt: Salt,
-    k: u8,
-    bits: Vec<u8>,
+    inner: GrowableBloom,
+    /// Inserts beyond this are dropped so the filter never grows past one stage.
+    max_items: usize,
+}
+
+impl PartialEq for BloomFilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.salt == other.salt && self.inner == other.inner
+    }
 }
 
 impl std::fmt::Debug for BloomFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BloomFilter(k={}, {} bytes)", self.k, self.bits.len())
+        write!(f, "BloomFilter({} items)", self.inner.len())
     }
-}
-
-/// The two 64-bit halves of a piece's filter key.
-fn key(salt: &Salt, piece: PieceRef) -> (u64, u64) {
-    let mut h = blake3::Hasher::new();
-    h.update(salt);
-    h.update(piece.bundle.as_bytes());
-    h.update(&piece.index.to_be_bytes());
-    let out = h.finalize();
-    let b = out.as_bytes();
-    let mut a1 = [0u8; 8];
-    let mut a2 = [0u8; 8];
-    a1.copy_from_slice(&b[0..8]);
-    a2.copy_from_slice(&b[8..16]);
-    (u64::from_le_bytes(a1), u64::from_le_bytes(a2))
 }
 
 impl BloomFilter {
     /// A filter sized for `items` pieces at false-positive rate `fp_rate` (clamped to
-    /// `1e-9..=0.5`), never larger than [`MAX_FILTER_BYTES`].
+    /// `1e-4..=0.5`). The single stage never exceeds [`MAX_FILTER_BYTES`]: for more items
+    /// the rate rises (down to one hash), and beyond what one hash fits (about 11.6 million
+    /// pieces) further inserts are dropped, so those pieces are only announced by `Have`.
     pub fn for_items(salt: Salt, items: usize, fp_rate: f64) -> Self {
-        if items == 0 {
-            return BloomFilter {
-                salt,
-                k: 1,
-                bits: Vec::new(),
-            };
-        }
-        let p = fp_rate.clamp(1e-9, 0.5);
-        let ln2 = std::f64::consts::LN_2;
-        let m = (-(items as f64) * libm::log(p) / (ln2 * ln2)).ceil();
-        let bytes = ((m / 8.0).ceil() as usize).clamp(8, MAX_FILTER_BYTES);
-        let m = (bytes * 8) as f64;
-        let k = ((m / items as f64) * ln2)
-            .round()
-            .clamp(1.0, MAX_HASHES as f64) as u8;
+        let items = items.max(1);
+        let max_bits = (MAX_FILTER_BYTES * 8) as f64;
+        let slice_bits = (items as f64 / std::f64::consts::LN_2).ceil();
+        // The crate uses k = ceil(log2(1/p)) slices of `slice_bits` bits each.
+        let wanted_k = libm::ceil(libm::log2(1.0 / fp_rate.clamp(1e-4, 0.5)));
+        let k = wanted_k.min(libm::floor(max_bits / slice_bits)).max(1.0);
+        let max_items = if slice_bits > max_bits {
+            (max_bits * std::f64::consts::LN_2) as usize
+        } else {
+            items
+        };
+        let inner = GrowableBloomBuilder::new()
+            .estimated_insertions(max_items)
+            .desired_error_ratio(libm::exp2(-k) * 1.0001)
+            .build();
         BloomFilter {
             salt,
-            k,
-            bits: vec![0; bytes],
+            inner,
+            max_items,
         }
     }
 
-    /// Rebuilds a received filter, checking its bounds first.
-    pub fn from_parts(salt: Salt, k: u64, bits: Vec<u8>) -> Result<Self, SummaryError> {
-        if bits.len() > MAX_FILTER_BYTES {
-            return Err(SummaryError::FilterTooLarge(bits.len()));
+    /// Decodes a received filter's bytes, checking every bound before the filter is built.
+    pub fn decode(salt: Salt, bytes: &[u8]) -> Result<Self, SummaryError> {
+        if bytes.len() > MAX_FILTER_ENCODED {
+            return Err(SummaryError::FilterTooLarge(bytes.len()));
         }
-        if k == 0 || k > MAX_HASHES as u64 {
-            return Err(SummaryError::BadHashCount(k));
-        }
+        let wire: WireFilter = cbor_decode_exact(bytes).map_err(SummaryError::FilterLayout)?;
+        wire.check()?;
+        let inner: GrowableBloom = cbor_decode_exact(bytes).map_err(SummaryError::FilterLayout)?;
         Ok(BloomFilter {
             salt,
-            k: k as u8,
-            bits,
+            max_items: inner.len(),
+            inner,
         })
+    }
+
+    /// The serialised filter, as carried in a summary.
+    pub fn encode(&self) -> Vec<u8> {
+        cbor4ii::serde::to_vec(Vec::new(), &self.inner).expect("a Vec never fails to grow")
     }
 
     /// The salt.
@@ -152,39 +274,26 @@ impl BloomFilter {
         &self.salt
     }
 
-    /// Number of hash functions.
-    pub fn hash_count(&self) -> u8 {
-        self.k
+    /// Pieces inserted.
+    pub fn len(&self) -> usize {
+        self.inner.len()
     }
 
-    /// The bit array.
-    pub fn bits(&self) -> &[u8] {
-        &self.bits
+    /// Whether nothing was inserted.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
     }
 
-    fn positions(&self, piece: PieceRef) -> impl Iterator<Item = usize> + use<> {
-        let m = (self.bits.len() as u64) * 8;
-        let (h1, h2) = key(&self.salt, piece);
-        (0..self.k as u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
-    }
-
-    /// Adds a piece (no effect on an empty filter).
+    /// Adds a piece (dropped once the filter holds what it was sized for).
     pub fn insert(&mut self, piece: PieceRef) {
-        if self.bits.is_empty() {
-            return;
-        }
-        for j in self.positions(piece) {
-            self.bits[j / 8] |= 1 << (j % 8);
+        if self.inner.len() < self.max_items {
+            self.inner.insert(FilterKey::new(&self.salt, piece));
         }
     }
 
     /// Whether the piece may be in the set (never false for an inserted piece).
     pub fn contains(&self, piece: PieceRef) -> bool {
-        if self.bits.is_empty() {
-            return false;
-        }
-        let mut pos = self.positions(piece);
-        pos.all(|j| self.bits[j / 8] & (1 << (j % 8)) != 0)
+        self.inner.contains(FilterKey::new(&self.salt, piece))
     }
 }
 
@@ -228,10 +337,9 @@ fn read_ids(
 impl Summary {
     /// Appends the CBOR body (without frame header).
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        cbor::array(out, 10);
+        cbor::array(out, 9);
         cbor::bytes(out, &self.filter.salt);
-        cbor::uint(out, self.filter.k as u64);
-        cbor::bytes(out, &self.filter.bits);
+        cbor::bytes(out, &self.filter.encode());
         ids(out, &self.complete);
         ids(out, &self.manifests);
         cbor::array(out, self.channels.len());
@@ -254,15 +362,10 @@ impl Summary {
 
     /// Parses and validates a CBOR body (the frame layer checks trailing bytes).
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, SummaryError> {
-        r.array_exact("summary", 10)?;
+        r.array_exact("summary", 9)?;
         let salt = r.fixed::<16>("salt")?;
-        let k = r.uint("hash count", u64::MAX)?;
-        let bits = r.bytes("filter bits", usize::MAX)?;
-        // Check the bounds before copying the bits anywhere.
-        if bits.len() > MAX_FILTER_BYTES {
-            return Err(SummaryError::FilterTooLarge(bits.len()));
-        }
-        let filter = BloomFilter::from_parts(salt, k, bits.to_vec())?;
+        let bytes = r.bytes("filter", usize::MAX)?;
+        let filter = BloomFilter::decode(salt, bytes)?;
         let complete = read_ids(r, "complete", MAX_IDS)?;
         let manifests = read_ids(r, "manifests", MAX_IDS)?;
         let n = r.array("channels", MAX_CHANNELS)?;
@@ -405,6 +508,7 @@ impl PeerHoldings {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde::Serialize;
 
     fn piece(b: u8, i: u32) -> PieceRef {
         PieceRef {
@@ -451,40 +555,247 @@ mod tests {
         }
         let fp = (0..20_000u32).filter(|&i| f.contains(piece(2, i))).count();
         assert!(fp < 20_000 / 50, "false positives {fp} of 20000");
-        assert!(f.bits().len() < 13_000, "filter {} bytes", f.bits().len());
+        assert!(
+            f.encode().len() < 13_000,
+            "filter {} bytes",
+            f.encode().len()
+        );
+    }
+
+    #[test]
+    fn oversized_item_counts_stay_within_the_limit() {
+        // Far more pieces than a 2 MiB stage holds at 1 %: fewer hashes, one stage, and
+        // inserts beyond what one hash fits are dropped rather than growing the filter.
+        let f = BloomFilter::for_items([1; 16], 5_000_000, 0.01);
+        let mut g = BloomFilter::for_items([1; 16], 20_000_000, 0.01);
+        for i in 0..20_000_000u32 {
+            g.insert(piece(1, i));
+        }
+        for f in [&f, &g] {
+            let bytes = f.encode();
+            assert!(bytes.len() <= MAX_FILTER_ENCODED, "{} bytes", bytes.len());
+            assert!(BloomFilter::decode([1; 16], &bytes).is_ok());
+        }
+        assert!(g.len() < 20_000_000 && g.contains(piece(1, 0)));
+    }
+
+    /// PROTOCOL.md 3.3.1, written out independently of the crate: h1, h2 and the bits set.
+    fn documented_hashes(salt: &Salt, p: PieceRef) -> (u64, u64) {
+        use xxhash_rust::xxh3::xxh3_64;
+        let mut key = Vec::with_capacity(53);
+        key.extend_from_slice(salt);
+        key.extend_from_slice(p.bundle.as_bytes());
+        key.extend_from_slice(&p.index.to_be_bytes());
+        let h1 = xxh3_64(&key);
+        key.push(0);
+        (h1, xxh3_64(&key).max(1))
+    }
+
+    fn documented_bits(salt: &Salt, p: PieceRef, stage_bytes: usize, k: u64) -> Vec<u64> {
+        let (mut h1, mut h2) = documented_hashes(salt, p);
+        let slice = stage_bytes as u64 * 8 / k;
+        (0..k)
+            .map(|i| {
+                let bit = h1 % slice + i * slice;
+                h1 = h1.wrapping_add(h2);
+                h2 = h2.wrapping_add(i);
+                bit
+            })
+            .collect()
+    }
+
+    #[derive(Serialize)]
+    struct HostileStage {
+        #[serde(with = "serde_bytes")]
+        b: Vec<u8>,
+        k: u64,
+    }
+
+    #[derive(Serialize)]
+    struct HostileFilter {
+        b: Vec<HostileStage>,
+        e: f64,
+        t: u64,
+        i: u64,
+        c: u64,
+        g: u64,
+        r: f64,
+    }
+
+    impl HostileFilter {
+        fn one(bytes: usize, k: u64) -> Self {
+            HostileFilter {
+                b: vec![HostileStage {
+                    b: vec![0; bytes],
+                    k,
+                }],
+                e: 0.01,
+                t: 10,
+                i: 1,
+                c: 10,
+                g: 2,
+                r: 0.85,
+            }
+        }
+        fn bytes(&self) -> Vec<u8> {
+            cbor4ii::serde::to_vec(Vec::new(), self).unwrap()
+        }
+    }
+
+    #[test]
+    fn the_documented_construction_matches_the_crate() {
+        // For random pieces and three filter geometries, a one-piece filter built by the
+        // crate has exactly the bits the written-out construction predicts.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for n in [1usize, 10, 1000] {
+            let salt = [n as u8; 16];
+            for _ in 0..200 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let p = piece((x >> 8) as u8, x as u32);
+                let mut one = BloomFilter::for_items(salt, n, 0.01);
+                one.insert(p);
+                let w: WireFilter = cbor_decode_exact(&one.encode()).unwrap();
+                assert_eq!(w.b.0.len(), 1);
+                let stage = &w.b.0[0];
+                let set: Vec<u64> = (0..stage.b.len() as u64 * 8)
+                    .filter(|&j| stage.b[(j / 8) as usize] & (1 << (j % 8)) != 0)
+                    .collect();
+                let mut want = documented_bits(&salt, p, stage.b.len(), stage.k);
+                want.sort_unstable();
+                want.dedup();
+                assert_eq!(set, want);
+            }
+        }
     }
 
     #[test]
     fn test_vector_for_protocol_md() {
-        // salt = 16 × 0x00, bundle = 32 × 0x01, index = 7, bits = 8 bytes (m = 64), k = 3.
+        // salt = 16 × 0x00, bundle = 32 × 0x01, index = 7, filter sized for 10 pieces at 1 %.
         let p = piece(1, 7);
-        let (h1, h2) = key(&[0; 16], p);
-        let f = BloomFilter::from_parts([0; 16], 3, vec![0; 8]).unwrap();
-        let bits: Vec<usize> = f.positions(p).collect();
-        let mut g = f.clone();
-        g.insert(p);
-        assert_eq!((h1, h2), (0xd998_34cb_6970_2f9f, 0xad02_2804_ee0e_70cb));
-        assert_eq!(bits, [31, 42, 53]);
-        assert_eq!(g.bits(), [0, 0, 0, 0x80, 0, 0x04, 0x20, 0]);
+        let mut f = BloomFilter::for_items([0; 16], 10, 0.01);
+        f.insert(p);
+        let w: WireFilter = cbor_decode_exact(&f.encode()).unwrap();
+        assert_eq!((w.b.0.len(), w.b.0[0].b.len(), w.b.0[0].k), (1, 14, 7));
+        assert_eq!(
+            documented_hashes(&[0; 16], p),
+            (0xaa80_993d_8650_9ce4, 0x7f0a_ee74_3d09_389f)
+        );
+        assert_eq!(documented_bits(&[0; 16], p, 14, 7), TEST_VECTOR_BITS);
+        assert_eq!(hex(&w.b.0[0].b), TEST_VECTOR_STAGE);
+    }
+
+    const TEST_VECTOR_BITS: [u64; 7] = [4, 19, 34, 50, 68, 89, 98];
+    const TEST_VECTOR_STAGE: &str = "1000080004000400100000020400";
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     #[test]
     fn hostile_filters_are_rejected_before_use() {
+        let dec = |h: &HostileFilter| BloomFilter::decode([0; 16], &h.bytes());
+        assert!(dec(&HostileFilter::one(8, 3)).is_ok());
         assert_eq!(
-            BloomFilter::from_parts([0; 16], 0, vec![0; 8]),
+            dec(&HostileFilter::one(8, 0)),
             Err(SummaryError::BadHashCount(0))
         );
         assert_eq!(
-            BloomFilter::from_parts([0; 16], 1 << 40, vec![0; 8]),
+            dec(&HostileFilter::one(8, 1 << 40)),
             Err(SummaryError::BadHashCount(1 << 40))
         );
+        // A stage with fewer bits than hashes: the crate divides by zero in `contains`.
+        let short = HostileFilter::one(1, 9);
+        assert_eq!(dec(&short), Err(SummaryError::BadHashCount(9)));
+        let raw: GrowableBloom = cbor_decode_exact(&short.bytes()).unwrap();
+        let crashed =
+            std::panic::catch_unwind(|| raw.contains(FilterKey::new(&[0; 16], piece(1, 1))));
+        assert!(
+            crashed.is_err(),
+            "the crate no longer panics: the check may be relaxed"
+        );
+        let mut many = HostileFilter::one(8, 3);
+        many.b = (0..MAX_STAGES + 1)
+            .map(|_| HostileStage {
+                b: vec![0; 8],
+                k: 3,
+            })
+            .collect();
+        assert!(matches!(dec(&many), Err(SummaryError::FilterLayout(_))));
+        let mut big = HostileFilter::one(MAX_FILTER_BYTES / 2 + 8, 3);
+        big.b.push(HostileStage {
+            b: vec![0; MAX_FILTER_BYTES / 2],
+            k: 3,
+        });
+        assert!(matches!(dec(&big), Err(SummaryError::FilterTooLarge(_))));
+        for (field, h) in [
+            (
+                "error rate",
+                HostileFilter {
+                    e: f64::NAN,
+                    ..HostileFilter::one(8, 3)
+                },
+            ),
+            (
+                "error rate",
+                HostileFilter {
+                    e: 1.0,
+                    ..HostileFilter::one(8, 3)
+                },
+            ),
+            (
+                "growth factor",
+                HostileFilter {
+                    g: 1,
+                    ..HostileFilter::one(8, 3)
+                },
+            ),
+            (
+                "growth factor",
+                HostileFilter {
+                    g: 1 << 40,
+                    ..HostileFilter::one(8, 3)
+                },
+            ),
+            (
+                "tightening ratio",
+                HostileFilter {
+                    r: 0.0,
+                    ..HostileFilter::one(8, 3)
+                },
+            ),
+            (
+                "insertion counts",
+                HostileFilter {
+                    i: 11,
+                    ..HostileFilter::one(8, 3)
+                },
+            ),
+            (
+                "insertion counts",
+                HostileFilter {
+                    t: 1 << 40,
+                    ..HostileFilter::one(8, 3)
+                },
+            ),
+        ] {
+            assert_eq!(dec(&h), Err(SummaryError::BadParameter(field)));
+        }
+        let mut trailing = HostileFilter::one(8, 3).bytes();
+        trailing.push(0);
         assert!(matches!(
-            BloomFilter::from_parts([0; 16], 3, vec![0; MAX_FILTER_BYTES + 1]),
-            Err(SummaryError::FilterTooLarge(_))
+            BloomFilter::decode([0; 16], &trailing),
+            Err(SummaryError::FilterLayout(_))
+        ));
+        assert!(matches!(
+            BloomFilter::decode([0; 16], &[0xff; 40]),
+            Err(SummaryError::FilterLayout(_))
         ));
         // Odd sizes and an all-ones filter are fine and cannot panic.
-        let f = BloomFilter::from_parts([0; 16], 16, vec![0xff; 3]).unwrap();
-        assert!(f.contains(piece(1, 1)));
+        let mut ones = HostileFilter::one(3, 16);
+        ones.b[0].b = vec![0xff; 3];
+        assert!(dec(&ones).unwrap().contains(piece(1, 1)));
     }
 
     #[test]
@@ -548,7 +859,7 @@ mod tests {
                 f.insert(*p);
             }
             // Survives the wire too.
-            let g = BloomFilter::from_parts(salt, f.hash_count() as u64, f.bits().to_vec()).unwrap();
+            let g = BloomFilter::decode(salt, &f.encode()).unwrap();
             for p in &pieces {
                 prop_assert!(f.contains(*p));
                 prop_assert!(g.contains(*p));
