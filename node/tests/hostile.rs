@@ -612,36 +612,56 @@ async fn hand_written_handshake_then_bad_summaries() {
         m.extend_from_slice(verifier);
         m
     };
-    // Summary bodies, hand-encoded: [salt, k, bits, complete, manifests, channels,
-    // want_bundles, predictabilities, carry_quota_bytes, expected_contact_ms].
-    let summary = |k: &[u8], bits: &[u8]| {
-        let mut body = vec![0x8a, 0x50];
+    // Summary bodies, hand-encoded: [salt, filter, complete, manifests, channels,
+    // want_bundles, predictabilities, carry_quota_bytes, expected_contact_ms], the filter
+    // being the documented map {"b": [{"b": bits, "k": k}], "e": 0.01, "t": 10, "i": 0,
+    // "c": 10} followed by `tail` inside its byte string.
+    let summary = |k: &[u8], bits: &[u8], tail: &[u8]| {
+        let mut filter = vec![0xa5, 0x61, b'b', 0x81, 0xa2, 0x61, b'b'];
+        filter.push(0x40 + bits.len() as u8);
+        filter.extend_from_slice(bits);
+        filter.extend_from_slice(&[0x61, b'k']);
+        filter.extend_from_slice(k);
+        filter.extend_from_slice(&[0x61, b'e', 0xfb]);
+        filter.extend_from_slice(&0.01f64.to_be_bytes());
+        filter.extend_from_slice(&[0x61, b't', 0x0a, 0x61, b'i', 0x00, 0x61, b'c', 0x0a]);
+        filter.extend_from_slice(tail);
+        let mut body = vec![0x89, 0x50];
         body.extend_from_slice(&[9; 16]);
-        body.extend_from_slice(k);
-        body.push(0x40 + bits.len() as u8);
-        body.extend_from_slice(bits);
+        body.extend_from_slice(&[0x58, filter.len() as u8]);
+        body.extend_from_slice(&filter);
         body.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 0xf6]);
         let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
         frame.push(MessageType::Summary as u8);
         frame.extend_from_slice(&body);
         frame
     };
-    let cases: [(&str, Vec<u8>, Option<ByeCode>); 4] = [
-        ("a valid summary", summary(&[0x03], &[0; 8]), None),
+    let cases: [(&str, Vec<u8>, Option<ByeCode>); 6] = [
+        ("a valid summary", summary(&[0x03], &[0; 8], &[]), None),
         (
             "k = 17",
-            summary(&[0x11], &[0; 8]),
+            summary(&[0x11], &[0; 8], &[]),
             Some(ByeCode::BadSummary),
         ),
         (
             "k = 0",
-            summary(&[0x00], &[0; 8]),
+            summary(&[0x00], &[0; 8], &[]),
             Some(ByeCode::BadSummary),
         ),
         (
-            "k in a non-shortest form",
-            summary(&[0x18, 0x03], &[0; 8]),
-            Some(ByeCode::MalformedFrame),
+            "a stage with fewer bits than hashes",
+            summary(&[0x09], &[0; 1], &[]),
+            Some(ByeCode::BadSummary),
+        ),
+        (
+            "bytes after the filter map",
+            summary(&[0x03], &[0; 8], &[0x00]),
+            Some(ByeCode::BadSummary),
+        ),
+        (
+            "k as a text string",
+            summary(&[0x61, b'3'], &[0; 8], &[]),
+            Some(ByeCode::BadSummary),
         ),
     ];
     for (what, frame, expect) in cases {
