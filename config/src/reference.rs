@@ -79,6 +79,16 @@ pub const KEYS: &[KeyDoc] = &[
         "Slowest beacon interval, after a while alone (saves energy).",
     ),
     key(
+        "discovery.after_loss_ms",
+        "integer, milliseconds",
+        "After a neighbour goes silent, beacon every `after_loss_interval_ms` for this long, then twice as slowly each such period until the usual interval; 0 turns it off.",
+    ),
+    key(
+        "discovery.after_loss_interval_ms",
+        "integer, milliseconds",
+        "Beacon interval right after a neighbour went silent (finds a resumed contact quickly).",
+    ),
+    key(
         "discovery.peer_silence_ms",
         "integer, milliseconds",
         "A neighbour silent this long is reported down; at least twice `beacon_interval_ms` (three times is recommended).",

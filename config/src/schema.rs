@@ -78,6 +78,14 @@ pub struct Discovery {
     /// Slowest beacon interval, used after a while alone (saves energy on
     /// battery gateways), in milliseconds.
     pub beacon_interval_max_ms: u64,
+    /// After a neighbour goes silent, beacon every `after_loss_interval_ms`
+    /// for this long, then twice as slowly every such period until the usual
+    /// interval is reached, in milliseconds; 0 turns it off. A contact that
+    /// broke off without an interface event (out of range) often resumes,
+    /// and only a beacon can tell either side that it did.
+    pub after_loss_ms: u64,
+    /// Beacon interval right after a neighbour went silent, in milliseconds.
+    pub after_loss_interval_ms: u64,
     /// A neighbour not heard from for this long is reported down
     /// (`PeerDown`), in milliseconds. mDNS never ends a contact (its records
     /// live 120 s); beacons and session keep-alives do.
@@ -112,6 +120,8 @@ impl Default for Discovery {
             beacon_interval_ms: 1000,
             beacon_interval_min_ms: 250,
             beacon_interval_max_ms: 2000,
+            after_loss_ms: 20_000,
+            after_loss_interval_ms: 100,
             peer_silence_ms: 3000,
             bluetooth_silence_ms: 10_000,
             beacon_port: 47700,
@@ -138,6 +148,16 @@ impl Discovery {
     /// `beacon_interval_max_ms` as a duration.
     pub fn beacon_interval_max(&self) -> Duration {
         Duration::from_millis(self.beacon_interval_max_ms)
+    }
+
+    /// `after_loss_ms` as a duration.
+    pub fn after_loss(&self) -> Duration {
+        Duration::from_millis(self.after_loss_ms)
+    }
+
+    /// `after_loss_interval_ms` as a duration.
+    pub fn after_loss_interval(&self) -> Duration {
+        Duration::from_millis(self.after_loss_interval_ms)
     }
 
     /// `peer_silence_ms` as a duration.

@@ -20,6 +20,8 @@ pub const PIECE_SIZE_MAX: u64 = 4 * 1024 * 1024;
 pub const BEACON_INTERVAL_FLOOR_MS: u64 = 50;
 /// Slowest allowed beacon interval, in milliseconds (10 minutes).
 pub const BEACON_INTERVAL_CEILING_MS: u64 = 600_000;
+/// Longest accepted `discovery.after_loss_ms` (one hour).
+pub const AFTER_LOSS_CEILING_MS: u64 = 3_600_000;
 /// Shortest allowed `discovery.bluetooth_silence_ms`, in milliseconds.
 pub const SILENCE_FLOOR_MS: u64 = 100;
 /// Longest allowed `discovery.peer_silence_ms` and `discovery.bluetooth_silence_ms` (1 hour).
@@ -121,6 +123,7 @@ fn check_discovery(c: &Config) -> Result<(), Problem> {
         ("discovery.beacon_interval_min_ms", d.beacon_interval_min_ms),
         ("discovery.beacon_interval_ms", d.beacon_interval_ms),
         ("discovery.beacon_interval_max_ms", d.beacon_interval_max_ms),
+        ("discovery.after_loss_interval_ms", d.after_loss_interval_ms),
     ] {
         if !(BEACON_INTERVAL_FLOOR_MS..=BEACON_INTERVAL_CEILING_MS).contains(&value) {
             return Err(problem(
@@ -148,6 +151,15 @@ fn check_discovery(c: &Config) -> Result<(), Problem> {
             format!(
                 "{} ms is smaller than discovery.beacon_interval_ms ({} ms); the maximum must not be below it",
                 d.beacon_interval_max_ms, d.beacon_interval_ms
+            ),
+        ));
+    }
+    if d.after_loss_ms > AFTER_LOSS_CEILING_MS {
+        return Err(problem(
+            path("discovery.after_loss_ms"),
+            format!(
+                "{} ms is longer than the allowed {AFTER_LOSS_CEILING_MS} ms (0 turns it off)",
+                d.after_loss_ms
             ),
         ));
     }

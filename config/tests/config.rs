@@ -91,7 +91,7 @@ fn unknown_keys_are_rejected_with_line_and_key() {
         error("[discovery]\nbeacon_interval_ms = 1000\nbeacon_intervall = 5\n"),
         "test.toml:3:1: discovery.beacon_intervall: unknown key `beacon_intervall`, expected one of \
          `interfaces`, `beacons`, `beacon_interval_ms`, `beacon_interval_min_ms`, `beacon_interval_max_ms`, \
-         `peer_silence_ms`, `bluetooth_silence_ms`, `beacon_port`, `ipv4_group`, `ipv6`, `mdns`, `bluetooth`, `bluetooth_adapter`"
+         `after_loss_ms`, `after_loss_interval_ms`, `peer_silence_ms`, `bluetooth_silence_ms`, `beacon_port`, `ipv4_group`, `ipv6`, `mdns`, `bluetooth`, `bluetooth_adapter`"
     );
     let e = error("# a comment\n\n[storage]\nquota_bytes = 1\n");
     assert!(
@@ -201,6 +201,14 @@ fn impossible_values_are_rejected_with_line_and_key() {
         error("[discovery]\nbeacon_interval_min_ms = 2000\n"),
         "test.toml:2:1: discovery.beacon_interval_min_ms: 2000 ms is larger than discovery.beacon_interval_ms \
          (1000 ms); the minimum must not exceed it"
+    );
+    assert_eq!(
+        error("[discovery]\nafter_loss_ms = 7200000\n"),
+        "test.toml:2:1: discovery.after_loss_ms: 7200000 ms is longer than the allowed 3600000 ms (0 turns it off)"
+    );
+    assert_eq!(
+        error("[discovery]\nafter_loss_interval_ms = 10\n"),
+        "test.toml:2:1: discovery.after_loss_interval_ms: 10 ms is outside the allowed range 50..=600000 ms"
     );
     assert_eq!(
         error("[discovery]\npeer_silence_ms = 1500\n"),

@@ -507,6 +507,13 @@ pub struct IntervalConfig {
     pub keepalive: Duration,
     /// Cap when alone.
     pub max: Duration,
+    /// After a neighbour is lost the gap is capped at `after_loss_gap` for this long, then the
+    /// cap doubles once per such period until the usual cap is lower (zero: off). A contact
+    /// that broke off silently (out of range, no interface event) often resumes within
+    /// seconds, and only a beacon can tell either side that it did.
+    pub after_loss: Duration,
+    /// The gap right after a neighbour is lost.
+    pub after_loss_gap: Duration,
 }
 
 impl Default for IntervalConfig {
@@ -517,15 +524,20 @@ impl Default for IntervalConfig {
             // the default 3 s silence, and a node stays under 200 bytes/s on the wire.
             keepalive: Duration::from_millis(1100),
             max: Duration::from_secs(2),
+            // 20 s at 10 beacons/s, then 5/s, 2.5/s, 1.25/s, 0.6/s for 20 s each: about 400
+            // beacons (75 kB) per lost contact, for a resumed contact found within ~0.1 s.
+            after_loss: Duration::from_secs(20),
+            after_loss_gap: Duration::from_millis(100),
         }
     }
 }
 
-/// The adaptive beacon interval (see the module docs). Pure: jitter is an input.
+/// The adaptive beacon interval (see the module docs). Pure: time and jitter are inputs.
 #[derive(Clone, Debug)]
 pub struct AdaptiveInterval {
     cfg: IntervalConfig,
     current: Duration,
+    lost_at: Option<Instant>,
 }
 
 impl AdaptiveInterval {
@@ -536,10 +548,13 @@ impl AdaptiveInterval {
             min,
             keepalive: cfg.keepalive.clamp(min, cfg.max.max(min)),
             max: cfg.max.max(min),
+            after_loss: cfg.after_loss,
+            after_loss_gap: cfg.after_loss_gap.max(Duration::from_millis(10)),
         };
         AdaptiveInterval {
             cfg,
             current: cfg.min,
+            lost_at: None,
         }
     }
 
@@ -548,14 +563,37 @@ impl AdaptiveInterval {
         self.current = self.cfg.min;
     }
 
-    /// The gap until the next beacon, given how many neighbours there are and a jitter
-    /// in [-1, 1]; advances the state (each gap doubles up to the cap).
-    pub fn next_gap(&mut self, neighbours: usize, jitter: f64) -> Duration {
-        let cap = if neighbours > 0 {
+    /// A neighbour went silent at `now`: go fast, and stay fast for a while (see
+    /// [`IntervalConfig::after_loss`]).
+    pub fn on_lost(&mut self, now: Instant) {
+        self.on_change();
+        if !self.cfg.after_loss.is_zero() {
+            self.lost_at = Some(now);
+            self.current = self.current.min(self.cfg.after_loss_gap);
+        }
+    }
+
+    /// The gap until the next beacon, given the time, how many neighbours there are and a
+    /// jitter in [-1, 1]; advances the state (each gap doubles up to the cap).
+    pub fn next_gap(&mut self, now: Instant, neighbours: usize, jitter: f64) -> Duration {
+        let mut cap = if neighbours > 0 {
             self.cfg.keepalive
         } else {
             self.cfg.max
         };
+        if let Some(t) = self.lost_at {
+            let periods =
+                now.saturating_duration_since(t).as_nanos() / self.cfg.after_loss.as_nanos();
+            let after_loss = self
+                .cfg
+                .after_loss_gap
+                .saturating_mul(1u32 << periods.min(16) as u32);
+            if after_loss < cap {
+                cap = after_loss;
+            } else {
+                self.lost_at = None;
+            }
+        }
         let base = self.current.min(cap);
         self.current = (base * 2).min(cap);
         let j = jitter.clamp(-1.0, 1.0) * 0.1;
@@ -721,8 +759,9 @@ mod tests {
     #[test]
     fn interval_backs_off_and_resets() {
         let cfg = IntervalConfig::default();
+        let now = Instant::now();
         let mut iv = AdaptiveInterval::new(cfg);
-        let gaps: Vec<_> = (0..5).map(|_| iv.next_gap(1, 0.0)).collect();
+        let gaps: Vec<_> = (0..5).map(|_| iv.next_gap(now, 1, 0.0)).collect();
         assert_eq!(gaps[0], Duration::from_millis(250));
         assert_eq!(gaps[1], Duration::from_millis(500));
         assert_eq!(gaps[2], Duration::from_secs(1));
@@ -731,13 +770,77 @@ mod tests {
             Duration::from_millis(1100),
             "keepalive cap with neighbours"
         );
-        assert_eq!(iv.next_gap(0, 0.0), Duration::from_millis(1100));
-        assert_eq!(iv.next_gap(0, 0.0), Duration::from_secs(2), "slower alone");
+        assert_eq!(iv.next_gap(now, 0, 0.0), Duration::from_millis(1100));
+        assert_eq!(
+            iv.next_gap(now, 0, 0.0),
+            Duration::from_secs(2),
+            "slower alone"
+        );
         iv.on_change();
-        assert_eq!(iv.next_gap(0, 1.0), Duration::from_millis(275));
+        assert_eq!(iv.next_gap(now, 0, 1.0), Duration::from_millis(275));
         for _ in 0..100 {
-            let g = iv.next_gap(0, -1.0);
+            let g = iv.next_gap(now, 0, -1.0);
             assert!(g >= cfg.min.mul_f64(0.9) && g <= cfg.max);
         }
+    }
+
+    #[test]
+    fn interval_stays_fast_after_a_loss_then_relaxes() {
+        let cfg = IntervalConfig::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut iv = AdaptiveInterval::new(cfg);
+        for _ in 0..10 {
+            iv.next_gap(t0, 0, 0.0);
+        }
+        assert_eq!(iv.next_gap(t0, 0, 0.0), Duration::from_secs(2));
+        iv.on_lost(t0);
+        // Alone after the loss: 100 ms for 20 s, then 200 ms for 20 s, then 400 ms ...
+        let ms = Duration::from_millis;
+        for s in [0, 10, 19] {
+            assert_eq!(iv.next_gap(at(s), 0, 0.0), ms(100), "at {s} s");
+        }
+        // Each step takes effect from the gap after the one in progress.
+        for (s, gap) in [
+            (21, 100),
+            (22, 200),
+            (41, 200),
+            (42, 400),
+            (61, 400),
+            (62, 800),
+            (81, 800),
+            (82, 1600),
+            (101, 1600), // the loss cap reached the usual cap: the loss is forgotten
+            (102, 2000),
+            (300, 2000),
+        ] {
+            assert_eq!(iv.next_gap(at(s), 0, 0.0), ms(gap), "at {s} s");
+        }
+        // With neighbours present, the keep-alive cap applies once the loss cap exceeds it.
+        iv.on_lost(at(400));
+        for (s, gap) in [
+            (400, 100),
+            (421, 100),
+            (422, 200),
+            (441, 200),
+            (442, 400),
+            (461, 400),
+            (462, 800),
+            (481, 800),
+            (482, 1100),
+        ] {
+            assert_eq!(iv.next_gap(at(s), 2, 0.0), ms(gap), "at {s} s");
+        }
+        // Zero turns it off.
+        let mut off = AdaptiveInterval::new(IntervalConfig {
+            after_loss: Duration::ZERO,
+            ..cfg
+        });
+        for _ in 0..10 {
+            off.next_gap(t0, 0, 0.0);
+        }
+        off.on_lost(t0);
+        let gaps: Vec<_> = (0..4).map(|i| off.next_gap(at(i), 0, 0.0)).collect();
+        assert_eq!(gaps[3], Duration::from_secs(2));
     }
 }

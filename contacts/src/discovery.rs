@@ -35,6 +35,10 @@
 //!   after a change) each beacon goes out on both IPv4 and IPv6; in steady state the
 //!   families alternate (each interface still gets one beacon per interval), which halves
 //!   idle traffic.
+//! - After a neighbour goes silent (`PeerDown`) the gap stays at 100 ms for
+//!   [`IntervalConfig::after_loss`] (20 s), then relaxes by doubling every 20 s: a contact
+//!   that broke off without an interface event (out of radio range, a silently detached link)
+//!   often resumes, and nothing but a beacon can tell either side that it did.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -549,6 +553,7 @@ impl Driver {
                 Event::PeerDown { node } => {
                     tracing::info!(peer = %node.short(), "peer down");
                     self.changed(Instant::now());
+                    self.interval.on_lost(Instant::now().into_std());
                 }
                 Event::PeerChanged { .. } => {}
             }
@@ -603,7 +608,7 @@ impl Driver {
             self.last_reply = Some(now);
         }
         let j = self.jitter();
-        let gap = self.interval.next_gap(self.table.len(), j);
+        let gap = self.interval.next_gap(now.into_std(), self.table.len(), j);
         self.next_beacon = now + gap;
     }
 

@@ -22,6 +22,8 @@
 //! - (root) **A→B→C hop**: 2 MB, from the B–C link up to C complete, median of 3.
 //!
 //! Without root the netns parts print `SKIPPED` and the loopback part still runs.
+//! `MULE_BENCH_ONLY=silent,carrier` (any of `loopback`, `silent`, `carrier`, `hop`) runs only
+//! those parts.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -41,11 +43,21 @@ fn main() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let publisher = Publisher::new();
     println!("mule transfer benchmark (binary: {})", common::mule_bin());
-    loopback(&publisher, tmp.path());
+    let only = std::env::var("MULE_BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    if run("loopback") {
+        loopback(&publisher, tmp.path());
+    }
     if common::require_root("transfer bench: netns parts") {
-        contacts(&publisher, tmp.path(), Cut::Silent);
-        contacts(&publisher, tmp.path(), Cut::Carrier);
-        hop(&publisher, tmp.path());
+        if run("silent") {
+            contacts(&publisher, tmp.path(), Cut::Silent);
+        }
+        if run("carrier") {
+            contacts(&publisher, tmp.path(), Cut::Carrier);
+        }
+        if run("hop") {
+            hop(&publisher, tmp.path());
+        }
     }
 }
 

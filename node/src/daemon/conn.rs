@@ -165,6 +165,8 @@ pub async fn start_discovery(
     dc.interval.min = d.beacon_interval_min();
     dc.interval.keepalive = d.beacon_interval();
     dc.interval.max = d.beacon_interval_max();
+    dc.interval.after_loss = d.after_loss();
+    dc.interval.after_loss_gap = d.after_loss_interval();
     dc.table.silence = d.peer_silence();
     dc.table.ble_silence = d.bluetooth_silence();
     let (_tx, holdings) = tokio::sync::watch::channel(Default::default());
