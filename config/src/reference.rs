@@ -81,7 +81,7 @@ pub const KEYS: &[KeyDoc] = &[
     key(
         "discovery.after_loss_ms",
         "integer, milliseconds",
-        "After a neighbour goes silent, beacon every `after_loss_interval_ms` for this long, then twice as slowly each such period until the usual interval; 0 turns it off.",
+        "After a neighbour goes silent, beacon every `after_loss_interval_ms` for this long, then twice as slowly each such period until the usual interval or until a neighbour appears; 0 turns it off.",
     ),
     key(
         "discovery.after_loss_interval_ms",

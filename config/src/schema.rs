@@ -80,7 +80,8 @@ pub struct Discovery {
     pub beacon_interval_max_ms: u64,
     /// After a neighbour goes silent, beacon every `after_loss_interval_ms`
     /// for this long, then twice as slowly every such period until the usual
-    /// interval is reached, in milliseconds; 0 turns it off. A contact that
+    /// interval is reached or a neighbour appears, in milliseconds; 0 turns
+    /// it off. A contact that
     /// broke off without an interface event (out of range) often resumes,
     /// and only a beacon can tell either side that it did.
     pub after_loss_ms: u64,

@@ -573,6 +573,12 @@ impl AdaptiveInterval {
         }
     }
 
+    /// A neighbour appeared (or came back): the usual intervals apply again.
+    pub fn on_found(&mut self) {
+        self.lost_at = None;
+        self.on_change();
+    }
+
     /// The gap until the next beacon, given the time, how many neighbours there are and a
     /// jitter in [-1, 1]; advances the state (each gap doubles up to the cap).
     pub fn next_gap(&mut self, now: Instant, neighbours: usize, jitter: f64) -> Duration {
@@ -816,6 +822,12 @@ mod tests {
         ] {
             assert_eq!(iv.next_gap(at(s), 0, 0.0), ms(gap), "at {s} s");
         }
+        // A neighbour coming back ends the fast phase at once.
+        iv.on_lost(at(300));
+        assert_eq!(iv.next_gap(at(300), 0, 0.0), ms(100));
+        iv.on_found();
+        let gaps: Vec<_> = (0..5).map(|_| iv.next_gap(at(301), 1, 0.0)).collect();
+        assert_eq!(gaps, [ms(250), ms(500), ms(1000), ms(1100), ms(1100)]);
         // With neighbours present, the keep-alive cap applies once the loss cap exceeds it.
         iv.on_lost(at(400));
         for (s, gap) in [

@@ -36,9 +36,10 @@
 //!   families alternate (each interface still gets one beacon per interval), which halves
 //!   idle traffic.
 //! - After a neighbour goes silent (`PeerDown`) the gap stays at 100 ms for
-//!   [`IntervalConfig::after_loss`] (20 s), then relaxes by doubling every 20 s: a contact
-//!   that broke off without an interface event (out of radio range, a silently detached link)
-//!   often resumes, and nothing but a beacon can tell either side that it did.
+//!   [`IntervalConfig::after_loss`] (20 s), then relaxes by doubling every 20 s, until a
+//!   neighbour appears: a contact that broke off without an interface event (out of radio
+//!   range, a silently detached link) often resumes, and nothing but a beacon can tell
+//!   either side that it did.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -548,6 +549,7 @@ impl Driver {
                     self.met.retain(|m| m != node);
                     self.met.push_front(*node);
                     self.met.truncate(MAX_MET);
+                    self.interval.on_found();
                     self.changed(Instant::now());
                 }
                 Event::PeerDown { node } => {

@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p mule --bench transfer` prints:
 //! - **loopback throughput** (MB/s): 200 MB bundle, publisher and subscriber on 127.0.0.1,
-//!   median of 3 runs (a fresh subscriber each time). Clock: from the first 10 ms status poll
+//!   median of 3 runs (a fresh subscriber each time, after a `sync`). Clock: from the first 10 ms status poll
 //!   that shows the subscriber's session open to the first that shows every piece stored;
 //!   both ends are quantised to 10 ms.
 //! - **peak RSS** of the receiving daemon (`VmHWM`) for a 20 MB and the 200 MB bundle.
@@ -149,6 +149,9 @@ fn loopback(publisher: &Publisher, tmp: &std::path::Path) {
         let mut rates = Vec::new();
         let mut rss = Vec::new();
         for run in 0..runs {
+            // Start each run with no dirty pages, so it does not pay for the writeback of
+            // the publish or of the previous receiver's 200 MB (the disk is shared).
+            let _ = std::process::Command::new("sync").status();
             let (secs, peak, cpu_a, cpu_b) =
                 one_loopback_run(publisher, &listen, &id, &format!("B{run}"), a.pid());
             let mbps = size as f64 / 1e6 / secs;
