@@ -61,36 +61,37 @@ fn main() {
     }
 }
 
-/// utime + stime of a process in seconds.
-fn cpu_secs(pid: u32) -> f64 {
+/// (utime, stime) of a process in seconds.
+fn cpu_times(pid: u32) -> (f64, f64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
+    (ticks(11) / hz, ticks(12) / hz)
 }
 
-/// Time from the subscriber's session opening to completion, its peak RSS, and the CPU
-/// seconds the sender (`a_pid`) and the receiver spent in between.
+/// utime + stime of a process in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let (u, s) = cpu_times(pid);
+    u + s
+}
+
 fn one_loopback_run(
     publisher: &Publisher,
     listen: &str,
     id: &str,
     label: &str,
     a_pid: u32,
-) -> (f64, u64, f64, f64) {
+) -> (f64, u64, f64, f64, f64) {
     let mut cfg = NodeConfig::loopback(&publisher.public_hex).subscribe("fw");
     cfg.peers = vec![listen.to_string()];
     let mut b = Node::start(label, &cfg, None);
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut t_session = None;
     let mut t_done = None;
-    let (mut cpu_a, mut cpu_b) = (0.0, 0.0);
+    let (mut cpu_a, mut cpu_b, mut sys_b) = (0.0, 0.0, 0.0);
     while Instant::now() < deadline {
         let st = b.status();
         let now = Instant::now();
@@ -98,6 +99,7 @@ fn one_loopback_run(
             t_session = Some(now);
             cpu_a = cpu_secs(a_pid);
             cpu_b = cpu_secs(b.pid());
+            sys_b = cpu_times(b.pid()).1;
         }
         if let Some(x) = st.bundles.iter().find(|x| x.id == id)
             && x.pieces_total > 0
@@ -106,6 +108,7 @@ fn one_loopback_run(
             t_done = Some(now);
             cpu_a = cpu_secs(a_pid) - cpu_a;
             cpu_b = cpu_secs(b.pid()) - cpu_b;
+            sys_b = cpu_times(b.pid()).1 - sys_b;
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -118,6 +121,7 @@ fn one_loopback_run(
         b.peak_rss_kib(),
         cpu_a,
         cpu_b,
+        sys_b,
     )
 }
 
@@ -152,11 +156,11 @@ fn loopback(publisher: &Publisher, tmp: &std::path::Path) {
             // Start each run with no dirty pages, so it does not pay for the writeback of
             // the publish or of the previous receiver's 200 MB (the disk is shared).
             let _ = std::process::Command::new("sync").status();
-            let (secs, peak, cpu_a, cpu_b) =
+            let (secs, peak, cpu_a, cpu_b, sys_b) =
                 one_loopback_run(publisher, &listen, &id, &format!("B{run}"), a.pid());
             let mbps = size as f64 / 1e6 / secs;
             println!(
-                "loopback {} MB run {}: {:.3} s session-open -> complete, {:.0} MB/s, receiver peak RSS {:.1} MiB, CPU sender {:.2} s + receiver {:.2} s ({:.0} MB per CPU-second of the busier side)",
+                "loopback {} MB run {}: {:.3} s session-open -> complete, {:.0} MB/s, receiver peak RSS {:.1} MiB, CPU sender {:.2} s + receiver {:.2} s (kernel {:.2} s) ({:.0} MB per CPU-second of the busier side)",
                 size / 1_000_000,
                 run + 1,
                 secs,
@@ -164,6 +168,7 @@ fn loopback(publisher: &Publisher, tmp: &std::path::Path) {
                 peak as f64 / 1024.0,
                 cpu_a,
                 cpu_b,
+                sys_b,
                 size as f64 / 1e6 / cpu_a.max(cpu_b).max(0.001)
             );
             rates.push(mbps);
