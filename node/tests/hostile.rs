@@ -463,7 +463,7 @@ async fn hostile_peer_is_rejected_and_node_stays_intact() {
             p.closed
         );
         rounds += 1;
-        if rounds % 10 == 0 && a.pieces_have(&vid) == 8 {
+        if rounds.is_multiple_of(10) && a.pieces_have(&vid) == 8 {
             break;
         }
         assert!(

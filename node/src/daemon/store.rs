@@ -53,6 +53,10 @@ pub const QUEUE: usize = 256;
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
 
 type Reply<T> = oneshot::Sender<T>;
+/// Every bundle's manifest, bitfield and bookkeeping (a session's starting view).
+pub type SnapshotRows = Vec<(VerifiedManifest, Bitfield, BundleInfo)>;
+/// Each bundle installed (or the error that stopped it).
+pub type InstallResults = Vec<(BundleId, Result<PathBuf, String>)>;
 
 /// A request to the store thread.
 pub enum Cmd {
@@ -74,7 +78,7 @@ pub enum Cmd {
     /// Every bundle's bookkeeping.
     Bundles(Reply<Result<Vec<BundleInfo>, StoreError>>),
     /// Manifests and bitfields of every bundle (a session's starting view).
-    Snapshot(Reply<Result<Vec<(VerifiedManifest, Bitfield, BundleInfo)>, StoreError>>),
+    Snapshot(Reply<Result<SnapshotRows, StoreError>>),
     /// Mark a bundle wanted or not.
     SetWanted(BundleId, bool, Reply<Result<(), StoreError>>),
     /// Bytes used.
@@ -82,7 +86,7 @@ pub enum Cmd {
     /// Finish what was queued before, then stop the thread (shutdown).
     Shutdown(Reply<()>),
     /// Export and install every ready bundle (dependencies first).
-    InstallPending(Reply<Result<Vec<(BundleId, Result<PathBuf, String>)>, StoreError>>),
+    InstallPending(Reply<Result<InstallResults, StoreError>>),
 }
 
 /// Handle to the store thread; cheap to clone.
@@ -181,9 +185,7 @@ impl StoreHandle {
     }
 
     /// Manifests and bitfields of every bundle.
-    pub async fn snapshot(
-        &self,
-    ) -> Result<Vec<(VerifiedManifest, Bitfield, BundleInfo)>, CallError> {
+    pub async fn snapshot(&self) -> Result<SnapshotRows, CallError> {
         Ok(self.call(Cmd::Snapshot).await??)
     }
 
@@ -205,9 +207,7 @@ impl StoreHandle {
     }
 
     /// Exports and installs every ready bundle.
-    pub async fn install_pending(
-        &self,
-    ) -> Result<Vec<(BundleId, Result<PathBuf, String>)>, CallError> {
+    pub async fn install_pending(&self) -> Result<InstallResults, CallError> {
         Ok(self.call(Cmd::InstallPending).await??)
     }
 }
@@ -317,9 +317,7 @@ fn handle(store: &mut Store, cmd: Cmd, completion: &Completion) {
     }
 }
 
-fn snapshot(
-    store: &mut Store,
-) -> Result<Vec<(VerifiedManifest, Bitfield, BundleInfo)>, StoreError> {
+fn snapshot(store: &mut Store) -> Result<SnapshotRows, StoreError> {
     let mut out = Vec::new();
     for info in store.bundles()? {
         let (Some(vm), Some(bits)) = (store.manifest(&info.id)?, store.bitfield(&info.id)?) else {
