@@ -1,6 +1,6 @@
 //! The Bluetooth transport of sessions: an L2CAP LE listener and connector
-//! around `mule_contacts::bluetooth`, giving the same byte stream type TCP
-//! sessions use.
+//! around `mule_contacts::bluetooth`, giving the same [`Conn`] TCP sessions
+//! get.
 //!
 //! Both ends are bound to the configured adapter (`discovery.bluetooth_adapter`,
 //! else BlueZ's default adapter): with several adapters in one machine, a
@@ -19,6 +19,7 @@ use mule_contacts::PeerAddr;
 use mule_engine::session::Role;
 
 use super::Ctx;
+use super::session::Conn;
 
 /// How long the listener waits before looking for its adapter again.
 #[cfg(feature = "bluetooth")]
@@ -60,7 +61,8 @@ pub async fn accept_loop(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = 
                     tracing::debug!(device = %addr, "Bluetooth session accepted");
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        super::session::run(ctx, Box::new(stream), None, Role::Responder, None, "bluetooth", addr.to_string()).await;
+                        let conn = Conn::bluetooth(Box::new(stream), addr.to_string());
+                        super::session::run(ctx, conn, Role::Responder, None).await;
                     });
                 }
                 Err(e) => {
@@ -82,9 +84,9 @@ static DIALING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// configured adapter. Gives up before the connection manager forgets the dial
 /// (`2 × CONNECT_TIMEOUT`), so it never runs two dials to the same peer.
 #[cfg(feature = "bluetooth")]
-pub async fn connect(ctx: &Arc<Ctx>, addr: &PeerAddr) -> Result<super::session::Stream, String> {
-    let PeerAddr::Ble { addr, psm } = addr else {
-        return Err(format!("not a Bluetooth address: {addr}"));
+pub async fn connect(ctx: &Arc<Ctx>, peer: &PeerAddr) -> Result<Conn, String> {
+    let PeerAddr::Ble { addr, psm } = peer else {
+        return Err(format!("not a Bluetooth address: {peer}"));
     };
     let Ok(_one) = DIALING.try_lock() else {
         return Err("another Bluetooth connect is in progress".into());
@@ -100,13 +102,13 @@ pub async fn connect(ctx: &Arc<Ctx>, addr: &PeerAddr) -> Result<super::session::
             .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(limit, dial).await {
-        Ok(r) => r.map(|s| Box::new(s) as super::session::Stream),
+        Ok(r) => r.map(|s| Conn::bluetooth(Box::new(s), peer.to_string())),
         Err(_) => Err(format!("Bluetooth connect timed out after {limit:?}")),
     }
 }
 
 /// Without the `bluetooth` feature there is no Bluetooth transport.
 #[cfg(not(feature = "bluetooth"))]
-pub async fn connect(_: &Arc<Ctx>, _: &PeerAddr) -> Result<super::session::Stream, String> {
+pub async fn connect(_: &Arc<Ctx>, _: &PeerAddr) -> Result<Conn, String> {
     Err("built without Bluetooth support".into())
 }

@@ -26,6 +26,7 @@ use mule_engine::session::Role;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::session::Conn;
 use super::{Ctx, Error, NeighbourInfo, SessionEntry};
 
 /// How long the node with the larger id waits for the other to dial.
@@ -113,10 +114,10 @@ pub async fn accept_loop(
                         tracing::debug!(%peer, "too many connections in progress; refusing one");
                         continue;
                     };
-                    let abort = tune(&stream);
+                    let conn = Conn::tcp(stream, peer.to_string());
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        super::session::run(ctx, Box::new(stream), abort, Role::Responder, None, "tcp", peer.to_string()).await;
+                        super::session::run(ctx, conn, Role::Responder, None).await;
                         drop(slot);
                     });
                 }
@@ -127,13 +128,6 @@ pub async fn accept_loop(
             }
         }
     }
-}
-
-/// Sets a session socket's options and returns a second handle to it, with which the
-/// session can make its close abortive when the link died ([`super::session::run`]).
-fn tune(s: &TcpStream) -> Option<socket2::Socket> {
-    let _ = s.set_nodelay(true);
-    socket2::SockRef::from(s).try_clone().ok()
 }
 
 /// Starts discovery; when it cannot start (no usable interface, no
@@ -330,38 +324,15 @@ async fn dial_one(ctx: Arc<Ctx>, node: Option<NodeId>, addr: PeerAddr) {
     let result = match &addr {
         PeerAddr::Ip { addr: sa, .. } => {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(sa)).await {
-                Ok(Ok(s)) => {
-                    let abort = tune(&s);
-                    Ok((Box::new(s) as super::session::Stream, abort))
-                }
+                Ok(Ok(s)) => Ok(Conn::tcp(s, sa.to_string())),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("connect timed out".to_string()),
             }
         }
-        PeerAddr::Ble { .. } => super::ble::connect(&ctx, &addr).await.map(|s| (s, None)),
+        PeerAddr::Ble { .. } => super::ble::connect(&ctx, &addr).await,
     };
     match result {
-        Ok((stream, abort)) => {
-            let transport = if matches!(addr, PeerAddr::Ble { .. }) {
-                "bluetooth"
-            } else {
-                "tcp"
-            };
-            let dialed = match &addr {
-                PeerAddr::Ip { addr, .. } => addr.to_string(),
-                other => other.to_string(),
-            };
-            super::session::run(
-                ctx.clone(),
-                stream,
-                abort,
-                Role::Initiator,
-                node,
-                transport,
-                dialed,
-            )
-            .await;
-        }
+        Ok(conn) => super::session::run(ctx.clone(), conn, Role::Initiator, node).await,
         Err(e) => {
             tracing::debug!(peer = ?node.map(|n| n.short()), %addr, error = %e, "connect failed");
             ctx.metrics

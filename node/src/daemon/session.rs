@@ -39,30 +39,57 @@ enum Outcome {
     Fetched(PieceRef, Option<Vec<u8>>),
 }
 
-/// Runs one session to its end.
-///
-/// `abort` is a second handle to a TCP session's socket. When the session ends because the
-/// peer went silent (idle or handshake timeout: the link is gone), the socket is closed
-/// abortively (`SO_LINGER` 0): unsent data is dropped instead of being retransmitted into
-/// the dead link for minutes. Those retransmissions also keep the kernel re-resolving the
-/// peer's address (ARP), so that when the link came back the next connection waited for the
-/// neighbour entry's 1 s retry timer, or failed with "no route to host".
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    ctx: Arc<Ctx>,
+/// A connected stream a session can run on, and what the daemon knows about it.
+pub struct Conn {
     stream: Stream,
+    /// A second handle to a TCP session's socket. When the session ends because the peer
+    /// went silent (idle or handshake timeout: the link is gone), the socket is closed
+    /// abortively (`SO_LINGER` 0): unsent data is dropped instead of being retransmitted
+    /// into the dead link for minutes. Those retransmissions also keep the kernel
+    /// re-resolving the peer's address (ARP), so that when the link came back the next
+    /// connection waited for the neighbour entry's 1 s retry timer, or failed with "no
+    /// route to host".
     abort: Option<socket2::Socket>,
-    role: Role,
-    expected: Option<NodeId>,
-    transport: &'static str,
+    transport: MTransport,
+    /// The peer's address, for logs and the session registry.
     address: String,
-) {
+}
+
+impl Conn {
+    /// A TCP connection (accepted or dialled): Nagle off, and the abort handle kept.
+    pub fn tcp(s: tokio::net::TcpStream, address: String) -> Conn {
+        let _ = s.set_nodelay(true);
+        let abort = socket2::SockRef::from(&s).try_clone().ok();
+        Conn {
+            stream: Box::new(s),
+            abort,
+            transport: MTransport::Tcp,
+            address,
+        }
+    }
+
+    /// A Bluetooth L2CAP connection (closed gracefully in every case).
+    #[cfg(feature = "bluetooth")]
+    pub fn bluetooth(stream: Stream, address: String) -> Conn {
+        Conn {
+            stream,
+            abort: None,
+            transport: MTransport::Bluetooth,
+            address,
+        }
+    }
+}
+
+/// Runs one session on `conn` to its end.
+pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>) {
+    let Conn {
+        stream,
+        abort,
+        transport: mtransport,
+        address,
+    } = conn;
+    let transport = mtransport.as_str();
     let sid = ctx.new_sid();
-    let mtransport = if transport == "bluetooth" {
-        MTransport::Bluetooth
-    } else {
-        MTransport::Tcp
-    };
     let view = match ctx.local_view().await {
         Ok(v) => v,
         Err(e) => {
