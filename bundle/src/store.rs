@@ -653,6 +653,17 @@ impl Store {
         Ok(&self.files[id])
     }
 
+    /// Runs `op` on a bundle's data file (opened or created as needed), naming the file in
+    /// an error.
+    fn with_data_file<T>(
+        &mut self,
+        id: &BundleId,
+        op: impl FnOnce(&std::fs::File) -> std::io::Result<T>,
+    ) -> Result<T, StoreError> {
+        let r = op(self.data_file(id)?);
+        r.map_err(io_err(&self.data_path(id)))
+    }
+
     /// Deletes the data files of bundles whose removal was committed.
     fn delete_data(&mut self, ids: &[BundleId]) -> Result<(), StoreError> {
         for id in ids {
@@ -960,9 +971,7 @@ impl Store {
         let id = vm.id();
         let offset = u64::from(index) * u64::from(vm.manifest().piece_size);
         let mut data = vec![0u8; len as usize];
-        self.data_file(&id)?
-            .read_exact_at(&mut data, offset)
-            .map_err(|e| io_err(&self.data_path(&id))(e))?;
+        self.with_data_file(&id, |f| f.read_exact_at(&mut data, offset))?;
         Ok(Some(data))
     }
 
@@ -1156,9 +1165,7 @@ impl Store {
                 let offset = u64::from(*index) * u64::from(batch[id].manifest().piece_size);
                 {
                     use std::os::unix::fs::FileExt;
-                    self.data_file(id)?
-                        .write_all_at(data, offset)
-                        .map_err(|e| io_err(&self.data_path(id))(e))?;
+                    self.with_data_file(id, |f| f.write_all_at(data, offset))?;
                 }
                 if !touched.contains(id) {
                     touched.push(*id);
@@ -1177,9 +1184,7 @@ impl Store {
             }
             // Durable before any bit claims them.
             for id in &touched {
-                self.data_file(id)?
-                    .sync_data()
-                    .map_err(|e| io_err(&self.data_path(id))(e))?;
+                self.with_data_file(id, std::fs::File::sync_data)?;
             }
             let mut bundles = txn.open_table(BUNDLES)?;
             let mut bitfields = txn.open_table(BITFIELDS)?;
