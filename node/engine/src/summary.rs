@@ -729,56 +729,19 @@ mod tests {
             k: 3,
         });
         assert!(matches!(dec(&big), Err(SummaryError::FilterTooLarge(_))));
+        let with = |f: fn(&mut HostileFilter)| {
+            let mut h = HostileFilter::one(8, 3);
+            f(&mut h);
+            h
+        };
         for (field, h) in [
-            (
-                "error rate",
-                HostileFilter {
-                    e: f64::NAN,
-                    ..HostileFilter::one(8, 3)
-                },
-            ),
-            (
-                "error rate",
-                HostileFilter {
-                    e: 1.0,
-                    ..HostileFilter::one(8, 3)
-                },
-            ),
-            (
-                "growth factor",
-                HostileFilter {
-                    g: 1,
-                    ..HostileFilter::one(8, 3)
-                },
-            ),
-            (
-                "growth factor",
-                HostileFilter {
-                    g: 1 << 40,
-                    ..HostileFilter::one(8, 3)
-                },
-            ),
-            (
-                "tightening ratio",
-                HostileFilter {
-                    r: 0.0,
-                    ..HostileFilter::one(8, 3)
-                },
-            ),
-            (
-                "insertion counts",
-                HostileFilter {
-                    i: 11,
-                    ..HostileFilter::one(8, 3)
-                },
-            ),
-            (
-                "insertion counts",
-                HostileFilter {
-                    t: 1 << 40,
-                    ..HostileFilter::one(8, 3)
-                },
-            ),
+            ("error rate", with(|h| h.e = f64::NAN)),
+            ("error rate", with(|h| h.e = 1.0)),
+            ("growth factor", with(|h| h.g = 1)),
+            ("growth factor", with(|h| h.g = 1 << 40)),
+            ("tightening ratio", with(|h| h.r = 0.0)),
+            ("insertion counts", with(|h| h.i = 11)),
+            ("insertion counts", with(|h| h.t = 1 << 40)),
         ] {
             assert_eq!(dec(&h), Err(SummaryError::BadParameter(field)));
         }
