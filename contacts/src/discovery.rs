@@ -554,8 +554,9 @@ impl Driver {
                 }
                 Event::PeerDown { node } => {
                     tracing::info!(peer = %node.short(), "peer down");
-                    self.changed(Instant::now());
-                    self.interval.on_lost(Instant::now().into_std());
+                    let now = Instant::now();
+                    self.changed(now);
+                    self.interval.on_lost(now.into_std());
                 }
                 Event::PeerChanged { .. } => {}
             }

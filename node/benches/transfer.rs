@@ -99,8 +99,8 @@ fn one_loopback_run(
         if t_session.is_none() && st.sessions > 0 {
             t_session = Some(now);
             cpu_a = cpu_secs(a_pid);
-            cpu_b = cpu_secs(b.pid());
-            sys_b = cpu_times(b.pid()).1;
+            let (user, kernel) = cpu_times(b.pid());
+            (cpu_b, sys_b) = (user + kernel, kernel);
         }
         if let Some(x) = st.bundles.iter().find(|x| x.id == id)
             && x.pieces_total > 0
@@ -108,8 +108,8 @@ fn one_loopback_run(
         {
             t_done = Some(now);
             cpu_a = cpu_secs(a_pid) - cpu_a;
-            cpu_b = cpu_secs(b.pid()) - cpu_b;
-            sys_b = cpu_times(b.pid()).1 - sys_b;
+            let (user, kernel) = cpu_times(b.pid());
+            (cpu_b, sys_b) = (user + kernel - cpu_b, kernel - sys_b);
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
