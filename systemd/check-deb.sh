@@ -58,6 +58,15 @@ if grep -Eq 'deb-systemd-helper (--quiet )?enable' <<<"$postinst_code" \
     problem "postinst enables the service"
 fi
 grep -q '^Package: mule$' "$control/control" || problem "package name is not mule"
+# Every maintainer script must at least parse: cargo-deb splices its fragments
+# into ours, and a broken splice only shows when dpkg runs the script.
+for script in preinst postinst prerm postrm; do
+    [ -f "$control/$script" ] || continue
+    sh -n "$control/$script" 2>/dev/null \
+        || problem "$script does not parse: $(sh -n "$control/$script" 2>&1 | head -1)"
+    grep -q '#DEBHELPER#' "$control/$script" \
+        && problem "$script still contains the #DEBHELPER# marker"
+done
 
 # The shipped configuration is the embedded default.
 cfg=$(mktemp)
