@@ -77,4 +77,37 @@ fn twenty_megabytes_over_loopback_arrive_byte_identical() {
 
     // Both sides saw the session.
     assert!(a.status().sessions <= 1 && b.status().sessions <= 1);
+
+    // A session over `session.peers` is a contact like a discovered one: once it ends, B's
+    // history lists A, with a PRoPHET predictability above zero.
+    let a_id = a.status().node_id;
+    a.terminate(Duration::from_secs(10));
+    let b_dir = b.data_dir();
+    let b_dir = b_dir.to_str().expect("utf-8");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let entry = loop {
+        let contacts: serde_json::Value =
+            serde_json::from_str(&mule(&["contacts", "--json", "--data-dir", b_dir]))
+                .expect("contacts JSON");
+        let found = contacts
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|e| e["node_id"] == a_id.as_str())
+            .cloned();
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's contact history never listed A: {contacts}\n{}",
+            b.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(entry["contacts"].as_u64() >= Some(1), "{entry}");
+    assert!(
+        entry["predictability"].as_f64().is_some_and(|p| p > 0.0),
+        "a static-peer contact left PRoPHET at zero: {entry}"
+    );
 }

@@ -394,6 +394,14 @@ impl Ctx {
         {
             sh.static_nodes.insert(sa, node);
         }
+        // A session with a peer discovery does not know (a `session.peers`
+        // address) is a contact of its own: PRoPHET and the contacts counter
+        // see it begin here, as they see a discovered one at `PeerUp`; the
+        // history records it when the session ends (`record_session`).
+        if !sh.neighbours.contains_key(&node) && !sh.sessions.contains_key(&node) {
+            sh.prophet.on_encounter(node, Timestamp::now());
+            self.metrics.inc_contacts();
+        }
         sh.sessions.insert(
             node,
             SessionEntry {
