@@ -13,6 +13,7 @@ use mule_config::Config;
 
 use crate::cli::{Cli, Command, ConfigCommand, KeyCommand, PublishArgs};
 use crate::control::{self, Client, Request, Response};
+use crate::human;
 use crate::view::{self, progress_bar};
 
 /// Bytes of pieces sent to the daemon per control request.
@@ -52,7 +53,18 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Show) => {
-            print!("{}", cfg.to_toml_string());
+            // What a daemon started with these flags would run with: the data
+            // directory as resolved, subscriptions as changed at run time.
+            let mut effective = cfg.clone();
+            effective.data_dir = Some(data_dir.clone());
+            effective.subscriptions.channels =
+                crate::daemon::load_subscriptions(&data_dir, &cfg.subscriptions.channels);
+            println!(
+                "# effective configuration for data directory {} (subscriptions include \
+                 `mule subscribe`/`unsubscribe` changes stored there)",
+                data_dir.display()
+            );
+            print!("{}", effective.to_toml_string());
             Ok(())
         }
         other => rt()?.block_on(verb(other, &cfg, &data_dir)),
@@ -71,10 +83,27 @@ enum Target {
     Direct(Box<Store>),
 }
 
-async fn target(cfg: &Config, data_dir: &Path) -> Result<Target> {
+/// Whether a verb may create the store when none exists yet (publish and
+/// import do; reading verbs say that there is none instead of creating one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+async fn target(cfg: &Config, data_dir: &Path, access: Access) -> Result<Target> {
     match Client::connect_at(data_dir, &cfg.control.socket_in(data_dir)).await {
         Ok(c) => Ok(Target::Daemon(c)),
         Err(control::Error::NotRunning { .. }) => {
+            if access == Access::Read
+                && !data_dir.join(mule_bundle::store::STORE_FILE_NAME).exists()
+            {
+                bail!(
+                    "no store in {}: no node has used this data directory yet and no daemon runs \
+                     for it (wrong --data-dir or --config?)",
+                    data_dir.display()
+                );
+            }
             Ok(Target::Direct(Box::new(open_store(cfg, data_dir)?)))
         }
         Err(e) => Err(e.into()),
@@ -123,7 +152,7 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let vm = VerifiedManifest::decode(&bytes)
                 .with_context(|| format!("{} is not a valid signed manifest", file.display()))?;
-            match target(cfg, data_dir).await? {
+            match target(cfg, data_dir, Access::Write).await? {
                 Target::Daemon(mut c) => {
                     c.call(&Request::ImportManifest {
                         manifest: bytes,
@@ -171,18 +200,23 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
-                    "{:<16} {:>8} {:>12} {:>14} {:>10} {:>12} {:>6}",
-                    "PEER", "CONTACTS", "MEDIAN_S", "INTERCONTACT_S", "SEEN_AGO_S", "BYTES", "P"
+                    "{:<16} {:>8} {:>14} {:>14} {:>14} {:>10} {:>6}",
+                    "PEER", "CONTACTS", "MEDIAN", "INTERCONTACT", "LAST_SEEN", "BYTES", "P"
                 );
+                let d = |s: f64| human::duration(std::time::Duration::from_secs_f64(s.max(0.0)));
                 for p in list {
                     println!(
-                        "{:<16} {:>8} {:>12.1} {:>14.1} {:>10} {:>12} {:>6.3}",
+                        "{:<16} {:>8} {:>14} {:>14} {:>14} {:>10} {:>6.3}",
                         &p.node_id[..16],
                         p.contacts,
-                        p.median_contact_s,
-                        p.median_intercontact_s,
-                        p.last_seen_s_ago,
-                        p.bytes,
+                        d(p.median_contact_s),
+                        if p.contacts > 1 {
+                            d(p.median_intercontact_s)
+                        } else {
+                            "-".into()
+                        },
+                        format!("{} ago", d(p.last_seen_s_ago as f64)),
+                        human::bytes(p.bytes),
                         p.predictability
                     );
                 }
@@ -241,7 +275,7 @@ async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
     let vm = mule_bundle::publish_file(&a.file, &opts, &key)
         .with_context(|| format!("publishing {}", a.file.display()))?;
     let id = vm.id();
-    match target(cfg, data_dir).await? {
+    match target(cfg, data_dir, Access::Write).await? {
         Target::Direct(mut s) => {
             s.insert_manifest(&vm, Origin::Published)?;
             let f = std::fs::File::open(&a.file)?;
@@ -320,11 +354,13 @@ pub fn bundle_view(b: &BundleInfo) -> view::Bundle {
         wanted: b.wanted,
         published: b.published,
         trusted: b.trusted,
+        rate_bytes_per_s: 0.0,
+        eta_s: None,
     }
 }
 
 async fn bundle_list(cfg: &Config, data_dir: &Path) -> Result<Vec<view::Bundle>> {
-    Ok(match target(cfg, data_dir).await? {
+    Ok(match target(cfg, data_dir, Access::Read).await? {
         Target::Daemon(mut c) => {
             let Response::Status(st) = c.call(&Request::Status).await? else {
                 bail!("unexpected answer")
@@ -352,7 +388,7 @@ fn resolve(id: &str, list: &[view::Bundle]) -> Result<BundleId> {
 async fn manifest_of(id: &str, cfg: &Config, data_dir: &Path) -> Result<VerifiedManifest> {
     let list = bundle_list(cfg, data_dir).await?;
     let id = resolve(id, &list)?;
-    match target(cfg, data_dir).await? {
+    match target(cfg, data_dir, Access::Read).await? {
         Target::Daemon(mut c) => {
             let Response::Bytes(b) = c.call(&Request::Manifest { id: id.to_string() }).await?
             else {
@@ -404,13 +440,23 @@ async fn inspect(id: &str, json: bool, cfg: &Config, data_dir: &Path) -> Result<
     } else {
         let obj = doc.as_object().expect("object");
         for (k, v) in obj {
-            println!(
-                "{k:<15} {}",
-                match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    v => v.to_string(),
+            // Raw values stay in `--json`; here times are dates and sizes have units.
+            let text = match (k.as_str(), v) {
+                ("created" | "expires", serde_json::Value::Number(n)) => {
+                    n.as_u64().map_or_else(|| n.to_string(), human::date)
                 }
-            );
+                ("expires", serde_json::Value::Null) => "never".to_string(),
+                ("content_len" | "piece_size" | "manifest_bytes", serde_json::Value::Number(n)) => {
+                    match n.as_u64() {
+                        Some(b) if b >= 1024 => format!("{} ({b} bytes)", human::bytes(b)),
+                        Some(b) => format!("{b} bytes"),
+                        None => n.to_string(),
+                    }
+                }
+                (_, serde_json::Value::String(s)) => s.clone(),
+                (_, v) => v.to_string(),
+            };
+            println!("{k:<15} {text}");
         }
         println!(
             "{:<15} {} {}/{}",
@@ -426,7 +472,7 @@ async fn inspect(id: &str, json: bool, cfg: &Config, data_dir: &Path) -> Result<
 async fn export(id: &str, out: &Path, cfg: &Config, data_dir: &Path) -> Result<()> {
     let list = bundle_list(cfg, data_dir).await?;
     let full = resolve(id, &list)?;
-    match target(cfg, data_dir).await? {
+    match target(cfg, data_dir, Access::Read).await? {
         Target::Direct(mut s) => {
             mule_bundle::complete::export_to(&mut s, &full, out)?;
         }
@@ -501,16 +547,26 @@ fn print_bundles(list: &[view::Bundle]) {
         return;
     }
     println!(
-        "{:<16} {:<20} {:<10} {:<8} {:<24} {:>11} STATE",
-        "ID", "NAME", "VERSION", "PRIO", "PROGRESS", "PIECES"
+        "{:<16} {:<20} {:<10} {:<8} {:>10} {:<24} {:>11} STATE",
+        "ID", "NAME", "VERSION", "PRIO", "SIZE", "PROGRESS", "PIECES"
     );
     for b in list {
+        // While a bundle downloads: its rate and the time left at that rate.
+        let moving = match b.eta_s {
+            Some(eta) if b.rate_bytes_per_s > 0.0 => format!(
+                " {}, {} left",
+                human::rate(b.rate_bytes_per_s),
+                human::duration(std::time::Duration::from_secs(eta))
+            ),
+            _ => String::new(),
+        };
         println!(
-            "{:<16} {:<20} {:<10} {:<8} {:<24} {:>11} {}{}",
+            "{:<16} {:<20} {:<10} {:<8} {:>10} {:<24} {:>11} {}{}{moving}",
             &b.id[..16],
             b.name,
             b.version,
             b.priority,
+            human::bytes(b.size),
             progress_bar(b.pieces_have, b.pieces_total, 20),
             format!("{}/{}", b.pieces_have, b.pieces_total),
             b.state,
@@ -533,16 +589,16 @@ fn print_neighbours(n: &[view::Neighbour]) {
         return;
     }
     println!(
-        "{:<16} {:<10} {:<32} {:>8} SESSION",
-        "PEER", "TRANSPORT", "ADDRESS", "AGE_S"
+        "{:<16} {:<10} {:<32} {:>12} SESSION",
+        "PEER", "TRANSPORT", "ADDRESS", "CONTACT"
     );
     for p in n {
         println!(
-            "{:<16} {:<10} {:<32} {:>8} {}",
+            "{:<16} {:<10} {:<32} {:>12} {}",
             &p.node_id[..16],
             p.transport,
             p.address,
-            p.contact_age_s,
+            human::duration(std::time::Duration::from_secs(p.contact_age_s)),
             if p.in_session { "yes" } else { "no" }
         );
     }
@@ -551,11 +607,14 @@ fn print_neighbours(n: &[view::Neighbour]) {
 fn print_status(st: &view::Status) {
     println!("node        {}", st.node_id);
     println!("listening   {}", st.listen.join(", "));
-    println!("uptime      {} s", st.uptime_s);
     println!(
-        "store       {} of {} bytes ({:.1}%)",
-        st.store_bytes,
-        st.store_quota_bytes,
+        "uptime      {}",
+        human::duration(std::time::Duration::from_secs(st.uptime_s))
+    );
+    println!(
+        "store       {} of {} ({:.1}%)",
+        human::bytes(st.store_bytes),
+        human::bytes(st.store_quota_bytes),
         100.0 * st.store_bytes as f64 / st.store_quota_bytes.max(1) as f64
     );
     println!(

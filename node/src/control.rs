@@ -87,7 +87,8 @@ pub enum Response {
 pub enum Error {
     /// No daemon is listening on the socket.
     #[error(
-        "no mule daemon is running for data directory {dir} (no socket at {socket}); start one with `mule run --data-dir {dir}`"
+        "no mule daemon is running for data directory {dir} (no socket at {socket}); {hint}",
+        hint = start_hint(dir)
     )]
     NotRunning {
         /// Data directory.
@@ -107,6 +108,19 @@ pub enum Error {
     /// The daemon answered with an error.
     #[error("{0}")]
     Remote(String),
+}
+
+/// The data directory of the packaged service (`StateDirectory=mule`).
+pub const PACKAGED_DATA_DIR: &str = "/var/lib/mule";
+
+/// How to start the daemon that owns `dir`: the packaged service for its
+/// directory, `mule run` for any other.
+fn start_hint(dir: &str) -> String {
+    if Path::new(dir) == Path::new(PACKAGED_DATA_DIR) {
+        "start the service with `sudo systemctl start mule` (see `systemctl status mule`)".into()
+    } else {
+        format!("start one with `mule run --data-dir {dir}`")
+    }
 }
 
 /// Writes one length-prefixed CBOR message.
@@ -265,5 +279,17 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("no mule daemon is running"), "{text}");
         assert!(text.contains("mule run --data-dir"), "{text}");
+    }
+
+    /// Issue 11: for the packaged service's directory the hint said `mule run`.
+    #[test]
+    fn the_packaged_data_directory_points_at_systemctl() {
+        let err = Error::NotRunning {
+            dir: PACKAGED_DATA_DIR.into(),
+            socket: format!("{PACKAGED_DATA_DIR}/mule.sock"),
+        };
+        let text = err.to_string();
+        assert!(text.contains("systemctl start mule"), "{text}");
+        assert!(!text.contains("mule run"), "{text}");
     }
 }

@@ -68,6 +68,13 @@ pub struct Bundle {
     pub published: bool,
     /// Whether its publisher is in the trust list.
     pub trusted: bool,
+    /// Bytes per second stored over the last 10 s while it downloads (0 when idle or
+    /// complete, and from the store directly when no daemon runs).
+    #[serde(default)]
+    pub rate_bytes_per_s: f64,
+    /// Seconds until complete at that rate, when it is downloading.
+    #[serde(default)]
+    pub eta_s: Option<u64>,
 }
 
 /// Contact history and prediction for one peer.

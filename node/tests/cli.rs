@@ -144,7 +144,9 @@ fn config_check_names_file_line_and_key_and_show_round_trips() {
     let shown = node.ok(&["config", "show"]);
     let parsed = mule_config::Config::from_toml_str(&shown, "config show")
         .unwrap_or_else(|e| panic!("config show is not a valid config: {e}\n{shown}"));
-    let effective = mule_config::Config::load(&node.config).expect("node config");
+    let mut effective = mule_config::Config::load(&node.config).expect("node config");
+    // The effective data directory is the one --data-dir named.
+    effective.data_dir = Some(node.data.clone());
     assert_eq!(
         parsed, effective,
         "config show differs from the loaded file"
@@ -157,9 +159,72 @@ fn config_check_names_file_line_and_key_and_show_round_trips() {
         .output()
         .expect("run");
     assert!(out.status.success());
-    let parsed = mule_config::Config::from_toml_str(&String::from_utf8_lossy(&out.stdout), "show")
-        .expect("default show parses");
+    let mut parsed =
+        mule_config::Config::from_toml_str(&String::from_utf8_lossy(&out.stdout), "show")
+            .expect("default show parses");
+    assert!(parsed.data_dir.is_some(), "show names the data directory");
+    parsed.data_dir = None;
     assert_eq!(parsed, mule_config::Config::default());
+}
+
+/// Issue 11: `config show` printed the file's configuration, not the one a daemon would
+/// run with: it ignored `--data-dir` and the subscriptions changed at run time.
+#[test]
+fn config_show_is_the_effective_configuration() {
+    let mut a = Node::new(&NodeConfig {
+        channels: vec!["fw".into()],
+        ..NodeConfig::default()
+    });
+    a.start();
+    a.ok(&["subscribe", "maps"]);
+    a.ok(&["unsubscribe", "fw"]);
+    a.stop();
+    let shown = a.ok(&["config", "show"]);
+    let parsed = mule_config::Config::from_toml_str(&shown, "config show").expect("parses");
+    assert_eq!(
+        parsed.data_dir.as_deref(),
+        Some(a.data.as_path()),
+        "{shown}"
+    );
+    assert_eq!(parsed.subscriptions.channels, ["maps"], "{shown}");
+}
+
+/// Issue 11: a missing file printed its cause twice (`... (os error 2): ... (os error 2)`),
+/// and reading verbs on a data directory that holds no store created an empty one there.
+#[test]
+fn errors_say_each_cause_once_and_reading_verbs_create_no_store() {
+    let node = Node::new(&NodeConfig::default());
+    for args in [
+        &["key", "show", "/nonexistent/mule-test.key"][..],
+        &["config", "check", "/nonexistent/mule-test.toml"],
+    ] {
+        let out = node.mule(args);
+        assert!(!out.status.success(), "mule {args:?} succeeded");
+        let err = stderr(&out);
+        assert_eq!(
+            err.matches("os error 2").count(),
+            1,
+            "mule {args:?}: cause not said exactly once: {err}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let none = dir.path().join("no-node-here");
+    for verb in [
+        &["bundles"][..],
+        &["inspect", "abcd"],
+        &["export", "abcd", "--out", "/dev/null"],
+    ] {
+        let out = std::process::Command::new(support::mule_bin())
+            .arg("--data-dir")
+            .arg(&none)
+            .args(verb)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "mule {verb:?} succeeded on no store");
+        let err = stderr(&out);
+        assert!(err.contains("no store in"), "mule {verb:?}: {err}");
+        assert!(!none.exists(), "mule {verb:?} created {}", none.display());
+    }
 }
 
 #[test]
@@ -202,6 +267,22 @@ fn offline_verbs_open_the_store_directly() {
     let info = node.json(&["inspect", &id[..10]]);
     assert_eq!(info["id"], id.as_str(), "inspect by unique prefix");
     assert_eq!(info["content_len"], 100_000);
+    assert!(info["created"].is_u64(), "--json keeps the raw Unix time");
+    // Issue 11: the text form printed raw Unix seconds and byte counts.
+    let text = node.ok(&["inspect", &id]);
+    let created = text
+        .lines()
+        .find(|l| l.starts_with("created"))
+        .expect("created line");
+    assert!(
+        created.contains('T') && created.ends_with("ago)") && created.contains('Z'),
+        "created is not a date: {created}"
+    );
+    let len = text
+        .lines()
+        .find(|l| l.starts_with("content_len"))
+        .expect("content_len line");
+    assert!(len.contains("97.7 KiB"), "size without a unit: {len}");
     assert_eq!(node.export(&id), data, "offline export");
     let m = node.path("offline.manifest");
     node.ok(&["manifest", &id, "--out", m.to_str().expect("path")]);
@@ -439,6 +520,14 @@ fn unsubscribing_a_configured_channel_survives_a_restart() {
     a.start();
     a.ok(&["unsubscribe", "fw"]);
     assert_eq!(a.status()["subscriptions"], serde_json::json!([]));
+    // Issue 11: unsubscribing from a channel never subscribed said it succeeded.
+    let again = a.mule(&["unsubscribe", "fw"]);
+    assert!(!again.status.success(), "unsubscribing twice succeeded");
+    assert!(
+        stderr(&again).contains("not subscribed to"),
+        "{}",
+        stderr(&again)
+    );
     a.stop();
     a.start();
     let subs: Value = a.status()["subscriptions"].clone();

@@ -17,6 +17,7 @@
 
 mod ble;
 mod conn;
+mod progress;
 mod session;
 pub mod store;
 mod view;
@@ -54,7 +55,7 @@ pub const SUBSCRIPTIONS_FILE: &str = "subscriptions";
 
 /// The effective subscriptions: the configured channels, then the changes made
 /// at run time (`+channel` added, `-channel` removed; a bare line is an addition).
-fn load_subscriptions(data_dir: &Path, configured: &[String]) -> Vec<String> {
+pub(crate) fn load_subscriptions(data_dir: &Path, configured: &[String]) -> Vec<String> {
     let mut channels = configured.to_vec();
     let text = std::fs::read_to_string(data_dir.join(SUBSCRIPTIONS_FILE)).unwrap_or_default();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -158,6 +159,8 @@ pub struct Ctx {
     pub(crate) discovery: Mutex<Option<mule_contacts::discovery::Discovery>>,
     history: Option<Arc<History>>,
     data_dir: PathBuf,
+    /// Stored-byte rates per bundle (rate and ETA in `mule status`).
+    pub(crate) progress: Mutex<progress::Progress>,
 }
 
 impl Ctx {
@@ -297,7 +300,24 @@ impl Ctx {
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             uptime_s: self.started.elapsed().as_secs(),
             neighbours,
-            bundles: bundles.iter().map(crate::commands::bundle_view).collect(),
+            bundles: {
+                let now = self.now_ms();
+                let mut pr = self.progress.lock().expect("progress");
+                bundles
+                    .iter()
+                    .map(|b| {
+                        let mut view = crate::commands::bundle_view(b);
+                        if b.pieces_have < b.pieces_total {
+                            view.rate_bytes_per_s = pr.rate(&b.id, now).unwrap_or(0.0);
+                            let left = b.content_len.saturating_sub(b.bytes);
+                            view.eta_s = progress::eta_s(left, view.rate_bytes_per_s);
+                        } else {
+                            pr.forget(&b.id);
+                        }
+                        view
+                    })
+                    .collect()
+            },
             store_bytes: usage.total,
             store_quota_bytes: self.cfg.store.quota_bytes,
             subscriptions: sh.channels.clone(),
@@ -308,6 +328,8 @@ impl Ctx {
 
 impl Ctx {
     /// Adds or removes a subscription, persists it and re-evaluates wants.
+    /// Removing a channel the node does not subscribe to is an error that
+    /// names the subscriptions it has; adding one twice is not.
     pub(crate) async fn set_subscription(&self, channel: &str, on: bool) -> std::io::Result<()> {
         if channel.is_empty() || channel.len() > 255 || channel.contains('\n') {
             return Err(std::io::Error::new(
@@ -317,6 +339,19 @@ impl Ctx {
         }
         let channels = {
             let mut sh = self.shared.lock().expect("shared state");
+            if !on && !sh.channels.iter().any(|c| c == channel) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "not subscribed to {channel:?} (subscriptions: {})",
+                        if sh.channels.is_empty() {
+                            "none".to_string()
+                        } else {
+                            sh.channels.join(", ")
+                        }
+                    ),
+                ));
+            }
             sh.channels.retain(|c| c != channel);
             if on {
                 sh.channels.push(channel.to_string());
@@ -548,6 +583,7 @@ pub async fn run(
         discovery: Mutex::new(None),
         history,
         data_dir: data_dir.clone(),
+        progress: Mutex::new(progress::Progress::default()),
         identity: identity.clone(),
         store: store_handle,
         notices,

@@ -224,6 +224,7 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                     ctx.metrics.inc_pieces_received(mtransport);
                     let ctx = ctx.clone();
                     let otx = otx.clone();
+                    let len = data.len() as u64;
                     tokio::spawn(async move {
                         let outcome = match ctx.store.put_piece(piece, data).await {
                             Ok(o) => o,
@@ -231,6 +232,11 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                         };
                         match &outcome {
                             PutOutcome::Stored | PutOutcome::Completed => {
+                                ctx.progress.lock().expect("progress").note(
+                                    piece.bundle,
+                                    len,
+                                    ctx.now_ms(),
+                                );
                                 let _ = ctx.notices.send(Notice::PieceStored(piece));
                                 if outcome == PutOutcome::Completed {
                                     tracing::info!(bundle = %piece.bundle.short(), "bundle complete");
