@@ -160,7 +160,8 @@ pub struct EmulateArgs {
     /// What to publish where: SIZE@NODE, e.g. 1MB@0.
     #[arg(long)]
     pub publish: Publish,
-    /// When to publish: fraction of the trace (0.25, 25%) or trace seconds (3600s).
+    /// When to publish: a fraction of the trace (0.25, 25%; a bare number must be between 0
+    /// and 1) or trace seconds with the unit (3600s).
     #[arg(long, default_value = "0")]
     pub publish_at: PublishAt,
     /// Who subscribes: `all` (every node but the origin) or a fraction (0.3, 30%).
@@ -962,6 +963,9 @@ pub fn run(
         .publish_at
         .resolve(&trace)
         .map_err(EmulateError::Invalid)?;
+    if let Some(w) = crate::run::isolated_origin(&trace, origin, publish_at) {
+        eprintln!("mule-testbed: warning: {w}");
+    }
     if !opts.mule.is_file() && opts.mule.components().count() > 1 {
         return Err(EmulateError::Invalid(format!(
             "--mule {}: no such file (build it with `cargo build -p mule`)",

@@ -62,7 +62,8 @@ enum Cmd {
         /// What to publish where: SIZE@NODE, e.g. 2MB@0.
         #[arg(long)]
         publish: Publish,
-        /// When to publish: fraction of the trace (0.25, 25%) or seconds (3600s).
+        /// When to publish: a fraction of the trace's duration (0.25 or 25%; a bare number
+        /// must be between 0 and 1) or seconds after its start with the unit (3600s).
         #[arg(long, default_value = "0.25")]
         publish_at: PublishAt,
         /// Who subscribes: `all` (every node but the origin) or a fraction (0.3, 30%).
@@ -108,7 +109,7 @@ enum Cmd {
         /// SIZE@NODE.
         #[arg(long)]
         publish: Publish,
-        /// Fraction of the trace or seconds.
+        /// A fraction of the trace (0.25, 25%) or seconds with the unit (3600s).
         #[arg(long, default_value = "0.25")]
         publish_at: PublishAt,
     },
@@ -231,6 +232,9 @@ fn real_main() -> Result<()> {
                 );
             }
             let at = publish_at.time_in(&t);
+            if let Some(w) = mule_testbed::run::isolated_origin(&t, publish.node, at) {
+                eprintln!("mule-testbed: warning: {w}");
+            }
             let o =
                 mule_testbed::oracle::Oracle::compute(&t, publish.node, at, publish.size.0, rate);
             println!("node,earliest_arrival_s,complete_s");

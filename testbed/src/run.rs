@@ -110,12 +110,15 @@ impl FromStr for PublishAt {
             };
         }
         let x: f64 = s.parse().map_err(|_| bad())?;
-        if !(x >= 0.0 && x.is_finite()) {
-            Err(bad())
-        } else if x <= 1.0 {
+        // A bare number is a fraction of the trace; `1.5` meaning 1.5 s while `1`
+        // meant the trace's end surprised users, so seconds need their unit.
+        if (0.0..=1.0).contains(&x) {
             Ok(PublishAt::Fraction(x))
         } else {
-            Ok(PublishAt::Seconds(x))
+            Err(format!(
+                "{s:?}: a bare number is a fraction of the trace (0 to 1); write {s}s for \
+                 seconds or a percentage (25%)"
+            ))
         }
     }
 }
@@ -338,6 +341,10 @@ pub fn simulate_run(
         trace.min_contact, trace.min_contact
     )];
     notes.push(crate::mule_strategy::STATUS.to_owned());
+    if let Some(w) = isolated_origin(&trace, sc.origin, sc.publish_at) {
+        progress_warning(&w);
+        notes.push(format!("Warning: {w}"));
+    }
     let info = RunInfo {
         trace: name,
         nodes: trace.nodes,
@@ -355,6 +362,25 @@ pub fn simulate_run(
     Ok((trace, report))
 }
 
+/// Why nothing can spread: the origin has no contact that lasts past the
+/// publishing time (`None` when it has one).
+pub fn isolated_origin(trace: &Trace, origin: u32, publish_at: f64) -> Option<String> {
+    let any = trace
+        .contacts
+        .iter()
+        .any(|c| (c.a == origin || c.b == origin) && c.end > publish_at);
+    (!any).then(|| {
+        format!(
+            "origin node {origin} has no contact after the publishing time ({publish_at} s): \
+             the bundle cannot leave it, every strategy delivers nothing"
+        )
+    })
+}
+
+fn progress_warning(w: &str) {
+    eprintln!("mule-testbed: warning: {w}");
+}
+
 /// Writes the report files and plots into `out`; returns plot warnings.
 pub fn write_report(
     report: &Report,
@@ -368,6 +394,24 @@ pub fn write_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11: an origin with no contact after publishing ran with no warning.
+    #[test]
+    fn an_isolated_origin_is_named() {
+        let t = Trace::parse(
+            "0,10,0,1\n20,30,1,2\n",
+            trace::Format::Csv,
+            &trace::Options {
+                min_contact: 0.0,
+                ..trace::Options::default()
+            },
+        )
+        .unwrap();
+        assert!(isolated_origin(&t, 0, 5.0).is_none());
+        let w = isolated_origin(&t, 0, 15.0).expect("node 0 is isolated after 10 s");
+        assert!(w.contains("origin node 0"), "{w}");
+        assert!(isolated_origin(&t, 2, 15.0).is_none());
+    }
 
     #[test]
     fn argument_values_parse() {
@@ -389,9 +433,13 @@ mod tests {
             PublishAt::Fraction(0.25)
         );
         assert_eq!(
-            "3600".parse::<PublishAt>().unwrap(),
+            "3600s".parse::<PublishAt>().unwrap(),
             PublishAt::Seconds(3600.0)
         );
+        // Issue 11: `1.5` meant 1.5 s while `1` meant the end of the trace.
+        assert!("1.5".parse::<PublishAt>().unwrap_err().contains("1.5s"));
+        assert!("3600".parse::<PublishAt>().is_err());
+        assert_eq!("1".parse::<PublishAt>().unwrap(), PublishAt::Fraction(1.0));
         assert_eq!("1s".parse::<PublishAt>().unwrap(), PublishAt::Seconds(1.0));
         assert!("-1".parse::<PublishAt>().is_err());
         assert_eq!("all".parse::<Audience>().unwrap(), Audience::All);

@@ -209,7 +209,25 @@ pub enum TraceError {
     /// The options make no sense (e.g. an empty window).
     #[error("{0}")]
     BadOption(String),
+    /// Node ids are numbered so sparsely that `highest + 1` nodes would mostly be idle.
+    #[error(
+        "the trace uses {used} distinct node ids but the highest is {highest}, which would \
+         simulate {} nodes, most of them without a contact: renumber the ids 0..{used}, or \
+         pass --nodes {} to run it anyway",
+        u64::from(*highest) + 1,
+        u64::from(*highest) + 1
+    )]
+    SparseIds {
+        /// Distinct ids that appear in contacts.
+        used: usize,
+        /// The highest id.
+        highest: u32,
+    },
 }
+
+/// Node counts up to this are accepted however sparse their ids (small traces
+/// often skip a few ids); above it, fewer than a quarter used is refused.
+pub const SPARSE_MIN_NODES: u32 = 1000;
 
 /// A contact as read from the file, before normalisation, with its source line.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -286,8 +304,10 @@ impl Trace {
         Trace::parse(&text, format, opts)
     }
 
-    /// Parses and normalises trace text.
+    /// Parses and normalises trace text (a leading UTF-8 byte-order mark, as some
+    /// spreadsheet exports write, is skipped).
     pub fn parse(text: &str, format: Format, opts: &Options) -> Result<Trace, TraceError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw = match format {
             Format::Csv => parse_csv(text, opts.nodes)?,
             Format::One => parse_one(text, opts.nodes)?,
@@ -319,7 +339,27 @@ impl Trace {
             .map(|r| r.contact.b)
             .max()
             .ok_or(TraceError::Empty(""))?;
-        let nodes = opts.nodes.unwrap_or(max_id + 1);
+        let nodes = match opts.nodes {
+            Some(n) => n,
+            None => {
+                // One stray large id (999999) would silently make a million-node run
+                // (gigabytes of state and output): refuse, and say how to proceed.
+                let mut ids: Vec<u32> = raw
+                    .iter()
+                    .flat_map(|r| [r.contact.a, r.contact.b])
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let inferred = max_id + 1;
+                if inferred > SPARSE_MIN_NODES && (ids.len() as u64) * 4 < u64::from(inferred) {
+                    return Err(TraceError::SparseIds {
+                        used: ids.len(),
+                        highest: max_id,
+                    });
+                }
+                inferred
+            }
+        };
 
         let mut cs: Vec<Contact> = Vec::with_capacity(raw.len());
         for r in &raw {
@@ -625,6 +665,47 @@ mod tests {
             min_contact: min,
             ..Options::default()
         }
+    }
+
+    /// Issue 11: a UTF-8 byte-order mark (spreadsheet export) made the header unreadable.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let t = Trace::parse(
+            "\u{feff}start_s,end_s,node_a,node_b\n0,10,0,1\n",
+            Format::Csv,
+            &opts(0.0),
+        )
+        .expect("BOM accepted");
+        assert_eq!(t.contacts.len(), 1);
+    }
+
+    /// Issue 11: one stray id 999999 silently became a 1,000,000-node run.
+    #[test]
+    fn sparse_ids_are_refused_unless_the_node_count_is_given() {
+        let text = "0,10,0,1\n20,30,1,2\n40,50,2,999999\n";
+        let err = Trace::parse(text, Format::Csv, &opts(0.0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TraceError::SparseIds {
+                    used: 4,
+                    highest: 999_999
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--nodes 1000000"), "{err}");
+        let given = Options {
+            nodes: Some(1_000_000),
+            ..opts(0.0)
+        };
+        assert_eq!(
+            Trace::parse(text, Format::Csv, &given).unwrap().nodes,
+            1_000_000
+        );
+        // Small traces may skip ids freely.
+        let small = Trace::parse("0,10,0,900\n", Format::Csv, &opts(0.0)).unwrap();
+        assert_eq!(small.nodes, 901);
     }
 
     #[test]
