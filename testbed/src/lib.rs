@@ -6,7 +6,8 @@
 //! - [`oracle`]: a lower bound on every node's completion time, from the trace alone;
 //! - [`sim`]: a deterministic discrete-event simulator of a fleet in virtual time,
 //!   with pluggable [`strategy`] implementations (Mule and the baselines);
-//! - [`report`]: JSON/CSV results, a Markdown summary and plots.
+//! - [`report`]: JSON/CSV results, a Markdown summary and plots;
+//! - [`sweep`]: the spread of the headline figures across several seeds.
 //!
 //! The emulation with real processes in network namespaces (`mule-testbed emulate`)
 //! is meant to reuse [`trace`], [`oracle`] and [`report`]: it only needs to produce the
@@ -21,6 +22,7 @@ pub mod report;
 pub mod run;
 pub mod sim;
 pub mod strategy;
+pub mod sweep;
 pub mod synth;
 pub mod trace;
 pub mod units;

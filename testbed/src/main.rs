@@ -70,8 +70,12 @@ enum Cmd {
         #[arg(long, default_value = "all")]
         audience: Audience,
         /// RNG seed (audience choice, Bloom false positives, tie breaks).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, conflicts_with = "seeds")]
         seed: u64,
+        /// Run once per seed (`1..5` inclusive, or `1,4,7`): each seed's report goes to
+        /// OUT/seed-N/, and OUT/seeds.md and OUT/seeds.json give the spread per strategy.
+        #[arg(long)]
+        seeds: Option<mule_testbed::sweep::Seeds>,
         /// Piece size.
         #[arg(long, default_value = "64KiB")]
         piece_size: Size,
@@ -165,8 +169,9 @@ fn real_main() -> Result<()> {
             no_prediction,
             radio,
             out,
+            seeds,
         } => {
-            let args = SimulateArgs {
+            let mut args = SimulateArgs {
                 trace: trace.trace,
                 format: trace.format,
                 rate,
@@ -200,6 +205,40 @@ fn real_main() -> Result<()> {
                     let _ = std::io::stderr().flush();
                 }
             };
+            if let Some(seeds) = seeds {
+                let mut runs = Vec::new();
+                for (i, &seed) in seeds.0.iter().enumerate() {
+                    eprintln!("seed {seed} ({} of {}):", i + 1, seeds.0.len());
+                    args.seed = seed;
+                    let (trace, report) = mule_testbed::run::simulate_run(&args, &mut progress)?;
+                    let dir = out.join(format!("seed-{seed}"));
+                    for w in mule_testbed::run::write_report(&report, &trace, &dir)? {
+                        eprintln!("mule-testbed: warning: {w}");
+                    }
+                    runs.push((seed, report));
+                }
+                let summary = mule_testbed::sweep::SeedSummary::build(&runs);
+                let title = runs
+                    .first()
+                    .map(|(_, r)| r.info.trace.clone())
+                    .unwrap_or_default();
+                let md = summary.markdown(&title);
+                std::fs::create_dir_all(&out)?;
+                std::fs::write(out.join("seeds.md"), &md)?;
+                std::fs::write(
+                    out.join("seeds.json"),
+                    serde_json::to_string_pretty(&summary)?,
+                )?;
+                println!("{md}");
+                eprintln!(
+                    "simulated {} seeds in {:.2} s; reports in {}/seed-N, spread in {}",
+                    runs.len(),
+                    t0.elapsed().as_secs_f64(),
+                    out.display(),
+                    out.join("seeds.md").display()
+                );
+                return Ok(());
+            }
             let (trace, report) = mule_testbed::run::simulate_run(&args, &mut progress)?;
             for w in mule_testbed::run::write_report(&report, &trace, &out)? {
                 eprintln!("mule-testbed: warning: {w}");

@@ -199,3 +199,47 @@ fn one_format_and_gen_trace_round_trip() {
     };
     assert_eq!(oracle(&csv, "csv"), oracle(&onep, "one"));
 }
+
+/// Issue 11: the spread across seeds needed one run per seed and hand-made tables.
+#[test]
+fn a_seed_sweep_reports_the_spread_per_strategy() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.csv");
+    std::fs::write(&trace, TRACE).unwrap();
+    let out = run(&[
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--publish",
+        "2MB@0",
+        "--publish-at",
+        "0.1",
+        "--audience",
+        "50%",
+        "--seeds",
+        "1..3",
+        "--out",
+        dir.path().join("sweep").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sweep = dir.path().join("sweep");
+    for seed in 1..=3 {
+        let r = sweep.join(format!("seed-{seed}")).join("results.json");
+        assert!(r.is_file(), "{} missing", r.display());
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sweep.join("seeds.json")).unwrap()).unwrap();
+    assert_eq!(json["seeds"], serde_json::json!([1, 2, 3]));
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["strategy"], "oracle");
+    assert!(rows.iter().any(|r| r["strategy"] == "mule"), "{json}");
+    let md = std::fs::read_to_string(sweep.join("seeds.md")).unwrap();
+    assert!(
+        md.contains("3 seeds (1, 2, 3)") && md.contains("| mule |"),
+        "{md}"
+    );
+}
