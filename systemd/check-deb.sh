@@ -29,6 +29,7 @@ has -rw-r--r-- etc/mule/mule.toml
 # cargo-deb 3.x installs units under usr/lib; older versions under lib.
 has -rw-r--r-- usr/lib/systemd/system/mule.service lib/systemd/system/mule.service
 has -rw-r--r-- usr/lib/sysusers.d/mule.conf
+has -rwxr-xr-x usr/lib/mule/mule-apt-repo
 has -rw-r--r-- usr/share/doc/mule/README.md
 has -rw-r--r-- usr/share/doc/mule/REFERENCE.md
 has -rw-r--r-- usr/share/doc/mule/examples/raspberry-pi.toml

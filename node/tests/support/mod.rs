@@ -86,6 +86,8 @@ pub struct NodeConfig {
     pub session_extra: Vec<String>,
     /// Serve Prometheus metrics on this loopback port.
     pub metrics_port: Option<u16>,
+    /// Extra raw lines for the `[store]` table (e.g. `on_complete = [...]`).
+    pub store_extra: Vec<String>,
 }
 
 impl NodeConfig {
@@ -111,11 +113,13 @@ impl NodeConfig {
              [session]\nlisten = [\"127.0.0.1:0\"]\npeers = [{}]\n{}\n\
              [trust]\npublishers = [{}]\n\n\
              [subscriptions]\nchannels = [{}]\n\n\
+             [store]\n{}\n\n\
              [log]\nlevel = \"info\"\n{}",
             list(&self.peers),
             self.session_extra.join("\n"),
             list(&self.publishers),
             list(&self.channels),
+            self.store_extra.join("\n"),
             match self.metrics_port {
                 Some(p) => format!("\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{p}\"\n"),
                 None => String::new(),
