@@ -258,8 +258,20 @@ fn deb_metadata_packages_files_that_exist() {
 }
 
 /// Builds a .deb from a tree with dpkg-deb; `skip` leaves one file out.
-fn fake_deb(dir: &Path, skip: Option<&str>) -> PathBuf {
-    let root = dir.join(format!("root-{}", skip.unwrap_or("full").replace('/', "_")));
+/// A package laid out as cargo-deb lays out mule's, without `skip`; `postinst` replaces the
+/// maintainer script (default: ours with cargo-deb's marker replaced by a fragment, as
+/// cargo-deb does).
+fn fake_deb(dir: &Path, skip: Option<&str>, postinst: Option<&str>) -> PathBuf {
+    let root = dir.join(format!(
+        "root-{}{}",
+        skip.unwrap_or("full").replace('/', "_"),
+        if postinst.is_some() { "-script" } else { "" }
+    ));
+    let spliced = read("systemd/debian/postinst").replace(
+        "#DEBHELPER#",
+        "if [ \"$1\" = \"configure\" ]; then\n    systemd-sysusers mule.conf\nfi",
+    );
+    let postinst = postinst.unwrap_or(&spliced);
     let files: &[(&str, &str, u32)] = &[
         ("usr/bin/mule", "#!/bin/sh\n", 0o755),
         ("etc/mule/mule.toml", &read("config/mule.toml"), 0o644),
@@ -292,7 +304,12 @@ fn fake_deb(dir: &Path, skip: Option<&str>) -> PathBuf {
             0o644,
         ),
         ("DEBIAN/conffiles", "/etc/mule/mule.toml\n", 0o644),
-        ("DEBIAN/postinst", &read("systemd/debian/postinst"), 0o755),
+        ("DEBIAN/postinst", postinst, 0o755),
+        (
+            "usr/lib/mule/mule-apt-repo",
+            &read("systemd/hooks/mule-apt-repo"),
+            0o755,
+        ),
     ];
     for (path, body, mode) in files {
         if Some(*path) == skip {
@@ -329,7 +346,7 @@ fn check_deb_script_accepts_a_complete_package_and_rejects_a_gap() {
     }
     let dir = tempfile::tempdir().unwrap();
     let script = repo().join("systemd/check-deb.sh");
-    let good = fake_deb(dir.path(), None);
+    let good = fake_deb(dir.path(), None, None);
     let out = Command::new("bash")
         .arg(&script)
         .arg(&good)
@@ -347,7 +364,7 @@ fn check_deb_script_accepts_a_complete_package_and_rejects_a_gap() {
         "usr/lib/systemd/system/mule.service",
         "DEBIAN/conffiles",
     ] {
-        let bad = fake_deb(dir.path(), Some(missing));
+        let bad = fake_deb(dir.path(), Some(missing), None);
         let out = Command::new("bash")
             .arg(&script)
             .arg(&bad)
@@ -358,6 +375,21 @@ fn check_deb_script_accepts_a_complete_package_and_rejects_a_gap() {
             "check-deb.sh accepted a package without {missing}"
         );
     }
+
+    // Issue 11: cargo-deb replaced the marker inside a comment of postinst too, leaving a
+    // script `sh` cannot parse; dpkg -i failed, and check-deb (which only grepped) passed.
+    let broken = "#!/bin/sh\nset -e\n# systemd-sysusers at if [ x ]; then\n;\nfi\nexit 0\n";
+    let bad = fake_deb(dir.path(), None, Some(broken));
+    let out = Command::new("bash").arg(&script).arg(&bad).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "check-deb.sh accepted a postinst that does not parse"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("postinst does not parse"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
