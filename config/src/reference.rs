@@ -282,6 +282,21 @@ pub const KEYS: &[KeyDoc] = &[
         "Unix control socket used by the `mule` CLI (mode 0660).",
         "`DATA_DIR/mule.sock`",
     ),
+    key(
+        "media.paths",
+        "list of path patterns",
+        "Where removable media appear (`*`/`?` per path component, e.g. `/media/*/*`); a directory holding `mule/FORMAT` is imported when it appears. Empty: only `mule media sync` uses media.",
+    ),
+    key(
+        "media.carry_out",
+        "boolean",
+        "After importing from a medium, write back the bundles this node carries for others and those it published.",
+    ),
+    key(
+        "media.scan_interval_ms",
+        "milliseconds, 100 to 3600000",
+        "How often `media.paths` are looked at for new media.",
+    ),
 ];
 
 /// The value of a dotted key in a serialised configuration.

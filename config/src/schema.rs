@@ -55,6 +55,8 @@ pub struct Config {
     pub log: Log,
     /// The local control socket used by the `mule` CLI.
     pub control: Control,
+    /// Removable media (USB sticks, SD cards) as a transport.
+    pub media: Media,
 }
 
 /// `[discovery]`: finding neighbours.
@@ -436,6 +438,32 @@ impl Default for Log {
         Log {
             level: "info".to_string(),
             format: LogFormat::Auto,
+        }
+    }
+}
+
+/// `[media]`: removable media as a transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Media {
+    /// Directories where media appear, with `*` and `?` wildcards per path
+    /// component (e.g. `"/media/*/*"`, `"/mnt/usb"`); a directory holding
+    /// `mule/FORMAT` is a Mule medium and is imported when it appears. Empty:
+    /// media are used only through `mule media sync`.
+    pub paths: Vec<String>,
+    /// After importing from a medium, write back to it the bundles this node
+    /// carries for others and those it published, so they travel on.
+    pub carry_out: bool,
+    /// How often `paths` are looked at for new media.
+    pub scan_interval_ms: u64,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Media {
+            paths: Vec::new(),
+            carry_out: false,
+            scan_interval_ms: 2000,
         }
     }
 }

@@ -468,6 +468,19 @@ fn check_prediction(c: &Config) -> Result<(), Problem> {
 }
 
 fn check_misc(c: &Config) -> Result<(), Problem> {
+    let scan = c.media.scan_interval_ms;
+    if !(100..=3_600_000).contains(&scan) {
+        return Err(problem(
+            path("media.scan_interval_ms"),
+            format!("{scan} ms is outside 100 to 3600000"),
+        ));
+    }
+    if let Some(i) = c.media.paths.iter().position(|p| !p.starts_with('/')) {
+        return Err(problem(
+            element("media.paths", i),
+            format!("{:?} is not an absolute path", c.media.paths[i]),
+        ));
+    }
     let fpr = c.summary.false_positive_rate;
     if !(fpr > 0.0 && fpr < 0.5) {
         return Err(problem(

@@ -91,6 +91,39 @@ pub enum Command {
     /// Check or show configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Removable media (USB sticks, SD cards) as a transport.
+    #[command(subcommand)]
+    Media(MediaCommand),
+}
+
+/// `mule media …`
+#[derive(Debug, Subcommand)]
+pub enum MediaCommand {
+    /// Write bundles from the store to the medium mounted at DIR (default: every bundle
+    /// with pieces; the layout is DIR/mule/..., see README "Removable media").
+    Write {
+        /// The medium's mount point (or any directory).
+        dir: PathBuf,
+        /// Only this bundle (id or unique prefix); repeatable.
+        #[arg(long = "bundle", value_name = "ID")]
+        bundles: Vec<String>,
+        /// Only bundles addressed to this channel; repeatable.
+        #[arg(long = "channel", value_name = "CH")]
+        channels: Vec<String>,
+        /// Output JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import every verified manifest and piece the running node wants or may carry
+    /// from the medium at DIR (for a systemd .mount-triggered unit; nodes with
+    /// `media.paths` do this by themselves).
+    Sync {
+        /// The medium's mount point.
+        dir: PathBuf,
+        /// Output JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--json` switch.

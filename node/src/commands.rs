@@ -11,7 +11,7 @@ use mule_bundle::store::{BundleInfo, Origin, Store};
 use mule_bundle::{BundleId, PublishOptions, VerifiedManifest, keys};
 use mule_config::Config;
 
-use crate::cli::{Cli, Command, ConfigCommand, KeyCommand, PublishArgs};
+use crate::cli::{Cli, Command, ConfigCommand, KeyCommand, MediaCommand, PublishArgs};
 use crate::control::{self, Client, Request, Response};
 use crate::human;
 use crate::view::{self, progress_bar};
@@ -241,6 +241,7 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
             eprintln!("unsubscribed from {channel}");
             Ok(())
         }
+        Command::Media(m) => media_verb(m, cfg, data_dir).await,
         Command::Run | Command::Key(_) | Command::Config(_) => {
             unreachable!("handled synchronously")
         }
@@ -630,4 +631,128 @@ fn print_status(st: &view::Status) {
     print_neighbours(&st.neighbours);
     println!();
     print_bundles(&st.bundles);
+}
+
+async fn media_verb(cmd: MediaCommand, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let (report, json) = match cmd {
+        MediaCommand::Sync { dir, json } => {
+            crate::media::check(&dir)?;
+            let mut c = daemon_only(cfg, data_dir, "media sync").await?;
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            let Response::Media(r) = c
+                .call(&Request::MediaSync {
+                    dir: dir.display().to_string(),
+                })
+                .await?
+            else {
+                bail!("unexpected answer")
+            };
+            (r, json)
+        }
+        MediaCommand::Write {
+            dir,
+            bundles,
+            channels,
+            json,
+        } => {
+            let ids = if bundles.is_empty() {
+                Vec::new()
+            } else {
+                let list = bundle_list(cfg, data_dir).await?;
+                bundles
+                    .iter()
+                    .map(|b| resolve(b, &list))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            let dir = std::fs::canonicalize(&dir)
+                .with_context(|| format!("{}: the medium's directory", dir.display()))?;
+            let r = match target(cfg, data_dir, Access::Read).await? {
+                Target::Daemon(mut c) => {
+                    let Response::Media(r) = c
+                        .call(&Request::MediaWrite {
+                            dir: dir.display().to_string(),
+                            bundles: ids.iter().map(|i| i.to_string()).collect(),
+                            channels,
+                        })
+                        .await?
+                    else {
+                        bail!("unexpected answer")
+                    };
+                    r
+                }
+                Target::Direct(mut s) => media_write_direct(&mut s, &dir, &ids, &channels)?,
+            };
+            (r, json)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {} manifests, {} pieces ({}){}{}",
+            report.medium,
+            report.manifests,
+            report.pieces,
+            human::bytes(report.bytes),
+            if report.manifests_refused + report.pieces_refused > 0 {
+                format!(
+                    "; refused {} manifests and {} pieces that did not verify or were not wanted",
+                    report.manifests_refused, report.pieces_refused
+                )
+            } else {
+                String::new()
+            },
+            if report.medium_gone {
+                "; the medium went away"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(first) = report.errors.first() {
+        bail!(
+            "{} problem(s) with the medium, the first: {first}",
+            report.errors.len()
+        );
+    }
+    Ok(())
+}
+
+/// `mule media write` without a daemon: straight from the store.
+fn media_write_direct(
+    s: &mut Store,
+    dir: &Path,
+    ids: &[BundleId],
+    channels: &[String],
+) -> Result<view::MediaReport> {
+    let mut rep = view::MediaReport {
+        medium: dir.display().to_string(),
+        ..view::MediaReport::default()
+    };
+    crate::media::init(dir)?;
+    for info in s.bundles()? {
+        if (!ids.is_empty() && !ids.contains(&info.id)) || info.pieces_have == 0 {
+            continue;
+        }
+        let Some(vm) = s.manifest(&info.id)? else {
+            continue;
+        };
+        if !channels.is_empty() && !vm.manifest().audience.iter().any(|a| channels.contains(a)) {
+            continue;
+        }
+        let bdir = crate::media::write_manifest(dir, &vm)?;
+        rep.manifests += 1;
+        for index in 0..vm.piece_count() {
+            if crate::media::has_piece(&bdir, &vm, index) {
+                continue;
+            }
+            if let Some(data) = s.read_piece(&info.id, index)? {
+                crate::media::write_atomic(&crate::media::piece_path(&bdir, index), &data)?;
+                rep.pieces += 1;
+                rep.bytes += data.len() as u64;
+            }
+        }
+    }
+    crate::media::sync(dir)?;
+    Ok(rep)
 }

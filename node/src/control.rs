@@ -63,6 +63,20 @@ pub enum Request {
         /// Channel name.
         channel: String,
     },
+    /// Imports a removable medium (see `mule media sync`).
+    MediaSync {
+        /// The medium's directory.
+        dir: String,
+    },
+    /// Writes bundles to a removable medium (see `mule media write`).
+    MediaWrite {
+        /// The medium's directory.
+        dir: String,
+        /// Only these bundles (full hex ids); empty: all.
+        bundles: Vec<String>,
+        /// Only bundles for these channels; empty: all.
+        channels: Vec<String>,
+    },
 }
 
 /// The daemon's answer.
@@ -80,6 +94,8 @@ pub enum Response {
     Id(String),
     /// Raw bytes (a manifest or a piece).
     Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Answer to [`Request::MediaSync`] and [`Request::MediaWrite`].
+    Media(crate::view::MediaReport),
 }
 
 /// Errors of the control channel itself.

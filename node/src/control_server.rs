@@ -155,5 +155,26 @@ async fn handle(ctx: &Arc<Ctx>, req: Request) -> Result<Response, String> {
                 .map_err(|e| e.to_string())?;
             Response::Done
         }
+        Request::MediaSync { dir } => {
+            let root = std::path::PathBuf::from(&dir);
+            crate::media::check(&root).map_err(|e| e.to_string())?;
+            Response::Media(ctx.media_import(&root).await)
+        }
+        Request::MediaWrite {
+            dir,
+            bundles,
+            channels,
+        } => {
+            let ids = bundles
+                .iter()
+                .map(|b| parse_id(b))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sel = crate::daemon::MediaSelection {
+                ids,
+                channels,
+                outbound_only: false,
+            };
+            Response::Media(ctx.media_write(std::path::Path::new(&dir), &sel).await)
+        }
     })
 }

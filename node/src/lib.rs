@@ -11,6 +11,7 @@ mod control_server;
 pub mod daemon;
 pub mod human;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod paths;
 pub mod view;

@@ -77,6 +77,27 @@ pub struct Bundle {
     pub eta_s: Option<u64>,
 }
 
+/// What `mule media write` or `sync` did with a medium.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MediaReport {
+    /// The medium's directory.
+    pub medium: String,
+    /// Manifests written, or taken from the medium.
+    pub manifests: u64,
+    /// Manifests on the medium that did not verify or that policy refused.
+    pub manifests_refused: u64,
+    /// Pieces written, or taken from the medium (verified and stored).
+    pub pieces: u64,
+    /// Pieces on the medium that failed verification (left there, not stored).
+    pub pieces_refused: u64,
+    /// Piece bytes written.
+    pub bytes: u64,
+    /// The medium went away during the import (what was stored stays).
+    pub medium_gone: bool,
+    /// Problems met on the way.
+    pub errors: Vec<String>,
+}
+
 /// Contact history and prediction for one peer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PeerContacts {

@@ -17,6 +17,7 @@
 
 mod ble;
 mod conn;
+mod media;
 mod progress;
 mod session;
 pub mod store;
@@ -72,6 +73,7 @@ pub(crate) fn load_subscriptions(data_dir: &Path, configured: &[String]) -> Vec<
     channels
 }
 use crate::view as v;
+pub use media::Selection as MediaSelection;
 pub use store::{Completion, StoreHandle};
 
 /// Why the daemon could not start or had to stop.
@@ -613,6 +615,7 @@ pub async fn run(
     }
     tasks.spawn(crate::control_server::serve(ctx.clone(), control, stop()));
     tasks.spawn(installer(ctx.clone(), stop()));
+    tasks.spawn(media::watch(ctx.clone(), stop()));
     if ctx.cfg.metrics.enabled {
         match tokio::net::TcpListener::bind(ctx.cfg.metrics.listen).await {
             Ok(l) => {

@@ -88,6 +88,8 @@ pub struct NodeConfig {
     pub metrics_port: Option<u16>,
     /// Extra raw lines for the `[store]` table (e.g. `on_complete = [...]`).
     pub store_extra: Vec<String>,
+    /// Raw TOML appended at the end (whole tables, e.g. `[media]\npaths = [...]`).
+    pub tail: String,
 }
 
 impl NodeConfig {
@@ -124,7 +126,8 @@ impl NodeConfig {
                 Some(p) => format!("\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{p}\"\n"),
                 None => String::new(),
             }
-        )
+        ) + "\n"
+            + &self.tail
     }
 }
 
