@@ -53,6 +53,14 @@ pub const RATE_SAMPLE_MS: u64 = 500;
 /// Longest time between two full planning steps while requests could be made (ms).
 pub const REPLAN_INTERVAL_MS: u64 = 200;
 
+/// Most copies of one piece sent in one session: the first, plus one more after each
+/// `Cancel` of it by the peer, up to this many in all.
+pub const MAX_COPIES_PER_PIECE: u8 = 3;
+
+/// Requests for pieces already sent (and not cancelled) tolerated in one session; one more
+/// closes it with `Bye(RepeatedRequest)`. Each of them is ignored, not answered.
+pub const MAX_REPEATED_REQUESTS: u32 = 64;
+
 /// Tuning of one session. `Default` is what the daemon uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
@@ -308,6 +316,11 @@ struct Exchange {
     sample_bytes: u64,
     /// Carry bytes requested in this session.
     carry_requested: u64,
+    /// Pieces sent to the peer in this session (from [`Session::send_piece`] on), so a piece
+    /// goes out at most once unless the peer cancels it (request amplification).
+    served: HashMap<PieceRef, Served>,
+    /// Requests for pieces in `served` the peer made anyway.
+    repeated_requests: u32,
     /// Requests from the peer, in its order, not yet handed to the driver.
     peer_requests: VecDeque<PieceRef>,
     peer_request_set: HashSet<PieceRef>,
@@ -325,6 +338,15 @@ struct Exchange {
     /// when something changed what the peer holds or we want, or every
     /// [`REPLAN_INTERVAL_MS`]. Entries may be stale and are checked when taken.
     plan: VecDeque<(PieceRef, scheduler::Reason)>,
+}
+
+/// What the sender remembers of a piece it sent in this session.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    /// Copies queued or sent.
+    copies: u8,
+    /// The peer cancelled it since the last copy: it may ask once more.
+    cancelled: bool,
 }
 
 /// One contact session with one neighbour.
@@ -379,6 +401,9 @@ pub struct Session {
     last_rx: u64,
     last_tx: u64,
     stats: SessionStats,
+    /// Misbehaviour seen that did not end the session (e.g. a few repeated requests): the
+    /// penalty of its end is at least this.
+    misbehaviour: Penalty,
 }
 
 impl std::fmt::Debug for Session {
@@ -479,6 +504,7 @@ impl Session {
             last_rx: now,
             last_tx: now,
             stats: SessionStats::default(),
+            misbehaviour: Penalty::None,
             cfg,
         };
         let hello = Hello {
@@ -557,6 +583,15 @@ impl Session {
             State::Exchanging(_) => "exchanging",
             State::Closing => "closing",
             State::Closed => "closed",
+        }
+    }
+
+    /// Which frames the session admits now: only the handshake's small ones until the peer is
+    /// authenticated (a driver may also read in small chunks until then).
+    pub fn phase(&self) -> frame::Phase {
+        match self.state {
+            State::Exchanging(_) => frame::Phase::Authenticated,
+            _ => frame::Phase::Handshake,
         }
     }
 
@@ -710,7 +745,7 @@ impl Session {
         // Fast path: parse straight from the input while nothing is buffered.
         if self.decoder.buffered() == 0 {
             loop {
-                match frame::decode_frame(input) {
+                match frame::decode_frame_in(input, self.phase()) {
                     Ok(Some((msg, used))) => {
                         input = &input[used..];
                         self.handle_message(msg);
@@ -728,7 +763,7 @@ impl Session {
         }
         self.decoder.push(input);
         loop {
-            match self.decoder.next_message() {
+            match self.decoder.next_message_in(self.phase()) {
                 Ok(Some(msg)) => {
                     self.handle_message(msg);
                     if !self.is_open() {
@@ -743,7 +778,8 @@ impl Session {
 
     /// The transport ended (EOF or error) without a `Bye`: the session closes with
     /// [`Event::Closed`] (`by_peer`, code `Normal` if the handshake had finished, else
-    /// `HandshakeTimeout`), no penalty, and nothing more to send.
+    /// `HandshakeTimeout`), no penalty (unless the peer misbehaved before), and nothing more
+    /// to send.
     pub fn handle_transport_closed(&mut self, now: u64) {
         self.now = self.now.max(now);
         if !self.is_open() {
@@ -763,7 +799,7 @@ impl Session {
                 by_peer: true,
                 detail: "transport closed without Bye".into(),
             },
-            penalty: Penalty::None,
+            penalty: self.misbehaviour,
         });
     }
 
@@ -782,6 +818,12 @@ impl Session {
             return false;
         };
         x.fetching_bytes -= size;
+        let served = x.served.entry(piece).or_insert(Served {
+            copies: 0,
+            cancelled: false,
+        });
+        served.copies = served.copies.saturating_add(1);
+        served.cancelled = false;
         let mut buf = Vec::with_capacity(data.len() + 48);
         frame::encode_piece(piece, data, &mut buf);
         self.tx_piece_bytes += buf.len();
@@ -1117,7 +1159,7 @@ impl Session {
                 by_peer: false,
                 detail: detail.to_owned(),
             },
-            penalty,
+            penalty: penalty.max(self.misbehaviour),
         });
     }
 
@@ -1335,7 +1377,7 @@ impl Session {
                         by_peer: true,
                         detail: text,
                     },
-                    penalty: Penalty::None,
+                    penalty: self.misbehaviour,
                 });
                 return;
             }
@@ -1439,6 +1481,8 @@ impl Session {
             sample_start: self.now,
             sample_bytes: 0,
             carry_requested: 0,
+            served: HashMap::new(),
+            repeated_requests: 0,
             peer_requests: VecDeque::new(),
             peer_request_set: HashSet::new(),
             fetching: HashMap::new(),
@@ -1499,6 +1543,26 @@ impl Session {
                     if x.peer_request_set.contains(&piece) || x.fetching.contains_key(&piece) {
                         continue;
                     }
+                    if let Some(s) = x.served.get(&piece)
+                        && (!s.cancelled || s.copies >= MAX_COPIES_PER_PIECE)
+                    {
+                        // Sent already: ignored, so the peer cannot make us upload a piece
+                        // again and again for a few bytes of requests.
+                        x.repeated_requests += 1;
+                        self.misbehaviour = self.misbehaviour.max(Penalty::Minor);
+                        if x.repeated_requests > MAX_REPEATED_REQUESTS {
+                            return self.violation(
+                                ByeCode::RepeatedRequest,
+                                Penalty::Major,
+                                format!(
+                                    "more than {MAX_REPEATED_REQUESTS} requests for pieces already sent (last: piece {} of {})",
+                                    piece.index,
+                                    piece.bundle.short()
+                                ),
+                            );
+                        }
+                        continue;
+                    }
                     let held = self
                         .local
                         .bundles
@@ -1534,10 +1598,16 @@ impl Session {
                         x.peer_requests.retain(|p| *p != piece);
                     } else if let Some(size) = x.fetching.remove(&piece) {
                         x.fetching_bytes -= size;
-                    } else if let Some(i) = self.tx_pieces.iter().position(|(p, ..)| *p == piece) {
-                        // Encoded but not yet handed to the transport: drop it.
-                        let (_, _, frame) = self.tx_pieces.remove(i).expect("position is valid");
-                        self.tx_piece_bytes -= frame.len();
+                    } else if let Some(s) = x.served.get_mut(&piece) {
+                        // Sent (or queued): the peer may ask for it once more.
+                        s.cancelled = true;
+                        if let Some(i) = self.tx_pieces.iter().position(|(p, ..)| *p == piece) {
+                            // Encoded but not yet handed to the transport: drop it.
+                            let (_, _, frame) =
+                                self.tx_pieces.remove(i).expect("position is valid");
+                            self.tx_piece_bytes -= frame.len();
+                            s.copies -= 1;
+                        }
                     }
                 }
             }

@@ -1,0 +1,234 @@
+//! Hostile peers against the pure engine (issue 18): request amplification, memory before
+//! authentication, and neighbours that lie about what they hold. Every scenario runs in
+//! virtual time; nothing here reads a clock.
+
+use mule_bundle::{PieceRef, Priority};
+use mule_engine::frame::{self, ByeCode, Message, MessageType};
+use mule_engine::harness::{Catalog, CatalogEntry, MemNode, payload};
+use mule_engine::penalty::Penalty;
+use mule_engine::session::{
+    Event, LocalView, MAX_COPIES_PER_PIECE, MAX_REPEATED_REQUESTS, Role, Session, SessionConfig,
+    SessionSeed,
+};
+
+const PIECE: u32 = 64 * 1024;
+
+fn session(seed: u8, role: Role, view: LocalView) -> Session {
+    Session::new(
+        SessionConfig::default(),
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32]),
+        role,
+        0,
+        SessionSeed {
+            challenge: [seed; 32],
+            salt: [seed; 16],
+        },
+        view,
+    )
+}
+
+/// Moves bytes both ways until neither side has anything to send.
+fn handshake(a: &mut Session, b: &mut Session) {
+    for _ in 0..20 {
+        let mut moved = false;
+        while let Some(bytes) = a.poll_transmit() {
+            b.handle_bytes(1, &bytes);
+            moved = true;
+        }
+        while let Some(bytes) = b.poll_transmit() {
+            a.handle_bytes(1, &bytes);
+            moved = true;
+        }
+        while a.poll_event().is_some() {}
+        while b.poll_event().is_some() {}
+        if !moved {
+            break;
+        }
+    }
+    assert!(a.peer_holdings().is_some() && b.peer_holdings().is_some());
+}
+
+/// A sender holding a 4-piece bundle, authenticated with an attacker whose own session did
+/// the handshake (after it, the attacker's frames are written by hand).
+fn sender_and_attacker() -> (Session, CatalogEntry, Vec<u8>) {
+    let mut catalog = Catalog::default();
+    let data = payload(4 * PIECE as usize, 3);
+    let e = catalog.publish("fw-1", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut holder = MemNode::new(1, &[]);
+    holder.hold(&e, &data, 0..e.meta.pieces);
+    let mut sender = session(1, Role::Responder, holder.view.clone());
+    let mut attacker = session(9, Role::Initiator, LocalView::default());
+    handshake(&mut sender, &mut attacker);
+    (sender, e, data)
+}
+
+/// What the sender did with one batch of input: piece frames it sent, and how it closed.
+#[derive(Default)]
+struct Sent {
+    pieces: Vec<PieceRef>,
+    closed: Option<(ByeCode, Penalty)>,
+}
+
+/// Feeds `input` to the sender, serves every piece it asks its driver for from `data`, and
+/// collects what it transmits.
+fn feed(s: &mut Session, input: &[u8], data: &[u8], out: &mut Sent) {
+    s.handle_bytes(2, input);
+    loop {
+        let mut any = false;
+        while let Some(ev) = s.poll_event() {
+            any = true;
+            match ev {
+                Event::PieceRequested { piece } => {
+                    let start = (piece.index * PIECE) as usize;
+                    s.send_piece(piece, &data[start..start + PIECE as usize]);
+                }
+                Event::Closed { reason, penalty } => out.closed = Some((reason.code, penalty)),
+                _ => {}
+            }
+        }
+        while let Some(bytes) = s.poll_transmit() {
+            any = true;
+            let mut rest = &bytes[..];
+            while let Ok(Some((m, used))) = frame::decode_frame(rest) {
+                if let Message::Piece { piece, .. } = m {
+                    out.pieces.push(piece);
+                }
+                rest = &rest[used..];
+            }
+        }
+        if !any {
+            return;
+        }
+    }
+}
+
+fn encoded(m: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    m.encode(&mut out);
+    out
+}
+
+#[test]
+fn a_piece_is_sent_once_however_often_it_is_requested() {
+    let (mut s, e, data) = sender_and_attacker();
+    let piece = PieceRef {
+        bundle: e.meta.id,
+        index: 0,
+    };
+    // The same piece, 1024 times per frame, in 3000 frames (the attack of issue 18).
+    let req = encoded(&Message::Request(vec![piece; 1024]));
+    let mut sent = Sent::default();
+    let mut frames = 0;
+    while sent.closed.is_none() && frames < 3000 {
+        feed(&mut s, &req, &data, &mut sent);
+        frames += 1;
+    }
+    assert_eq!(sent.pieces, vec![piece], "copies sent of one piece");
+    assert_eq!(
+        sent.closed,
+        Some((ByeCode::RepeatedRequest, Penalty::Major)),
+        "after {frames} frames"
+    );
+    assert!(
+        frames as u32 <= MAX_REPEATED_REQUESTS + 2,
+        "closed only after {frames} frames"
+    );
+}
+
+#[test]
+fn a_cancelled_piece_may_be_asked_for_again_a_bounded_number_of_times() {
+    let (mut s, e, data) = sender_and_attacker();
+    let piece = PieceRef {
+        bundle: e.meta.id,
+        index: 1,
+    };
+    let req = encoded(&Message::Request(vec![piece]));
+    let cancel = encoded(&Message::Cancel(vec![piece]));
+    let mut sent = Sent::default();
+    for _ in 0..10 {
+        feed(&mut s, &req, &data, &mut sent);
+        feed(&mut s, &cancel, &data, &mut sent);
+    }
+    assert_eq!(
+        sent.pieces.len(),
+        MAX_COPIES_PER_PIECE as usize,
+        "a cancel allows one more copy, up to the bound"
+    );
+    assert!(sent.closed.is_none(), "{:?}", sent.closed);
+    // A few repeats do not end the session, but its end carries a penalty.
+    feed(&mut s, &encoded(&Message::KeepAlive), &data, &mut sent);
+    s.close_with(ByeCode::Normal, "done");
+    feed(&mut s, &[], &data, &mut sent);
+    assert_eq!(sent.closed, Some((ByeCode::Normal, Penalty::Minor)));
+}
+
+#[test]
+fn an_honest_transfer_sends_every_piece_once_and_is_not_penalised() {
+    let (mut s, e, data) = sender_and_attacker();
+    let all: Vec<PieceRef> = (0..e.meta.pieces)
+        .map(|index| PieceRef {
+            bundle: e.meta.id,
+            index,
+        })
+        .collect();
+    let mut sent = Sent::default();
+    // Duplicates of still-outstanding requests are ignored silently, as before.
+    feed(
+        &mut s,
+        &[
+            encoded(&Message::Request(all.clone())),
+            encoded(&Message::Request(all.clone())),
+        ]
+        .concat(),
+        &data,
+        &mut sent,
+    );
+    assert_eq!(sent.pieces, all);
+    s.close_with(ByeCode::Normal, "done");
+    feed(&mut s, &[], &data, &mut sent);
+    assert_eq!(sent.closed, Some((ByeCode::Normal, Penalty::None)));
+}
+
+#[test]
+fn a_big_frame_header_before_hello_is_refused_at_once() {
+    // The five header bytes of a 4 MiB Summary, before any Hello: the session must close
+    // on the header, not wait for (and buffer) the body.
+    let mut s = session(1, Role::Responder, LocalView::default());
+    let mut header = (4u32 << 20).to_be_bytes().to_vec();
+    header.push(MessageType::Summary as u8);
+    s.handle_bytes(1, &header);
+    let mut closed = None;
+    while let Some(ev) = s.poll_event() {
+        if let Event::Closed { reason, .. } = ev {
+            closed = Some(reason.code);
+        }
+    }
+    assert_eq!(closed, Some(ByeCode::UnexpectedMessage));
+    // After the Hello, too: still not authenticated.
+    let mut s = session(1, Role::Responder, LocalView::default());
+    let mut peer = session(2, Role::Initiator, LocalView::default());
+    let hello = peer.poll_transmit().expect("hello");
+    s.handle_bytes(1, &hello);
+    s.handle_bytes(1, &header);
+    let mut closed = None;
+    while let Some(ev) = s.poll_event() {
+        if let Event::Closed { reason, .. } = ev {
+            closed = Some(reason.code);
+        }
+    }
+    assert_eq!(closed, Some(ByeCode::UnexpectedMessage));
+    // A Hello announced larger than any Hello can be is refused from its header as well.
+    let mut s = session(1, Role::Responder, LocalView::default());
+    let mut big_hello = ((frame::MAX_HANDSHAKE_FRAME + 1) as u32)
+        .to_be_bytes()
+        .to_vec();
+    big_hello.push(MessageType::Hello as u8);
+    s.handle_bytes(1, &big_hello);
+    let mut closed = None;
+    while let Some(ev) = s.poll_event() {
+        if let Event::Closed { reason, .. } = ev {
+            closed = Some(reason.code);
+        }
+    }
+    assert_eq!(closed, Some(ByeCode::OversizedFrame));
+}
