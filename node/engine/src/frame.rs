@@ -276,6 +276,8 @@ pub enum ByeCode {
     SelfConnection,
     /// The peer kept requesting pieces it had already been sent in this session.
     RepeatedRequest,
+    /// The peer advertised pieces and answered none of our requests for them.
+    RequestsIgnored,
     /// A code this implementation does not know.
     Other(u64),
 }
@@ -303,6 +305,7 @@ impl ByeCode {
             BadSummary => 15,
             SelfConnection => 16,
             RepeatedRequest => 17,
+            RequestsIgnored => 18,
             Other(c) => c,
         }
     }
@@ -329,6 +332,7 @@ impl ByeCode {
             15 => BadSummary,
             16 => SelfConnection,
             17 => RepeatedRequest,
+            18 => RequestsIgnored,
             c => Other(c),
         }
     }
@@ -687,6 +691,13 @@ impl FrameDecoder {
             }
             None => Ok(None),
         }
+    }
+
+    /// The type of the incomplete frame buffered, if its header has arrived.
+    pub fn pending_kind(&self) -> Option<MessageType> {
+        self.buf
+            .get(self.start + 4)
+            .and_then(|b| MessageType::from_byte(*b))
     }
 
     /// Bytes buffered but not yet decoded.

@@ -61,6 +61,11 @@ pub const MAX_COPIES_PER_PIECE: u8 = 3;
 /// closes it with `Bye(RepeatedRequest)`. Each of them is ignored, not answered.
 pub const MAX_REPEATED_REQUESTS: u32 = 64;
 
+/// Requests a peer that never answered any may let go unanswered (taken over by other
+/// sessions or stalled) before the session is closed with `Bye(RequestsIgnored)`: it
+/// advertised pieces it does not send.
+pub const MAX_IGNORED_REQUESTS: u32 = 8;
+
 /// Tuning of one session. `Default` is what the daemon uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
@@ -93,6 +98,11 @@ pub struct SessionConfig {
     /// Give up on outstanding requests after this long without any answer (ms): they are
     /// cancelled and released so other sessions can fetch those pieces.
     pub request_stall_ms: u64,
+    /// Least patience with an unanswered request (ms): after
+    /// `max(this, 4 × outstanding bytes / measured rate)` (before a rate is known,
+    /// `max(this, 8 × handshake round trip)`), at most `request_stall_ms`, without an answer
+    /// (or piece data arriving), other sessions may take our requests over.
+    pub request_patience_ms: u64,
     /// Most manifests the peer may offer in one session.
     pub max_manifests_per_session: u32,
     /// How long we expect the contact to last (sent in the summary), if known.
@@ -121,6 +131,7 @@ impl Default for SessionConfig {
             bloom_fp_rate: 0.01,
             piece_size_max: MAX_PIECE_BYTES as u32,
             request_stall_ms: 10_000,
+            request_patience_ms: 500,
             max_manifests_per_session: 4096,
             expected_contact_ms: None,
             link_rate_bytes_per_s: None,
@@ -308,8 +319,16 @@ struct Exchange {
     cancelled: HashSet<PieceRef>,
     /// Claims to hand back at the next `plan_requests`.
     release: Vec<PieceRef>,
-    /// Last time a request was answered (or the first one sent after none were pending).
+    /// Last time a request was answered (or the first one sent after none were pending), or
+    /// piece data was arriving.
     last_progress: u64,
+    /// Answers (pieces, refusals) the peer gave to our requests in this session.
+    answered: u64,
+    /// Since when a partial `Piece` frame is buffered.
+    partial_piece_since: Option<u64>,
+    /// Our requests the peer let go unanswered (taken over or stalled) while it had
+    /// answered none.
+    ignored: u32,
     /// Measured delivery rate of this peer (bytes per ms), once known.
     rate: Option<f64>,
     sample_start: u64,
@@ -404,6 +423,8 @@ pub struct Session {
     /// Misbehaviour seen that did not end the session (e.g. a few repeated requests): the
     /// penalty of its end is at least this.
     misbehaviour: Penalty,
+    /// From our Hello to the peer's HelloAck: about one round trip (ms).
+    handshake_rtt: Option<u64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -505,6 +526,7 @@ impl Session {
             last_tx: now,
             stats: SessionStats::default(),
             misbehaviour: Penalty::None,
+            handshake_rtt: None,
             cfg,
         };
         let hello = Hello {
@@ -720,7 +742,11 @@ impl Session {
             }
             tracing::debug!(pieces = stalled.len(), "requests stalled; cancelled");
             self.plan_dirty = true;
+            let n = stalled.len();
             x.pending_cancel.extend(stalled);
+            if self.note_ignored(n) {
+                return;
+            }
         }
         if now >= self.last_tx + self.cfg.keepalive_interval_ms {
             // With output already waiting for the transport, that output is the keep-alive.
@@ -770,7 +796,7 @@ impl Session {
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return self.note_partial_frame(),
                 Err(e) => return self.frame_error(e),
             }
         }
@@ -967,6 +993,37 @@ impl Session {
         for p in x.release.drain(..) {
             claims.release(p, owner);
         }
+        // Requests another session took over because we were past our patience deadline:
+        // withdraw them here, and do not ask this peer for them again in this session.
+        let taken: Vec<PieceRef> = x
+            .my_requests
+            .keys()
+            .filter(|p| claims.owner(**p).is_some_and(|o| o != owner))
+            .copied()
+            .collect();
+        for p in &taken {
+            if let Some(size) = x.my_requests.remove(p) {
+                x.outstanding_bytes -= size;
+                x.cancelled.insert(*p);
+                if let Some(h) = x.peer.as_mut() {
+                    h.add_lack(*p);
+                }
+            }
+        }
+        if !taken.is_empty() {
+            tracing::debug!(
+                pieces = taken.len(),
+                "unanswered requests taken over by another session"
+            );
+            x.pending_cancel.extend(taken.iter().copied());
+            self.plan_dirty = true;
+            if self.note_ignored(taken.len()) {
+                return;
+            }
+        }
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
         let Some(peer) = x.peer.as_ref() else {
             return;
         };
@@ -1103,7 +1160,7 @@ impl Session {
             // the answer, and the later copy is dropped as cancelled.
             if x.my_requests.contains_key(&piece)
                 || x.awaiting_store.contains_key(&piece)
-                || !claims.try_claim(piece, owner)
+                || !claims.try_claim_at(piece, owner, self.now)
             {
                 continue;
             }
@@ -1118,6 +1175,15 @@ impl Session {
             batch.push(piece);
         }
         x.carry_requested += carry_added;
+        let deadline = (!x.my_requests.is_empty()).then(|| {
+            let patience = match x.rate {
+                Some(r) if r > 0.0 => (4.0 * x.outstanding_bytes as f64 / r) as u64,
+                _ => 8 * self.handshake_rtt.unwrap_or(0),
+            };
+            x.last_progress
+                + patience.clamp(self.cfg.request_patience_ms, self.cfg.request_stall_ms)
+        });
+        claims.set_deadline(owner, deadline);
         self.stats.requests_sent += batch.len() as u64;
         for chunk in batch.chunks(MAX_PIECE_LIST) {
             Message::Request(chunk.to_vec()).encode(&mut self.control);
@@ -1161,6 +1227,48 @@ impl Session {
             },
             penalty: penalty.max(self.misbehaviour),
         });
+    }
+
+    /// Piece data arriving counts as progress of our requests (a slow link that is busy
+    /// sending a large piece is not stalled), for at most `request_stall_ms` per frame, so a
+    /// peer cannot hold its claims by dribbling one frame.
+    fn note_partial_frame(&mut self) {
+        let piece_pending = self.decoder.pending_kind() == Some(frame::MessageType::Piece);
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        if !piece_pending {
+            x.partial_piece_since = None;
+            return;
+        }
+        let since = *x.partial_piece_since.get_or_insert(self.now);
+        if !x.my_requests.is_empty() && self.now < since + self.cfg.request_stall_ms {
+            x.last_progress = self.now;
+        }
+    }
+
+    /// `n` of our requests went unanswered (taken over or stalled). If the peer has answered
+    /// none in this session it is lying about what it holds: a minor penalty at least, and
+    /// after [`MAX_IGNORED_REQUESTS`] the session closes. Returns whether it closed.
+    fn note_ignored(&mut self, n: usize) -> bool {
+        let State::Exchanging(x) = &mut self.state else {
+            return false;
+        };
+        if x.answered > 0 {
+            return false;
+        }
+        x.ignored = x.ignored.saturating_add(n as u32);
+        self.misbehaviour = self.misbehaviour.max(Penalty::Minor);
+        if x.ignored < MAX_IGNORED_REQUESTS {
+            return false;
+        }
+        let ignored = x.ignored;
+        self.violation(
+            ByeCode::RequestsIgnored,
+            Penalty::Major,
+            format!("{ignored} requests for advertised pieces went unanswered, none was answered"),
+        );
+        true
     }
 
     fn violation(&mut self, code: ByeCode, penalty: Penalty, detail: String) {
@@ -1458,6 +1566,7 @@ impl Session {
             );
         }
         self.peer_id = Some(peer.node_id);
+        self.handshake_rtt = Some(self.now.saturating_sub(self.started));
         self.events.push_back(Event::PeerAuthenticated {
             node: peer.node_id,
             carry_quota_bytes: peer.carry_quota_bytes,
@@ -1477,6 +1586,9 @@ impl Session {
             cancelled: HashSet::new(),
             release: Vec::new(),
             last_progress: self.now,
+            answered: 0,
+            partial_piece_since: None,
+            ignored: 0,
             rate: None,
             sample_start: self.now,
             sample_bytes: 0,
@@ -1615,6 +1727,7 @@ impl Session {
                 if let Some(size) = x.my_requests.remove(&piece) {
                     x.outstanding_bytes -= size;
                     x.last_progress = self.now;
+                    x.answered += 1;
                     if data.len() as u64 != size || data.len() > piece_size_max {
                         return self.violation(
                             ByeCode::BadPiece,
@@ -1641,7 +1754,10 @@ impl Session {
                     self.stats.pieces_received += 1;
                     self.stats.piece_bytes_received += size;
                     self.events.push_back(Event::PieceReceived { piece, data });
-                } else if !x.cancelled.remove(&piece) {
+                } else if x.cancelled.remove(&piece) {
+                    // An answer all the same (it crossed our Cancel).
+                    x.answered += 1;
+                } else {
                     self.violation(
                         ByeCode::UnsolicitedPiece,
                         Penalty::Major,
@@ -1679,6 +1795,7 @@ impl Session {
                     if let Some(size) = x.my_requests.remove(&piece) {
                         x.outstanding_bytes -= size;
                         x.last_progress = self.now;
+                        x.answered += 1;
                         x.release.push(piece);
                         peer.add_lack(piece);
                     }

@@ -232,3 +232,68 @@ fn a_big_frame_header_before_hello_is_refused_at_once() {
     }
     assert_eq!(closed, Some(ByeCode::OversizedFrame));
 }
+
+/// Lying neighbours (issue 18, item 7a): a peer advertises every piece and never sends any.
+/// Once an honest peer is there, the liar's requests are taken over as soon as they are
+/// past its patience (half a second here, no rate measured), not after the 10 s stall
+/// timer; the liar's session is closed with `RequestsIgnored` and a major penalty.
+#[test]
+fn a_neighbour_that_advertises_everything_and_sends_nothing_is_taken_over_and_penalised() {
+    use mule_engine::harness::World;
+    use mule_engine::penalty::Verdict;
+    let mut catalog = Catalog::default();
+    let data = payload(1_500_000, 13);
+    let e = catalog.publish("fw-4", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut w = World::new(catalog);
+    w.add(MemNode::new(1, &["fw"]));
+    for (seed, mute) in [(2, true), (3, false)] {
+        let mut s = MemNode::new(seed, &[]);
+        s.hold(&e, &data, 0..e.meta.pieces);
+        s.mute = mute;
+        w.add(s);
+    }
+    let liar = w.connect(1, 0, Some(1000));
+    w.run_for(100);
+    let held = w.links[liar].ends[1].session.outstanding_requests();
+    assert!(held > 0, "the liar was given no requests");
+    w.connect(2, 0, Some(1000));
+    let start = w.now;
+    // 1.5 MB at 1 MB/s from the honest peer alone: 1.5 s, plus the liar's patience.
+    assert!(
+        w.run_until(2_500, |w| w.nodes[0].complete(&e.meta.id)),
+        "not complete {} ms after the honest peer came: {} of {} pieces",
+        w.now - start,
+        w.nodes[0].pieces_of(&e.meta.id),
+        e.meta.pieces
+    );
+    assert!(
+        w.now < start + 10_000,
+        "the stall timer, not a take-over, moved the requests"
+    );
+    let mut rest = Vec::new();
+    for i in 0..e.meta.pieces {
+        rest.extend_from_slice(
+            &w.nodes[0].store[&PieceRef {
+                bundle: e.meta.id,
+                index: i,
+            }],
+        );
+    }
+    assert_eq!(rest, data);
+    let closed = w.links[liar].ends[1]
+        .closed
+        .as_ref()
+        .map(|(r, p)| (r.code, *p));
+    assert_eq!(closed, Some((ByeCode::RequestsIgnored, Penalty::Major)));
+    let liar_id = w.nodes[1].id;
+    assert!(
+        !matches!(
+            w.nodes[0].penalties.check(&liar_id, w.now),
+            Verdict::Allowed
+        ),
+        "the liar is not penalised"
+    );
+    // The honest peer is not penalised.
+    let honest = w.nodes[2].id;
+    assert_eq!(w.nodes[0].penalties.check(&honest, w.now), Verdict::Allowed);
+}
