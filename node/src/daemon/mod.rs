@@ -354,14 +354,15 @@ impl Ctx {
         sent: u64,
         received: u64,
     ) {
-        {
+        let configured = {
             let mut sh = self.shared.lock().expect("shared state");
             if let Some(n) = sh.neighbours.get_mut(&peer) {
                 n.bytes_sent += sent;
                 n.bytes_received += received;
                 return;
             }
-        }
+            sh.static_nodes.values().any(|n| *n == peer)
+        };
         let transport = if transport == "bluetooth" {
             mule_contacts::Transport::Ble
         } else {
@@ -374,6 +375,9 @@ impl Ctx {
             transport,
             bytes_sent: sent,
             bytes_received: received,
+            // A configured static peer is no stranger; a node that merely dialled us is
+            // (it goes first when the history is full).
+            discovered: configured,
         });
     }
 
@@ -386,6 +390,7 @@ impl Ctx {
             transport: n.transport,
             bytes_sent: n.bytes_sent,
             bytes_received: n.bytes_received,
+            discovered: true,
         });
     }
 
