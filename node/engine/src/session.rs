@@ -105,6 +105,12 @@ pub struct SessionConfig {
     pub request_patience_ms: u64,
     /// Most manifests the peer may offer in one session.
     pub max_manifests_per_session: u32,
+    /// Highest delivery predictability believed from a peer: what PRoPHET can produce,
+    /// `1 − δ` (0.99 with the RFC 6693 parameters); more is clamped.
+    pub max_peer_predictability: f32,
+    /// Most carry quota believed from a peer (the daemon uses its own store quota): a
+    /// claimed 2^40 bytes is taken as this.
+    pub max_peer_carry_quota_bytes: u64,
     /// How long we expect the contact to last (sent in the summary), if known.
     pub expected_contact_ms: Option<u64>,
     /// Link rate estimate in bytes/s (for the contact budget of manifest offers), if known.
@@ -133,6 +139,8 @@ impl Default for SessionConfig {
             request_stall_ms: 10_000,
             request_patience_ms: 500,
             max_manifests_per_session: 4096,
+            max_peer_predictability: 0.99,
+            max_peer_carry_quota_bytes: 1 << 30,
             expected_contact_ms: None,
             link_rate_bytes_per_s: None,
             expected_peer: None,
@@ -183,6 +191,9 @@ pub struct LocalView {
     pub predictabilities: Vec<(NodeId, f32)>,
     /// Bytes this node can still accept for bundles carried for others.
     pub carry_quota_bytes: u64,
+    /// Peers whose past claims did not all hold, with the weight (< 1) their advertised
+    /// predictabilities are believed by (see [`crate::credibility`]); others count fully.
+    pub peer_weights: HashMap<NodeId, f32>,
 }
 
 impl LocalView {
@@ -292,6 +303,11 @@ pub struct SessionStats {
     pub piece_bytes_received: u64,
     /// Requests sent.
     pub requests_sent: u64,
+    /// Our requests the peer answered (piece or refusal): its holdings claims that held.
+    pub requests_answered: u64,
+    /// Our requests it let go unanswered while answering none (see
+    /// [`MAX_IGNORED_REQUESTS`]): its holdings claims that did not hold.
+    pub requests_ignored: u64,
 }
 
 enum State {
@@ -1258,6 +1274,7 @@ impl Session {
             return false;
         }
         x.ignored = x.ignored.saturating_add(n as u32);
+        self.stats.requests_ignored += n as u64;
         self.misbehaviour = self.misbehaviour.max(Penalty::Minor);
         if x.ignored < MAX_IGNORED_REQUESTS {
             return false;
@@ -1569,7 +1586,9 @@ impl Session {
         self.handshake_rtt = Some(self.now.saturating_sub(self.started));
         self.events.push_back(Event::PeerAuthenticated {
             node: peer.node_id,
-            carry_quota_bytes: peer.carry_quota_bytes,
+            carry_quota_bytes: peer
+                .carry_quota_bytes
+                .min(self.cfg.max_peer_carry_quota_bytes),
             piece_size_max: peer.piece_size_max,
         });
         let summary = self.build_summary();
@@ -1626,7 +1645,11 @@ impl Session {
                         manifests: s.manifests.len(),
                         filter_items: s.filter.len(),
                     };
-                    x.peer = Some(PeerHoldings::new(*s));
+                    let mut holdings = PeerHoldings::new(*s);
+                    let weight = self.local.peer_weights.get(&node).copied().unwrap_or(1.0);
+                    holdings.discount_predictabilities(self.cfg.max_peer_predictability, weight);
+                    holdings.clamp_carry_quota(self.cfg.max_peer_carry_quota_bytes);
+                    x.peer = Some(holdings);
                     self.plan_dirty = true;
                     self.events.push_back(ev);
                     self.offer_manifests();
@@ -1728,6 +1751,7 @@ impl Session {
                     x.outstanding_bytes -= size;
                     x.last_progress = self.now;
                     x.answered += 1;
+                    self.stats.requests_answered += 1;
                     if data.len() as u64 != size || data.len() > piece_size_max {
                         return self.violation(
                             ByeCode::BadPiece,
@@ -1757,6 +1781,7 @@ impl Session {
                 } else if x.cancelled.remove(&piece) {
                     // An answer all the same (it crossed our Cancel).
                     x.answered += 1;
+                    self.stats.requests_answered += 1;
                 } else {
                     self.violation(
                         ByeCode::UnsolicitedPiece,
@@ -1796,6 +1821,7 @@ impl Session {
                         x.outstanding_bytes -= size;
                         x.last_progress = self.now;
                         x.answered += 1;
+                        self.stats.requests_answered += 1;
                         x.release.push(piece);
                         peer.add_lack(piece);
                     }

@@ -297,3 +297,137 @@ fn a_neighbour_that_advertises_everything_and_sends_nothing_is_taken_over_and_pe
     let honest = w.nodes[2].id;
     assert_eq!(w.nodes[0].penalties.check(&honest, w.now), Verdict::Allowed);
 }
+
+/// A world where node 0 holds a bundle addressed to `target` with local predictability
+/// `local_p`, and node 1 (a would-be carrier) advertises `claimed` towards `target`.
+fn carry_world(local_p: f32, claimed: f32) -> (mule_engine::harness::World, CatalogEntry) {
+    let mut catalog = Catalog::default();
+    let data = payload(300_000, 23);
+    let e = catalog.publish("fw-7", "fw", Priority::Normal, vec![], &data, PIECE);
+    let target = mule_contacts::NodeId([0x77; 32]);
+    let e = catalog.set_audience(e.meta.id, vec![target]).unwrap();
+    let mut w = mule_engine::harness::World::new(catalog);
+    let mut a = MemNode::new(1, &[]);
+    a.hold(&e, &data, 0..e.meta.pieces);
+    a.view.predictabilities = vec![(target, local_p)];
+    w.add(a);
+    let mut b = MemNode::new(2, &[]);
+    b.view.predictabilities = vec![(target, claimed)];
+    w.add(b);
+    (w, e)
+}
+
+/// Lying neighbours (item 7b): PRoPHET cannot produce a predictability above `1 − δ`
+/// (0.99); a peer claiming 1.0 is believed 0.99, so it does not beat a holder at 0.99 and
+/// is not offered the bundle. One claiming 0.99 does not either; a real improvement does.
+#[test]
+fn an_advertised_predictability_above_the_model_is_clamped() {
+    let (mut w, e) = carry_world(0.99, 1.0);
+    let l = w.connect(0, 1, Some(1000));
+    w.run_for(1_000);
+    assert!(
+        !w.nodes[1].view.bundles.contains_key(&e.meta.id),
+        "a claim of 1.0 attracted the bundle"
+    );
+    let peer = w.links[l].ends[0].session.peer_holdings().expect("summary");
+    assert_eq!(
+        peer.predictability(&mule_contacts::NodeId([0x77; 32])),
+        0.99
+    );
+    let (mut w, e) = carry_world(0.5, 0.9);
+    w.connect(0, 1, Some(1000));
+    w.run_for(1_000);
+    assert!(w.nodes[1].complete(&e.meta.id), "an honest better carrier");
+}
+
+/// Lying neighbours (item 7b): a peer whose holdings claims did not hold (it advertised
+/// pieces and answered no request) is believed less about its predictabilities at the next
+/// contact: its 0.9 towards the audience no longer beats the holder's 0.5.
+#[test]
+fn a_peer_whose_claims_did_not_hold_is_believed_less() {
+    let (mut w, carry) = carry_world(0.5, 0.9);
+    // First contact: the would-be carrier advertises a bundle node 0 wants and never
+    // sends a piece of it. Node 0 does not hold the carry bundle yet.
+    let carry_bundle = w.nodes[0]
+        .view
+        .bundles
+        .remove(&carry.meta.id)
+        .expect("held");
+    let wanted_data = payload(1_000_000, 5);
+    let wanted = w
+        .catalog
+        .publish("fw-8", "fw", Priority::Normal, vec![], &wanted_data, PIECE);
+    w.nodes[0].view.channels = vec!["fw".into()];
+    w.nodes[1].hold(&wanted, &wanted_data, 0..wanted.meta.pieces);
+    w.nodes[1].mute = true;
+    let first = w.connect(0, 1, Some(1000));
+    assert!(
+        w.run_until(15_000, |w| w.links[first].ends[0].closed.is_some()),
+        "the liar's session did not end"
+    );
+    let liar = w.nodes[1].id;
+    assert!(w.nodes[0].credibility.weight(&liar) < 0.2);
+    // Later, node 0 holds the carry bundle and meets the liar again (after its backoff).
+    w.nodes[0].view.bundles.insert(carry.meta.id, carry_bundle);
+    w.nodes[0].penalties = mule_engine::penalty::PenaltyBook::default();
+    w.nodes[1].mute = false;
+    let second = w.connect(0, 1, Some(1000));
+    w.run_for(1_000);
+    let believed = w.links[second].ends[0]
+        .session
+        .peer_holdings()
+        .expect("summary")
+        .predictability(&mule_contacts::NodeId([0x77; 32]));
+    assert!(believed < 0.5, "believed {believed}");
+    assert!(
+        !w.nodes[1].view.bundles.contains_key(&carry.meta.id),
+        "the discredited peer was offered the bundle"
+    );
+}
+
+/// Lying neighbours (item 7b): an advertised carry quota of 2^40 bytes is believed only up
+/// to the configured maximum.
+#[test]
+fn an_advertised_carry_quota_is_clamped() {
+    let mut s = session(1, Role::Responder, LocalView::default());
+    let mut peer = session(
+        2,
+        Role::Initiator,
+        LocalView {
+            carry_quota_bytes: 1 << 40,
+            ..LocalView::default()
+        },
+    );
+    handshake(&mut s, &mut peer);
+    let max = SessionConfig::default().max_peer_carry_quota_bytes;
+    assert!(max < 1 << 40);
+    assert_eq!(s.peer_holdings().expect("summary").carry_quota_bytes, max);
+    let mut s = session(1, Role::Responder, LocalView::default());
+    let mut peer = session(
+        2,
+        Role::Initiator,
+        LocalView {
+            carry_quota_bytes: 1 << 40,
+            ..LocalView::default()
+        },
+    );
+    let mut quota = None;
+    for _ in 0..5 {
+        while let Some(b) = peer.poll_transmit() {
+            s.handle_bytes(1, &b);
+        }
+        while let Some(b) = s.poll_transmit() {
+            peer.handle_bytes(1, &b);
+        }
+        while let Some(ev) = s.poll_event() {
+            if let Event::PeerAuthenticated {
+                carry_quota_bytes, ..
+            } = ev
+            {
+                quota = Some(carry_quota_bytes);
+            }
+        }
+        while peer.poll_event().is_some() {}
+    }
+    assert_eq!(quota, Some(max));
+}

@@ -132,6 +132,8 @@ pub(crate) struct Shared {
     pub claims: PieceClaims,
     pub rarity: RarityTracker,
     pub penalties: PenaltyBook,
+    /// How far each peer's holdings claims held (weighs its advertised predictabilities).
+    pub credibility: mule_engine::credibility::CredibilityBook,
     sessions: HashMap<NodeId, SessionEntry>,
     pub dialing: HashMap<NodeId, Instant>,
     pub neighbours: BTreeMap<NodeId, NeighbourInfo>,
@@ -193,6 +195,7 @@ impl Ctx {
                 .map(|(n, p)| (n, p as f32))
                 .collect(),
             carry_quota_bytes: self.cfg.carry.quota_bytes,
+            peer_weights: sh.credibility.discounted(),
             ..LocalView::default()
         };
         // Room left for bundles carried for others (neither wanted nor ours).
@@ -526,6 +529,8 @@ pub async fn run(
         keepalive_interval_ms: cfg.session.keepalive_ms,
         idle_timeout_ms: cfg.session.idle_timeout_ms,
         bloom_fp_rate: cfg.summary.false_positive_rate,
+        // No peer can carry more for us than we could hold ourselves.
+        max_peer_carry_quota_bytes: cfg.store.quota_bytes,
         ..SessionConfig::default()
     };
     let metrics = Arc::new(Metrics::new());
@@ -543,6 +548,7 @@ pub async fn run(
             claims: PieceClaims::new(),
             rarity: RarityTracker::new(64),
             penalties: PenaltyBook::new(PenaltyConfig::default()),
+            credibility: Default::default(),
             sessions: HashMap::new(),
             dialing: HashMap::new(),
             neighbours: BTreeMap::new(),

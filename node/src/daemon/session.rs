@@ -276,11 +276,11 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                     }
                     if let Some(n) = peer {
                         let now = ctx.now_ms();
-                        ctx.shared
-                            .lock()
-                            .expect("shared state")
-                            .penalties
-                            .record_close(n, now, penalty);
+                        let st = s.stats();
+                        let mut sh = ctx.shared.lock().expect("shared state");
+                        sh.penalties.record_close(n, now, penalty);
+                        sh.credibility
+                            .record(n, st.requests_answered, st.requests_ignored, now);
                     }
                 }
             }
