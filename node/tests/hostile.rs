@@ -741,6 +741,86 @@ async fn an_unrequested_piece_is_refused() {
     t.finish();
 }
 
+/// Lying neighbours (issue 18, item 7a): a peer advertises every piece of a bundle the
+/// daemon wants and never sends one. With an honest peer there too, the transfer must not
+/// wait for the 10 s stall timer: the liar's requests are taken over within its patience,
+/// and the daemon closes the liar with `Bye(RequestsIgnored)` and penalises it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_advertises_pieces_and_sends_none_does_not_stall_the_transfer() {
+    let mut t = Attacked::start();
+    let addr = t.addr;
+    let wanted = TestBundle::new(
+        &t.pub_key,
+        "advertised",
+        "fw",
+        content(8, 64 * PIECE as usize),
+        PIECE,
+    );
+    let wid = wanted.id();
+    let liar_key = fresh_key();
+    let mut liar = Peer::connect(
+        addr,
+        liar_key.clone(),
+        vec![wanted.local(0..64)],
+        Vec::new(),
+    )
+    .await;
+    liar.handshake().await;
+    liar.until(
+        "the daemon's first request to the liar",
+        Duration::from_secs(10),
+        |e| matches!(e, Event::PieceRequested { .. }).then_some(()),
+    )
+    .await;
+    let mut honest = Peer::connect(addr, fresh_key(), vec![wanted.local(0..64)], Vec::new()).await;
+    let start = Instant::now();
+    honest.handshake().await;
+    let mut served = 0;
+    // 10 s is the stall timer the transfer used to wait for; the wait below is only a
+    // bound for a broken build, the assertion is on the daemon's decisions.
+    let end = start + Duration::from_secs(20);
+    loop {
+        if liar.closed.is_none() && !liar.eof {
+            liar.step().await;
+            liar.events.clear();
+        }
+        honest.step().await;
+        for e in std::mem::take(&mut honest.events) {
+            if let Event::PieceRequested { piece } = e {
+                assert!(honest.session.send_piece(piece, wanted.piece(piece.index)));
+                served += 1;
+            }
+        }
+        assert!(
+            honest.closed.is_none(),
+            "honest session ended: {:?}",
+            honest.closed
+        );
+        if t.a.pieces_have(&wid) == 64 {
+            break;
+        }
+        assert!(Instant::now() < end, "the transfer did not complete");
+    }
+    let took = start.elapsed();
+    eprintln!(
+        "64 pieces with a lying neighbour present: complete {took:?} after the honest peer connected"
+    );
+    assert_eq!(t.a.export(&wid), wanted.data, "bundle differs");
+    assert_eq!(served, 64, "the honest peer served every piece once");
+    let r = liar.until_closed(Duration::from_secs(5)).await;
+    assert!(
+        r.by_peer && r.code == ByeCode::RequestsIgnored,
+        "the liar's session: {r:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "complete only after {took:?}: the stall timer, not a take-over, moved the requests"
+    );
+    assert_penalised(addr, liar_key, "advertised pieces never sent").await;
+    t.check("a lying neighbour");
+    t.finish();
+}
+
 /// After attacks, a second real node dialling the attacked one still delivers a new
 /// bundle, byte-identical.
 #[tokio::test(flavor = "current_thread")]
