@@ -340,7 +340,7 @@ struct Exchange {
     last_progress: u64,
     /// Answers (pieces, refusals) the peer gave to our requests in this session.
     answered: u64,
-    /// Since when a partial `Piece` frame is buffered.
+    /// Since when a partial frame is buffered.
     partial_piece_since: Option<u64>,
     /// Our requests the peer let go unanswered (taken over or stalled) while it had
     /// answered none.
@@ -451,6 +451,19 @@ impl std::fmt::Debug for Session {
             .field("state", &self.state_name())
             .finish()
     }
+}
+
+/// From when other sessions may take over this session's claims (see
+/// [`SessionConfig::request_patience_ms`]); `None` while nothing is outstanding.
+fn patience_deadline(x: &Exchange, cfg: &SessionConfig, handshake_rtt: Option<u64>) -> Option<u64> {
+    if x.my_requests.is_empty() {
+        return None;
+    }
+    let patience = match x.rate {
+        Some(r) if r > 0.0 => (4.0 * x.outstanding_bytes as f64 / r) as u64,
+        _ => 8 * handshake_rtt.unwrap_or(0),
+    };
+    Some(x.last_progress + patience.clamp(cfg.request_patience_ms, cfg.request_stall_ms))
 }
 
 /// Signature transcript: tag || challenge || signer id || verifier id.
@@ -1040,6 +1053,8 @@ impl Session {
         let State::Exchanging(x) = &mut self.state else {
             return;
         };
+        // Before any early return: progress since the last call moves the deadline on.
+        claims.set_deadline(owner, patience_deadline(x, &self.cfg, self.handshake_rtt));
         let Some(peer) = x.peer.as_ref() else {
             return;
         };
@@ -1191,15 +1206,7 @@ impl Session {
             batch.push(piece);
         }
         x.carry_requested += carry_added;
-        let deadline = (!x.my_requests.is_empty()).then(|| {
-            let patience = match x.rate {
-                Some(r) if r > 0.0 => (4.0 * x.outstanding_bytes as f64 / r) as u64,
-                _ => 8 * self.handshake_rtt.unwrap_or(0),
-            };
-            x.last_progress
-                + patience.clamp(self.cfg.request_patience_ms, self.cfg.request_stall_ms)
-        });
-        claims.set_deadline(owner, deadline);
+        claims.set_deadline(owner, patience_deadline(x, &self.cfg, self.handshake_rtt));
         self.stats.requests_sent += batch.len() as u64;
         for chunk in batch.chunks(MAX_PIECE_LIST) {
             Message::Request(chunk.to_vec()).encode(&mut self.control);
@@ -1245,15 +1252,15 @@ impl Session {
         });
     }
 
-    /// Piece data arriving counts as progress of our requests (a slow link that is busy
-    /// sending a large piece is not stalled), for at most `request_stall_ms` per frame, so a
-    /// peer cannot hold its claims by dribbling one frame.
+    /// A frame arriving in parts counts as progress of our requests (a slow link that is
+    /// busy sending a large piece, or the manifests queued before it, is not stalled), for at
+    /// most `request_stall_ms` per frame, so a peer cannot hold its claims by dribbling one.
     fn note_partial_frame(&mut self) {
-        let piece_pending = self.decoder.pending_kind() == Some(frame::MessageType::Piece);
+        let pending = self.decoder.pending_kind().is_some();
         let State::Exchanging(x) = &mut self.state else {
             return;
         };
-        if !piece_pending {
+        if !pending {
             x.partial_piece_since = None;
             return;
         }
@@ -1670,6 +1677,11 @@ impl Session {
                         Penalty::Major,
                         format!("more than {max_manifests} manifests offered"),
                     );
+                }
+                if !x.my_requests.is_empty() {
+                    // The link is busy with data we will verify (a forged manifest ends the
+                    // session): our requests wait behind it, they are not ignored.
+                    x.last_progress = self.now;
                 }
                 self.events.push_back(Event::ManifestReceived { bytes });
             }

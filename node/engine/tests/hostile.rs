@@ -431,3 +431,46 @@ fn an_advertised_carry_quota_is_clamped() {
     }
     assert_eq!(quota, Some(max));
 }
+
+/// The take-over of unanswered requests must not punish honest peers: a fast and a slow
+/// honest sender share a download, every piece arrives once, and neither is penalised or
+/// closed.
+#[test]
+fn honest_senders_of_different_speeds_are_not_taken_for_liars() {
+    use mule_engine::harness::World;
+    let mut catalog = Catalog::default();
+    let data = payload(3_000_000, 17);
+    let e = catalog.publish("fw-9", "fw", Priority::Normal, vec![], &data, PIECE);
+    let mut w = World::new(catalog);
+    w.add(MemNode::new(1, &["fw"]));
+    for seed in [2, 3] {
+        let mut s = MemNode::new(seed, &[]);
+        s.hold(&e, &data, 0..e.meta.pieces);
+        w.add(s);
+    }
+    let fast = w.connect(1, 0, Some(1000));
+    let slow = w.connect(2, 0, Some(40));
+    assert!(w.run_until(20_000, |w| w.nodes[0].complete(&e.meta.id)));
+    assert!(
+        w.nodes[0].received.values().all(|n| *n == 1),
+        "a piece was received twice"
+    );
+    for l in [fast, slow] {
+        assert!(
+            w.links[l].ends[1].closed.is_none(),
+            "{:?}",
+            w.links[l].ends[1].closed
+        );
+        w.links[l].ends[1]
+            .session
+            .close_with(ByeCode::Normal, "done");
+    }
+    w.run_for(10);
+    for l in [fast, slow] {
+        let closed = w.links[l].ends[1]
+            .closed
+            .as_ref()
+            .map(|(r, p)| (r.code, *p));
+        assert_eq!(closed, Some((ByeCode::Normal, Penalty::None)), "link {l}");
+    }
+}
