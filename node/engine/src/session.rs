@@ -12,6 +12,13 @@
 //!   silently, with no FIN ever arriving).
 //! - End any protocol violation with a `Bye` reason code and a [`Penalty`] for the driver's
 //!   [`PenaltyBook`](crate::penalty::PenaltyBook).
+//! - Hold up against hostile peers: before authentication only the handshake's small frames
+//!   are admitted ([`frame::Phase`]); a piece is sent at most once per session unless the
+//!   peer cancels it (repeats are ignored, then `Bye(RepeatedRequest)`); requests a peer
+//!   leaves unanswered are taken over by other sessions after its patience (see
+//!   [`PieceClaims::try_claim_at`]), and a peer that answers none is closed with
+//!   `Bye(RequestsIgnored)`; what a peer advertises about its predictabilities and carry
+//!   quota is clamped and weighed by its [`credibility`](crate::credibility).
 //!
 //! # Non-goals
 //! Sockets, clocks, verification of manifests and pieces (the driver verifies and stores,
