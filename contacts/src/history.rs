@@ -3,12 +3,19 @@
 //! The history lives in one table of a redb database the caller owns (the node's database, or
 //! a file of its own via [`History::open`]): table `contacts_v1`, key `(peer id, start ms)`,
 //! value a fixed 33-byte record `[format 1][end ms u64][transport u8][bytes sent u64]
-//! [bytes received u64][7 reserved zero bytes]` (little endian). A new format gets a new
-//! table name.
+//! [bytes received u64][flags u8][6 reserved zero bytes]` (little endian; flag bit 0: the
+//! contact was seen by discovery). A new format gets a new table name. A second table,
+//! `peers_v1`, indexes the peers: key peer id, value `[flags u8][contacts u32][last seen ms
+//! u64][3 reserved zero bytes]` (flag bit 0: some contact was seen by discovery); it is
+//! rebuilt from `contacts_v1` when missing.
 //!
 //! Write a contact when it starts (`end == start`) and again when it ends: [`History::record`]
 //! is an upsert keyed by `(peer, start)`. At most `max_per_peer` contacts are kept per peer
-//! (oldest dropped first), which bounds the table.
+//! (oldest dropped first) and at most `max_peers` peers: when a new peer goes beyond that,
+//! a whole peer is forgotten, *strangers first* (peers never seen by discovery, such as nodes
+//! that only dialled us), then those with the fewest contacts, then the least recently seen.
+//! So a neighbour churning through fresh keys evicts only its own throw-away ids, never the
+//! history of the nodes this one really meets.
 //!
 //! Calls are blocking (redb commits fsync with `Durability::Immediate`); from async code run
 //! them on a blocking thread. Statistics are computed by the pure [`Stats::from_contacts`], so
@@ -18,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::NodeId;
 use crate::neighbours::Transport;
@@ -26,7 +33,9 @@ use crate::prediction::{self, Forecast, Span};
 use crate::time::Timestamp;
 
 const CONTACTS: TableDefinition<([u8; 32], u64), [u8; 33]> = TableDefinition::new("contacts_v1");
+const PEERS: TableDefinition<[u8; 32], [u8; 16]> = TableDefinition::new("peers_v1");
 const FORMAT: u8 = 1;
+const DISCOVERED: u8 = 1;
 
 /// Errors of the history store.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +70,9 @@ pub struct Contact {
     pub bytes_sent: u64,
     /// Bytes we received during the contact.
     pub bytes_received: u64,
+    /// Whether the peer is known to this node: seen by discovery, or a configured static
+    /// peer (false: it only dialled us). Peers never known so are evicted first.
+    pub discovered: bool,
 }
 
 impl Contact {
@@ -119,12 +131,14 @@ impl Stats {
 pub struct History {
     db: Arc<Database>,
     max_per_peer: usize,
+    max_peers: usize,
 }
 
 impl std::fmt::Debug for History {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("History")
             .field("max_per_peer", &self.max_per_peer)
+            .field("max_peers", &self.max_peers)
             .finish()
     }
 }
@@ -132,16 +146,45 @@ impl std::fmt::Debug for History {
 impl History {
     /// Default bound on contacts kept per peer.
     pub const DEFAULT_MAX_PER_PEER: usize = 1000;
+    /// Default bound on peers kept.
+    pub const DEFAULT_MAX_PEERS: usize = 4096;
 
-    /// Uses a database the caller already opened (creates the table if needed).
+    /// Uses a database the caller already opened (creates the tables if needed, and the
+    /// peer index from the contacts if it is missing).
     pub fn new(db: Arc<Database>) -> Result<History, HistoryError> {
         let tx = db.begin_write().map_err(redb::Error::from)?;
-        tx.open_table(CONTACTS).map_err(redb::Error::from)?;
+        {
+            let contacts = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
+            let mut peers = tx.open_table(PEERS).map_err(redb::Error::from)?;
+            if peers.is_empty().map_err(redb::Error::from)?
+                && !contacts.is_empty().map_err(redb::Error::from)?
+            {
+                let mut index: std::collections::BTreeMap<[u8; 32], PeerRow> = Default::default();
+                for r in contacts.iter().map_err(redb::Error::from)? {
+                    let (k, v) = r.map_err(redb::Error::from)?;
+                    let c = decode(k.value(), &v.value())?;
+                    let row = index.entry(c.peer.0).or_default();
+                    row.count += 1;
+                    row.discovered |= c.discovered;
+                    row.last_seen = row.last_seen.max(c.end.0);
+                }
+                for (id, row) in index {
+                    peers.insert(id, row.encode()).map_err(redb::Error::from)?;
+                }
+            }
+        }
         tx.commit().map_err(redb::Error::from)?;
         Ok(History {
             db,
             max_per_peer: Self::DEFAULT_MAX_PER_PEER,
+            max_peers: Self::DEFAULT_MAX_PEERS,
         })
+    }
+
+    /// Changes the bound on peers kept (at least 1).
+    pub fn with_max_peers(mut self, n: usize) -> History {
+        self.max_peers = n.max(1);
+        self
     }
 
     /// Opens (or creates) a database file of its own.
@@ -172,6 +215,52 @@ impl History {
             let excess = keys.len().saturating_sub(self.max_per_peer);
             for start in &keys[..excess] {
                 t.remove((c.peer.0, *start)).map_err(redb::Error::from)?;
+            }
+            let mut peers = tx.open_table(PEERS).map_err(redb::Error::from)?;
+            let old = peers
+                .get(c.peer.0)
+                .map_err(redb::Error::from)?
+                .map(|v| PeerRow::decode(&v.value()));
+            let is_new = old.is_none();
+            let old = old.unwrap_or_default();
+            let row = PeerRow {
+                discovered: old.discovered || c.discovered,
+                count: (keys.len() - excess) as u32,
+                last_seen: old.last_seen.max(c.end.0),
+            };
+            peers
+                .insert(c.peer.0, row.encode())
+                .map_err(redb::Error::from)?;
+            if is_new {
+                while peers.len().map_err(redb::Error::from)? > self.max_peers as u64 {
+                    // Eviction rank, smallest first: strangers, fewest contacts, oldest.
+                    let mut victim: Option<(EvictionRank, [u8; 32])> = None;
+                    for r in peers.iter().map_err(redb::Error::from)? {
+                        let (k, v) = r.map_err(redb::Error::from)?;
+                        let id = k.value();
+                        if id == c.peer.0 {
+                            continue;
+                        }
+                        let p = PeerRow::decode(&v.value());
+                        let rank = (p.discovered, p.count, p.last_seen, id);
+                        if victim.as_ref().is_none_or(|(best, _)| rank < *best) {
+                            victim = Some((rank, id));
+                        }
+                    }
+                    let Some((_, id)) = victim else {
+                        break;
+                    };
+                    peers.remove(id).map_err(redb::Error::from)?;
+                    let starts: Vec<u64> = t
+                        .range((id, 0)..=(id, u64::MAX))
+                        .map_err(redb::Error::from)?
+                        .map(|r| r.map(|(k, _)| k.value().1))
+                        .collect::<Result<_, _>>()
+                        .map_err(redb::Error::from)?;
+                    for start in starts {
+                        t.remove((id, start)).map_err(redb::Error::from)?;
+                    }
+                }
             }
         }
         tx.commit().map_err(redb::Error::from)?;
@@ -248,6 +337,35 @@ impl History {
     }
 }
 
+/// Order in which peers are forgotten: (discovered, contacts, last seen, id), smallest first.
+type EvictionRank = (bool, u32, u64, [u8; 32]);
+
+/// A row of the peer index.
+#[derive(Clone, Copy, Debug, Default)]
+struct PeerRow {
+    discovered: bool,
+    count: u32,
+    last_seen: u64,
+}
+
+impl PeerRow {
+    fn encode(&self) -> [u8; 16] {
+        let mut v = [0u8; 16];
+        v[0] = if self.discovered { DISCOVERED } else { 0 };
+        v[1..5].copy_from_slice(&self.count.to_le_bytes());
+        v[5..13].copy_from_slice(&self.last_seen.to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8; 16]) -> PeerRow {
+        PeerRow {
+            discovered: v[0] & DISCOVERED != 0,
+            count: u32::from_le_bytes(v[1..5].try_into().expect("4 bytes")),
+            last_seen: u64::from_le_bytes(v[5..13].try_into().expect("8 bytes")),
+        }
+    }
+}
+
 fn encode(c: &Contact) -> [u8; 33] {
     let mut v = [0u8; 33];
     v[0] = FORMAT;
@@ -259,6 +377,7 @@ fn encode(c: &Contact) -> [u8; 33] {
     };
     v[10..18].copy_from_slice(&c.bytes_sent.to_le_bytes());
     v[18..26].copy_from_slice(&c.bytes_received.to_le_bytes());
+    v[26] = if c.discovered { DISCOVERED } else { 0 };
     v
 }
 
@@ -286,6 +405,7 @@ fn decode(key: ([u8; 32], u64), v: &[u8; 33]) -> Result<Contact, HistoryError> {
         transport,
         bytes_sent: u(10..18),
         bytes_received: u(18..26),
+        discovered: v[26] & DISCOVERED != 0,
     })
 }
 
@@ -301,6 +421,7 @@ mod tests {
             transport: Transport::Beacon,
             bytes_sent: 10,
             bytes_received: 5,
+            discovered: true,
         }
     }
 
@@ -347,5 +468,72 @@ mod tests {
         let list = h.contacts(&NodeId([1; 32])).unwrap();
         assert_eq!(list.len(), 3);
         assert_eq!(list[0].start, Timestamp::from_secs(70));
+    }
+
+    #[test]
+    fn key_churning_strangers_evict_only_strangers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        let h = History::open(&path).unwrap().with_max_peers(8);
+        // Three neighbours discovery sees, met a few times each, long ago.
+        for peer in 1..=3u8 {
+            for i in 0..3 {
+                h.record(&c(peer, i * 100, i * 100 + 10)).unwrap();
+            }
+        }
+        // 200 throw-away ids that dialled us once each, all more recent.
+        for i in 0..200u32 {
+            let mut id = [0xee; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            h.record(&Contact {
+                peer: NodeId(id),
+                discovered: false,
+                ..c(0, 10_000 + u64::from(i), 10_000 + u64::from(i) + 1)
+            })
+            .unwrap();
+        }
+        let peers = h.peers().unwrap();
+        assert_eq!(peers.len(), 8, "peers kept: {}", peers.len());
+        for peer in 1..=3u8 {
+            assert_eq!(h.contacts(&NodeId([peer; 32])).unwrap().len(), 3);
+        }
+        // The strangers kept are the most recent ones.
+        let mut newest = [0xee; 32];
+        newest[..4].copy_from_slice(&199u32.to_le_bytes());
+        assert!(peers.contains(&NodeId(newest)));
+        assert_eq!(h.all_since(Timestamp(0)).unwrap().len(), 9 + 5);
+        // The index survives a reopen, and is rebuilt if it is lost.
+        drop(h);
+        let h = History::open(&path).unwrap().with_max_peers(8);
+        assert_eq!(h.peers().unwrap().len(), 8);
+        {
+            let tx = h.db.begin_write().unwrap();
+            tx.delete_table(PEERS).unwrap();
+            tx.commit().unwrap();
+        }
+        drop(h);
+        let h = History::open(&path).unwrap().with_max_peers(8);
+        h.record(&Contact {
+            peer: NodeId([0xaa; 32]),
+            discovered: false,
+            ..c(0, 20_000, 20_001)
+        })
+        .unwrap();
+        assert_eq!(h.peers().unwrap().len(), 8);
+        assert_eq!(h.contacts(&NodeId([1; 32])).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn discovered_peers_go_last_and_then_the_least_met() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("h.redb"))
+            .unwrap()
+            .with_max_peers(2);
+        h.record(&c(1, 0, 1)).unwrap();
+        h.record(&c(1, 10, 11)).unwrap();
+        h.record(&c(2, 20, 21)).unwrap();
+        // A third discovered peer: the one met least (2) goes.
+        h.record(&c(3, 30, 31)).unwrap();
+        assert_eq!(h.peers().unwrap(), vec![NodeId([1; 32]), NodeId([3; 32])]);
     }
 }

@@ -10,6 +10,11 @@
 //! from the first five bytes, before the body is buffered: a 4 GiB length prefix is refused
 //! at once instead of being waited for.
 //!
+//! The limits also depend on the session's [`Phase`]: until the peer is authenticated only
+//! the handshake's small frames (Hello, HelloAck, KeepAlive, Bye; at most
+//! [`MAX_HANDSHAKE_FRAME`] bytes) are admitted, so an unauthenticated connection can make the
+//! node buffer at most one small frame, never a 4 MiB Summary.
+//!
 //! Decoding is *check, then parse* (as in mini-redis): [`decode_frame`] returns `Ok(None)`
 //! while a frame is incomplete, which is a normal state, and a typed [`FrameError`] for
 //! bytes that can never become a valid frame.
@@ -41,6 +46,19 @@ pub const MAX_PIECE_LIST: usize = 1024;
 pub const MAX_BYE_TEXT: usize = 256;
 /// Bytes of the length prefix and type byte.
 pub const FRAME_HEADER: usize = 5;
+/// Largest frame accepted before the peer is authenticated (a Hello is about 100 bytes, a
+/// Bye at most 270).
+pub const MAX_HANDSHAKE_FRAME: usize = 512;
+
+/// What the receiving session admits, which decides the frame limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The peer is not authenticated yet: only Hello, HelloAck, KeepAlive and Bye, each at
+    /// most [`MAX_HANDSHAKE_FRAME`] bytes.
+    Handshake,
+    /// The peer is authenticated: every type up to [`MessageType::max_len`].
+    Authenticated,
+}
 
 /// The message type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,6 +117,21 @@ impl MessageType {
             _ => MAX_CONTROL_FRAME,
         }
     }
+
+    /// Largest frame length allowed for this type in `phase`; `None` if the type is not
+    /// admitted at all in that phase.
+    pub fn max_len_in(self, phase: Phase) -> Option<usize> {
+        match phase {
+            Phase::Authenticated => Some(self.max_len()),
+            Phase::Handshake => match self {
+                MessageType::Hello
+                | MessageType::HelloAck
+                | MessageType::KeepAlive
+                | MessageType::Bye => Some(MAX_HANDSHAKE_FRAME),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// Why bytes are not a valid frame. Every variant ends the session.
@@ -142,6 +175,10 @@ pub enum FrameError {
     /// The peer speaks another protocol version.
     #[error("unsupported protocol version {0} (this node speaks {PROTOCOL_VERSION})")]
     UnsupportedVersion(u64),
+    /// A frame of a type that is not admitted before authentication (refused from its
+    /// header, before its body is buffered).
+    #[error("{0:?} frame before authentication")]
+    BeforeAuthentication(MessageType),
 }
 
 /// The first message each side sends.
@@ -237,6 +274,10 @@ pub enum ByeCode {
     BadSummary,
     /// The peer is ourselves.
     SelfConnection,
+    /// The peer kept requesting pieces it had already been sent in this session.
+    RepeatedRequest,
+    /// The peer advertised pieces and answered none of our requests for them.
+    RequestsIgnored,
     /// A code this implementation does not know.
     Other(u64),
 }
@@ -263,6 +304,8 @@ impl ByeCode {
             Busy => 14,
             BadSummary => 15,
             SelfConnection => 16,
+            RepeatedRequest => 17,
+            RequestsIgnored => 18,
             Other(c) => c,
         }
     }
@@ -288,6 +331,8 @@ impl ByeCode {
             14 => Busy,
             15 => BadSummary,
             16 => SelfConnection,
+            17 => RepeatedRequest,
+            18 => RequestsIgnored,
             c => Other(c),
         }
     }
@@ -300,6 +345,7 @@ impl From<&FrameError> for ByeCode {
             FrameError::UnknownType(_) => ByeCode::UnknownMessage,
             FrameError::BadSummary(_) => ByeCode::BadSummary,
             FrameError::UnsupportedVersion(_) => ByeCode::BadVersion,
+            FrameError::BeforeAuthentication(_) => ByeCode::UnexpectedMessage,
             FrameError::Empty | FrameError::Malformed { .. } | FrameError::TrailingBytes { .. } => {
                 ByeCode::MalformedFrame
             }
@@ -474,8 +520,15 @@ pub fn encode_piece(piece: PieceRef, data: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Check-then-parse: the first frame in `buf` and the bytes it used, `Ok(None)` while it is
-/// incomplete, or why it can never be valid.
+/// incomplete, or why it can never be valid. Uses the limits of an authenticated session
+/// (see [`decode_frame_in`]).
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
+    decode_frame_in(buf, Phase::Authenticated)
+}
+
+/// [`decode_frame`] with the limits of `phase`: the header alone decides whether the frame
+/// can be admitted, so a refused frame's body is never waited for.
+pub fn decode_frame_in(buf: &[u8], phase: Phase) -> Result<Option<(Message, usize)>, FrameError> {
     if buf.len() < FRAME_HEADER {
         return Ok(None);
     }
@@ -484,12 +537,11 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> 
         return Err(FrameError::Empty);
     }
     let kind = MessageType::from_byte(buf[4]).ok_or(FrameError::UnknownType(buf[4]))?;
-    if len > kind.max_len() {
-        return Err(FrameError::Oversized {
-            kind,
-            len,
-            max: kind.max_len(),
-        });
+    let max = kind
+        .max_len_in(phase)
+        .ok_or(FrameError::BeforeAuthentication(kind))?;
+    if len > max {
+        return Err(FrameError::Oversized { kind, len, max });
     }
     let Some(body) = buf.get(FRAME_HEADER..4 + len) else {
         return Ok(None);
@@ -624,15 +676,28 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete message, `Ok(None)` if more bytes are needed.
+    /// The next complete message, `Ok(None)` if more bytes are needed (limits of an
+    /// authenticated session).
     pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
-        match decode_frame(&self.buf[self.start..])? {
+        self.next_message_in(Phase::Authenticated)
+    }
+
+    /// The next complete message under the limits of `phase`.
+    pub fn next_message_in(&mut self, phase: Phase) -> Result<Option<Message>, FrameError> {
+        match decode_frame_in(&self.buf[self.start..], phase)? {
             Some((msg, used)) => {
                 self.start += used;
                 Ok(Some(msg))
             }
             None => Ok(None),
         }
+    }
+
+    /// The type of the incomplete frame buffered, if its header has arrived.
+    pub fn pending_kind(&self) -> Option<MessageType> {
+        self.buf
+            .get(self.start + 4)
+            .and_then(|b| MessageType::from_byte(*b))
     }
 
     /// Bytes buffered but not yet decoded.
@@ -766,6 +831,68 @@ mod tests {
         assert!(matches!(
             decode_frame(&[0, 0, 0, 2, 10, 0xa0]),
             Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn before_authentication_only_small_handshake_frames_are_admitted() {
+        // A 4 MiB Summary header is within the Summary limit once authenticated...
+        let summary = [0x00, 0x40, 0x00, 0x00, MessageType::Summary as u8];
+        assert_eq!(decode_frame_in(&summary, Phase::Authenticated), Ok(None));
+        // ...but refused from its five header bytes before, without waiting for its body.
+        assert_eq!(
+            decode_frame_in(&summary, Phase::Handshake),
+            Err(FrameError::BeforeAuthentication(MessageType::Summary))
+        );
+        let mut d = FrameDecoder::new();
+        d.push(&summary);
+        assert_eq!(
+            d.next_message_in(Phase::Handshake),
+            Err(FrameError::BeforeAuthentication(MessageType::Summary))
+        );
+        for kind in [
+            MessageType::Manifest,
+            MessageType::Request,
+            MessageType::Piece,
+            MessageType::Have,
+        ] {
+            assert_eq!(
+                decode_frame_in(&[0, 0, 0, 2, kind as u8], Phase::Handshake),
+                Err(FrameError::BeforeAuthentication(kind))
+            );
+        }
+        // Handshake frames are admitted up to MAX_HANDSHAKE_FRAME.
+        let over = ((MAX_HANDSHAKE_FRAME + 1) as u32).to_be_bytes();
+        assert_eq!(
+            decode_frame_in(&[over[0], over[1], over[2], over[3], 1], Phase::Handshake),
+            Err(FrameError::Oversized {
+                kind: MessageType::Hello,
+                len: MAX_HANDSHAKE_FRAME + 1,
+                max: MAX_HANDSHAKE_FRAME
+            })
+        );
+        for m in samples() {
+            if m.kind().max_len_in(Phase::Handshake).is_none() {
+                continue;
+            }
+            let mut out = Vec::new();
+            m.encode(&mut out);
+            assert!(out.len() - 4 <= MAX_HANDSHAKE_FRAME, "{m:?}");
+            assert_eq!(
+                decode_frame_in(&out, Phase::Handshake),
+                Ok(Some((m, out.len())))
+            );
+        }
+        // The longest Bye fits too.
+        let mut out = Vec::new();
+        Message::Bye {
+            code: ByeCode::Other(u64::MAX),
+            text: "x".repeat(MAX_BYE_TEXT),
+        }
+        .encode(&mut out);
+        assert!(matches!(
+            decode_frame_in(&out, Phase::Handshake),
+            Ok(Some(_))
         ));
     }
 

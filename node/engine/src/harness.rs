@@ -16,6 +16,7 @@ use mule_contacts::NodeId;
 
 use crate::bitfield::Bitfield;
 use crate::claims::PieceClaims;
+use crate::credibility::CredibilityBook;
 use crate::frame::{self, Message};
 
 use crate::penalty::{PenaltyBook, PenaltyConfig};
@@ -137,6 +138,8 @@ pub struct MemNode {
     pub rarity: RarityTracker,
     /// Penalties of peers.
     pub penalties: PenaltyBook,
+    /// How far peers' claims held.
+    pub credibility: CredibilityBook,
     /// Pieces received per piece (to detect duplicates).
     pub received: HashMap<PieceRef, u32>,
     /// If set, every piece this node serves is corrupted (hostile sender).
@@ -162,6 +165,7 @@ impl MemNode {
             claims: PieceClaims::new(),
             rarity: RarityTracker::new(32),
             penalties: PenaltyBook::new(PenaltyConfig::default()),
+            credibility: CredibilityBook::default(),
             received: HashMap::new(),
             corrupt_pieces: false,
             mute: false,
@@ -296,9 +300,11 @@ impl World {
                 ..w.cfg.clone()
             };
             let node = &w.nodes[n];
+            let mut view = node.view.clone();
+            view.peer_weights = node.credibility.discounted();
             End {
                 node: n,
-                session: Session::new(cfg, node.key.clone(), role, w.now, seed, node.view.clone()),
+                session: Session::new(cfg, node.key.clone(), role, w.now, seed, view),
                 outbox: Vec::new(),
                 sent: 0,
                 closed: None,
@@ -581,6 +587,9 @@ impl World {
                     .release_owner(self.links[li].ends[side].session_owner());
                 if let Some(peer) = self.links[li].ends[side].session.peer_id() {
                     node.penalties.record_close(peer, now, penalty);
+                    let st = self.links[li].ends[side].session.stats();
+                    node.credibility
+                        .record(peer, st.requests_answered, st.requests_ignored, now);
                 }
                 self.links[li].ends[side].closed = Some((reason, penalty));
                 // Its claims are free again: let the node's other sessions pick them up.

@@ -12,6 +12,7 @@
 //! - [`claims`]: node-wide piece claims so several neighbours are downloaded from at once
 //!   without requesting a piece twice.
 //! - [`penalty`]: per-peer penalties, backoff and bans.
+//! - [`credibility`]: how far each peer's claims held, weighing what it advertises.
 //! - [`harness`]: an in-memory world of nodes and links in virtual time (tests, benches,
 //!   simulator).
 //!
@@ -21,6 +22,7 @@ mod cbor;
 
 pub mod bitfield;
 pub mod claims;
+pub mod credibility;
 pub mod frame;
 pub mod harness;
 pub mod penalty;

@@ -12,6 +12,13 @@
 //!   silently, with no FIN ever arriving).
 //! - End any protocol violation with a `Bye` reason code and a [`Penalty`] for the driver's
 //!   [`PenaltyBook`](crate::penalty::PenaltyBook).
+//! - Hold up against hostile peers: before authentication only the handshake's small frames
+//!   are admitted ([`frame::Phase`]); a piece is sent at most once per session unless the
+//!   peer cancels it (repeats are ignored, then `Bye(RepeatedRequest)`); requests a peer
+//!   leaves unanswered are taken over by other sessions after its patience (see
+//!   [`PieceClaims::try_claim_at`]), and a peer that answers none is closed with
+//!   `Bye(RequestsIgnored)`; what a peer advertises about its predictabilities and carry
+//!   quota is clamped and weighed by its [`credibility`](crate::credibility).
 //!
 //! # Non-goals
 //! Sockets, clocks, verification of manifests and pieces (the driver verifies and stores,
@@ -53,6 +60,19 @@ pub const RATE_SAMPLE_MS: u64 = 500;
 /// Longest time between two full planning steps while requests could be made (ms).
 pub const REPLAN_INTERVAL_MS: u64 = 200;
 
+/// Most copies of one piece sent in one session: the first, plus one more after each
+/// `Cancel` of it by the peer, up to this many in all.
+pub const MAX_COPIES_PER_PIECE: u8 = 3;
+
+/// Requests for pieces already sent (and not cancelled) tolerated in one session; one more
+/// closes it with `Bye(RepeatedRequest)`. Each of them is ignored, not answered.
+pub const MAX_REPEATED_REQUESTS: u32 = 64;
+
+/// Requests a peer that never answered any may let go unanswered (taken over by other
+/// sessions or stalled) before the session is closed with `Bye(RequestsIgnored)`: it
+/// advertised pieces it does not send.
+pub const MAX_IGNORED_REQUESTS: u32 = 8;
+
 /// Tuning of one session. `Default` is what the daemon uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
@@ -85,8 +105,19 @@ pub struct SessionConfig {
     /// Give up on outstanding requests after this long without any answer (ms): they are
     /// cancelled and released so other sessions can fetch those pieces.
     pub request_stall_ms: u64,
+    /// Least patience with an unanswered request (ms): after
+    /// `max(this, 4 × outstanding bytes / measured rate)` (before a rate is known,
+    /// `max(this, 8 × handshake round trip)`), at most `request_stall_ms`, without an answer
+    /// (or piece data arriving), other sessions may take our requests over.
+    pub request_patience_ms: u64,
     /// Most manifests the peer may offer in one session.
     pub max_manifests_per_session: u32,
+    /// Highest delivery predictability believed from a peer: what PRoPHET can produce,
+    /// `1 − δ` (0.99 with the RFC 6693 parameters); more is clamped.
+    pub max_peer_predictability: f32,
+    /// Most carry quota believed from a peer (the daemon uses its own store quota): a
+    /// claimed 2^40 bytes is taken as this.
+    pub max_peer_carry_quota_bytes: u64,
     /// How long we expect the contact to last (sent in the summary), if known.
     pub expected_contact_ms: Option<u64>,
     /// Link rate estimate in bytes/s (for the contact budget of manifest offers), if known.
@@ -113,7 +144,10 @@ impl Default for SessionConfig {
             bloom_fp_rate: 0.01,
             piece_size_max: MAX_PIECE_BYTES as u32,
             request_stall_ms: 10_000,
+            request_patience_ms: 500,
             max_manifests_per_session: 4096,
+            max_peer_predictability: 0.99,
+            max_peer_carry_quota_bytes: 1 << 30,
             expected_contact_ms: None,
             link_rate_bytes_per_s: None,
             expected_peer: None,
@@ -164,6 +198,9 @@ pub struct LocalView {
     pub predictabilities: Vec<(NodeId, f32)>,
     /// Bytes this node can still accept for bundles carried for others.
     pub carry_quota_bytes: u64,
+    /// Peers whose past claims did not all hold, with the weight (< 1) their advertised
+    /// predictabilities are believed by (see [`crate::credibility`]); others count fully.
+    pub peer_weights: HashMap<NodeId, f32>,
 }
 
 impl LocalView {
@@ -273,6 +310,11 @@ pub struct SessionStats {
     pub piece_bytes_received: u64,
     /// Requests sent.
     pub requests_sent: u64,
+    /// Our requests the peer answered (piece or refusal): its holdings claims that held.
+    pub requests_answered: u64,
+    /// Our requests it let go unanswered while answering none (see
+    /// [`MAX_IGNORED_REQUESTS`]): its holdings claims that did not hold.
+    pub requests_ignored: u64,
 }
 
 enum State {
@@ -300,14 +342,27 @@ struct Exchange {
     cancelled: HashSet<PieceRef>,
     /// Claims to hand back at the next `plan_requests`.
     release: Vec<PieceRef>,
-    /// Last time a request was answered (or the first one sent after none were pending).
+    /// Last time a request was answered (or the first one sent after none were pending), or
+    /// piece data was arriving.
     last_progress: u64,
+    /// Answers (pieces, refusals) the peer gave to our requests in this session.
+    answered: u64,
+    /// Since when a partial frame is buffered.
+    partial_piece_since: Option<u64>,
+    /// Our requests the peer let go unanswered (taken over or stalled) while it had
+    /// answered none.
+    ignored: u32,
     /// Measured delivery rate of this peer (bytes per ms), once known.
     rate: Option<f64>,
     sample_start: u64,
     sample_bytes: u64,
     /// Carry bytes requested in this session.
     carry_requested: u64,
+    /// Pieces sent to the peer in this session (from [`Session::send_piece`] on), so a piece
+    /// goes out at most once unless the peer cancels it (request amplification).
+    served: HashMap<PieceRef, Served>,
+    /// Requests for pieces in `served` the peer made anyway.
+    repeated_requests: u32,
     /// Requests from the peer, in its order, not yet handed to the driver.
     peer_requests: VecDeque<PieceRef>,
     peer_request_set: HashSet<PieceRef>,
@@ -325,6 +380,15 @@ struct Exchange {
     /// when something changed what the peer holds or we want, or every
     /// [`REPLAN_INTERVAL_MS`]. Entries may be stale and are checked when taken.
     plan: VecDeque<(PieceRef, scheduler::Reason)>,
+}
+
+/// What the sender remembers of a piece it sent in this session.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    /// Copies queued or sent.
+    copies: u8,
+    /// The peer cancelled it since the last copy: it may ask once more.
+    cancelled: bool,
 }
 
 /// One contact session with one neighbour.
@@ -379,6 +443,11 @@ pub struct Session {
     last_rx: u64,
     last_tx: u64,
     stats: SessionStats,
+    /// Misbehaviour seen that did not end the session (e.g. a few repeated requests): the
+    /// penalty of its end is at least this.
+    misbehaviour: Penalty,
+    /// From our Hello to the peer's HelloAck: about one round trip (ms).
+    handshake_rtt: Option<u64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -389,6 +458,19 @@ impl std::fmt::Debug for Session {
             .field("state", &self.state_name())
             .finish()
     }
+}
+
+/// From when other sessions may take over this session's claims (see
+/// [`SessionConfig::request_patience_ms`]); `None` while nothing is outstanding.
+fn patience_deadline(x: &Exchange, cfg: &SessionConfig, handshake_rtt: Option<u64>) -> Option<u64> {
+    if x.my_requests.is_empty() {
+        return None;
+    }
+    let patience = match x.rate {
+        Some(r) if r > 0.0 => (4.0 * x.outstanding_bytes as f64 / r) as u64,
+        _ => 8 * handshake_rtt.unwrap_or(0),
+    };
+    Some(x.last_progress + patience.clamp(cfg.request_patience_ms, cfg.request_stall_ms))
 }
 
 /// Signature transcript: tag || challenge || signer id || verifier id.
@@ -479,6 +561,8 @@ impl Session {
             last_rx: now,
             last_tx: now,
             stats: SessionStats::default(),
+            misbehaviour: Penalty::None,
+            handshake_rtt: None,
             cfg,
         };
         let hello = Hello {
@@ -557,6 +641,15 @@ impl Session {
             State::Exchanging(_) => "exchanging",
             State::Closing => "closing",
             State::Closed => "closed",
+        }
+    }
+
+    /// Which frames the session admits now: only the handshake's small ones until the peer is
+    /// authenticated (a driver may also read in small chunks until then).
+    pub fn phase(&self) -> frame::Phase {
+        match self.state {
+            State::Exchanging(_) => frame::Phase::Authenticated,
+            _ => frame::Phase::Handshake,
         }
     }
 
@@ -685,7 +778,11 @@ impl Session {
             }
             tracing::debug!(pieces = stalled.len(), "requests stalled; cancelled");
             self.plan_dirty = true;
+            let n = stalled.len();
             x.pending_cancel.extend(stalled);
+            if self.note_ignored(n) {
+                return;
+            }
         }
         if now >= self.last_tx + self.cfg.keepalive_interval_ms {
             // With output already waiting for the transport, that output is the keep-alive.
@@ -710,7 +807,7 @@ impl Session {
         // Fast path: parse straight from the input while nothing is buffered.
         if self.decoder.buffered() == 0 {
             loop {
-                match frame::decode_frame(input) {
+                match frame::decode_frame_in(input, self.phase()) {
                     Ok(Some((msg, used))) => {
                         input = &input[used..];
                         self.handle_message(msg);
@@ -728,14 +825,14 @@ impl Session {
         }
         self.decoder.push(input);
         loop {
-            match self.decoder.next_message() {
+            match self.decoder.next_message_in(self.phase()) {
                 Ok(Some(msg)) => {
                     self.handle_message(msg);
                     if !self.is_open() {
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return self.note_partial_frame(),
                 Err(e) => return self.frame_error(e),
             }
         }
@@ -743,7 +840,8 @@ impl Session {
 
     /// The transport ended (EOF or error) without a `Bye`: the session closes with
     /// [`Event::Closed`] (`by_peer`, code `Normal` if the handshake had finished, else
-    /// `HandshakeTimeout`), no penalty, and nothing more to send.
+    /// `HandshakeTimeout`), no penalty (unless the peer misbehaved before), and nothing more
+    /// to send.
     pub fn handle_transport_closed(&mut self, now: u64) {
         self.now = self.now.max(now);
         if !self.is_open() {
@@ -763,7 +861,7 @@ impl Session {
                 by_peer: true,
                 detail: "transport closed without Bye".into(),
             },
-            penalty: Penalty::None,
+            penalty: self.misbehaviour,
         });
     }
 
@@ -782,6 +880,12 @@ impl Session {
             return false;
         };
         x.fetching_bytes -= size;
+        let served = x.served.entry(piece).or_insert(Served {
+            copies: 0,
+            cancelled: false,
+        });
+        served.copies = served.copies.saturating_add(1);
+        served.cancelled = false;
         let mut buf = Vec::with_capacity(data.len() + 48);
         frame::encode_piece(piece, data, &mut buf);
         self.tx_piece_bytes += buf.len();
@@ -925,6 +1029,39 @@ impl Session {
         for p in x.release.drain(..) {
             claims.release(p, owner);
         }
+        // Requests another session took over because we were past our patience deadline:
+        // withdraw them here, and do not ask this peer for them again in this session.
+        let taken: Vec<PieceRef> = x
+            .my_requests
+            .keys()
+            .filter(|p| claims.owner(**p).is_some_and(|o| o != owner))
+            .copied()
+            .collect();
+        for p in &taken {
+            if let Some(size) = x.my_requests.remove(p) {
+                x.outstanding_bytes -= size;
+                x.cancelled.insert(*p);
+                if let Some(h) = x.peer.as_mut() {
+                    h.add_lack(*p);
+                }
+            }
+        }
+        if !taken.is_empty() {
+            tracing::debug!(
+                pieces = taken.len(),
+                "unanswered requests taken over by another session"
+            );
+            x.pending_cancel.extend(taken.iter().copied());
+            self.plan_dirty = true;
+            if self.note_ignored(taken.len()) {
+                return;
+            }
+        }
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        // Before any early return: progress since the last call moves the deadline on.
+        claims.set_deadline(owner, patience_deadline(x, &self.cfg, self.handshake_rtt));
         let Some(peer) = x.peer.as_ref() else {
             return;
         };
@@ -1061,7 +1198,7 @@ impl Session {
             // the answer, and the later copy is dropped as cancelled.
             if x.my_requests.contains_key(&piece)
                 || x.awaiting_store.contains_key(&piece)
-                || !claims.try_claim(piece, owner)
+                || !claims.try_claim_at(piece, owner, self.now)
             {
                 continue;
             }
@@ -1076,6 +1213,7 @@ impl Session {
             batch.push(piece);
         }
         x.carry_requested += carry_added;
+        claims.set_deadline(owner, patience_deadline(x, &self.cfg, self.handshake_rtt));
         self.stats.requests_sent += batch.len() as u64;
         for chunk in batch.chunks(MAX_PIECE_LIST) {
             Message::Request(chunk.to_vec()).encode(&mut self.control);
@@ -1117,8 +1255,51 @@ impl Session {
                 by_peer: false,
                 detail: detail.to_owned(),
             },
-            penalty,
+            penalty: penalty.max(self.misbehaviour),
         });
+    }
+
+    /// A frame arriving in parts counts as progress of our requests (a slow link that is
+    /// busy sending a large piece, or the manifests queued before it, is not stalled), for at
+    /// most `request_stall_ms` per frame, so a peer cannot hold its claims by dribbling one.
+    fn note_partial_frame(&mut self) {
+        let pending = self.decoder.pending_kind().is_some();
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        if !pending {
+            x.partial_piece_since = None;
+            return;
+        }
+        let since = *x.partial_piece_since.get_or_insert(self.now);
+        if !x.my_requests.is_empty() && self.now < since + self.cfg.request_stall_ms {
+            x.last_progress = self.now;
+        }
+    }
+
+    /// `n` of our requests went unanswered (taken over or stalled). If the peer has answered
+    /// none in this session it is lying about what it holds: a minor penalty at least, and
+    /// after [`MAX_IGNORED_REQUESTS`] the session closes. Returns whether it closed.
+    fn note_ignored(&mut self, n: usize) -> bool {
+        let State::Exchanging(x) = &mut self.state else {
+            return false;
+        };
+        if x.answered > 0 {
+            return false;
+        }
+        x.ignored = x.ignored.saturating_add(n as u32);
+        self.stats.requests_ignored += n as u64;
+        self.misbehaviour = self.misbehaviour.max(Penalty::Minor);
+        if x.ignored < MAX_IGNORED_REQUESTS {
+            return false;
+        }
+        let ignored = x.ignored;
+        self.violation(
+            ByeCode::RequestsIgnored,
+            Penalty::Major,
+            format!("{ignored} requests for advertised pieces went unanswered, none was answered"),
+        );
+        true
     }
 
     fn violation(&mut self, code: ByeCode, penalty: Penalty, detail: String) {
@@ -1335,7 +1516,7 @@ impl Session {
                         by_peer: true,
                         detail: text,
                     },
-                    penalty: Penalty::None,
+                    penalty: self.misbehaviour,
                 });
                 return;
             }
@@ -1416,9 +1597,12 @@ impl Session {
             );
         }
         self.peer_id = Some(peer.node_id);
+        self.handshake_rtt = Some(self.now.saturating_sub(self.started));
         self.events.push_back(Event::PeerAuthenticated {
             node: peer.node_id,
-            carry_quota_bytes: peer.carry_quota_bytes,
+            carry_quota_bytes: peer
+                .carry_quota_bytes
+                .min(self.cfg.max_peer_carry_quota_bytes),
             piece_size_max: peer.piece_size_max,
         });
         let summary = self.build_summary();
@@ -1435,10 +1619,15 @@ impl Session {
             cancelled: HashSet::new(),
             release: Vec::new(),
             last_progress: self.now,
+            answered: 0,
+            partial_piece_since: None,
+            ignored: 0,
             rate: None,
             sample_start: self.now,
             sample_bytes: 0,
             carry_requested: 0,
+            served: HashMap::new(),
+            repeated_requests: 0,
             peer_requests: VecDeque::new(),
             peer_request_set: HashSet::new(),
             fetching: HashMap::new(),
@@ -1470,7 +1659,11 @@ impl Session {
                         manifests: s.manifests.len(),
                         filter_items: s.filter.len(),
                     };
-                    x.peer = Some(PeerHoldings::new(*s));
+                    let mut holdings = PeerHoldings::new(*s);
+                    let weight = self.local.peer_weights.get(&node).copied().unwrap_or(1.0);
+                    holdings.discount_predictabilities(self.cfg.max_peer_predictability, weight);
+                    holdings.clamp_carry_quota(self.cfg.max_peer_carry_quota_bytes);
+                    x.peer = Some(holdings);
                     self.plan_dirty = true;
                     self.events.push_back(ev);
                     self.offer_manifests();
@@ -1492,11 +1685,36 @@ impl Session {
                         format!("more than {max_manifests} manifests offered"),
                     );
                 }
+                if !x.my_requests.is_empty() {
+                    // The link is busy with data we will verify (a forged manifest ends the
+                    // session): our requests wait behind it, they are not ignored.
+                    x.last_progress = self.now;
+                }
                 self.events.push_back(Event::ManifestReceived { bytes });
             }
             Message::Request(pieces) => {
                 for piece in pieces {
                     if x.peer_request_set.contains(&piece) || x.fetching.contains_key(&piece) {
+                        continue;
+                    }
+                    if let Some(s) = x.served.get(&piece)
+                        && (!s.cancelled || s.copies >= MAX_COPIES_PER_PIECE)
+                    {
+                        // Sent already: ignored, so the peer cannot make us upload a piece
+                        // again and again for a few bytes of requests.
+                        x.repeated_requests += 1;
+                        self.misbehaviour = self.misbehaviour.max(Penalty::Minor);
+                        if x.repeated_requests > MAX_REPEATED_REQUESTS {
+                            return self.violation(
+                                ByeCode::RepeatedRequest,
+                                Penalty::Major,
+                                format!(
+                                    "more than {MAX_REPEATED_REQUESTS} requests for pieces already sent (last: piece {} of {})",
+                                    piece.index,
+                                    piece.bundle.short()
+                                ),
+                            );
+                        }
                         continue;
                     }
                     let held = self
@@ -1534,10 +1752,16 @@ impl Session {
                         x.peer_requests.retain(|p| *p != piece);
                     } else if let Some(size) = x.fetching.remove(&piece) {
                         x.fetching_bytes -= size;
-                    } else if let Some(i) = self.tx_pieces.iter().position(|(p, ..)| *p == piece) {
-                        // Encoded but not yet handed to the transport: drop it.
-                        let (_, _, frame) = self.tx_pieces.remove(i).expect("position is valid");
-                        self.tx_piece_bytes -= frame.len();
+                    } else if let Some(s) = x.served.get_mut(&piece) {
+                        // Sent (or queued): the peer may ask for it once more.
+                        s.cancelled = true;
+                        if let Some(i) = self.tx_pieces.iter().position(|(p, ..)| *p == piece) {
+                            // Encoded but not yet handed to the transport: drop it.
+                            let (_, _, frame) =
+                                self.tx_pieces.remove(i).expect("position is valid");
+                            self.tx_piece_bytes -= frame.len();
+                            s.copies -= 1;
+                        }
                     }
                 }
             }
@@ -1545,6 +1769,8 @@ impl Session {
                 if let Some(size) = x.my_requests.remove(&piece) {
                     x.outstanding_bytes -= size;
                     x.last_progress = self.now;
+                    x.answered += 1;
+                    self.stats.requests_answered += 1;
                     if data.len() as u64 != size || data.len() > piece_size_max {
                         return self.violation(
                             ByeCode::BadPiece,
@@ -1571,7 +1797,11 @@ impl Session {
                     self.stats.pieces_received += 1;
                     self.stats.piece_bytes_received += size;
                     self.events.push_back(Event::PieceReceived { piece, data });
-                } else if !x.cancelled.remove(&piece) {
+                } else if x.cancelled.remove(&piece) {
+                    // An answer all the same (it crossed our Cancel).
+                    x.answered += 1;
+                    self.stats.requests_answered += 1;
+                } else {
                     self.violation(
                         ByeCode::UnsolicitedPiece,
                         Penalty::Major,
@@ -1609,6 +1839,8 @@ impl Session {
                     if let Some(size) = x.my_requests.remove(&piece) {
                         x.outstanding_bytes -= size;
                         x.last_progress = self.now;
+                        x.answered += 1;
+                        self.stats.requests_answered += 1;
                         x.release.push(piece);
                         peer.add_lack(piece);
                     }

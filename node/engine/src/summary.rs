@@ -417,6 +417,9 @@ pub struct PeerHoldings {
     predictabilities: HashMap<NodeId, f32>,
     haves: HashSet<PieceRef>,
     lacks: HashSet<PieceRef>,
+    /// Advertised predictabilities are taken as `min(p, cap) × weight`.
+    predictability_cap: f32,
+    predictability_weight: f32,
     /// Bytes the peer can still accept for bundles carried for others.
     pub carry_quota_bytes: u64,
     /// How long the peer expects the contact to last.
@@ -435,6 +438,8 @@ impl PeerHoldings {
             predictabilities: s.predictabilities.into_iter().collect(),
             haves: HashSet::new(),
             lacks: HashSet::new(),
+            predictability_cap: 1.0,
+            predictability_weight: 1.0,
             carry_quota_bytes: s.carry_quota_bytes,
             expected_contact_ms: s.expected_contact_ms,
         }
@@ -465,21 +470,40 @@ impl PeerHoldings {
         self.want_bundles.contains(bundle) || self.channels.contains(channel)
     }
 
-    /// The peer's advertised predictability vector, sorted by node id (for
-    /// PRoPHET transitivity).
+    /// Believe the peer's predictabilities only up to `cap` (what the PRoPHET model can
+    /// produce: `1 − δ`), and then only by `weight` (how far its past claims held).
+    pub fn discount_predictabilities(&mut self, cap: f32, weight: f32) {
+        self.predictability_cap = cap.clamp(0.0, 1.0);
+        self.predictability_weight = weight.clamp(0.0, 1.0);
+    }
+
+    /// Believe at most `max` bytes of advertised carry quota.
+    pub fn clamp_carry_quota(&mut self, max: u64) {
+        self.carry_quota_bytes = self.carry_quota_bytes.min(max);
+    }
+
+    fn believed(&self, p: f32) -> f32 {
+        p.min(self.predictability_cap) * self.predictability_weight
+    }
+
+    /// The peer's advertised predictability vector as believed (see
+    /// [`discount_predictabilities`](Self::discount_predictabilities)), sorted by node id
+    /// (for PRoPHET transitivity).
     pub fn predictabilities(&self) -> Vec<(NodeId, f64)> {
         let mut v: Vec<(NodeId, f64)> = self
             .predictabilities
             .iter()
-            .map(|(n, p)| (*n, f64::from(*p)))
+            .map(|(n, p)| (*n, f64::from(self.believed(*p))))
             .collect();
         v.sort_by_key(|e| e.0);
         v
     }
 
-    /// The peer's delivery predictability towards `node` (0 when unknown).
+    /// The peer's delivery predictability towards `node` as believed (0 when unknown).
     pub fn predictability(&self, node: &NodeId) -> f32 {
-        self.predictabilities.get(node).copied().unwrap_or(0.0)
+        self.predictabilities
+            .get(node)
+            .map_or(0.0, |p| self.believed(*p))
     }
 
     /// Records an in-session `Have`; returns false when the per-peer cap is reached.

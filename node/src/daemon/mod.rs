@@ -135,6 +135,8 @@ pub(crate) struct Shared {
     pub claims: PieceClaims,
     pub rarity: RarityTracker,
     pub penalties: PenaltyBook,
+    /// How far each peer's holdings claims held (weighs its advertised predictabilities).
+    pub credibility: mule_engine::credibility::CredibilityBook,
     sessions: HashMap<NodeId, SessionEntry>,
     pub dialing: HashMap<NodeId, Instant>,
     pub neighbours: BTreeMap<NodeId, NeighbourInfo>,
@@ -198,6 +200,7 @@ impl Ctx {
                 .map(|(n, p)| (n, p as f32))
                 .collect(),
             carry_quota_bytes: self.cfg.carry.quota_bytes,
+            peer_weights: sh.credibility.discounted(),
             ..LocalView::default()
         };
         // Room left for bundles carried for others (neither wanted nor ours).
@@ -391,14 +394,15 @@ impl Ctx {
         sent: u64,
         received: u64,
     ) {
-        {
+        let configured = {
             let mut sh = self.shared.lock().expect("shared state");
             if let Some(n) = sh.neighbours.get_mut(&peer) {
                 n.bytes_sent += sent;
                 n.bytes_received += received;
                 return;
             }
-        }
+            sh.static_nodes.values().any(|n| *n == peer)
+        };
         let transport = if transport == "bluetooth" {
             mule_contacts::Transport::Ble
         } else {
@@ -411,6 +415,9 @@ impl Ctx {
             transport,
             bytes_sent: sent,
             bytes_received: received,
+            // A configured static peer is no stranger; a node that merely dialled us is
+            // (it goes first when the history is full).
+            discovered: configured,
         });
     }
 
@@ -423,6 +430,7 @@ impl Ctx {
             transport: n.transport,
             bytes_sent: n.bytes_sent,
             bytes_received: n.bytes_received,
+            discovered: true,
         });
     }
 
@@ -558,6 +566,8 @@ pub async fn run(
         keepalive_interval_ms: cfg.session.keepalive_ms,
         idle_timeout_ms: cfg.session.idle_timeout_ms,
         bloom_fp_rate: cfg.summary.false_positive_rate,
+        // No peer can carry more for us than we could hold ourselves.
+        max_peer_carry_quota_bytes: cfg.store.quota_bytes,
         ..SessionConfig::default()
     };
     let metrics = Arc::new(Metrics::new());
@@ -575,6 +585,7 @@ pub async fn run(
             claims: PieceClaims::new(),
             rarity: RarityTracker::new(64),
             penalties: PenaltyBook::new(PenaltyConfig::default()),
+            credibility: Default::default(),
             sessions: HashMap::new(),
             dialing: HashMap::new(),
             neighbours: BTreeMap::new(),

@@ -13,7 +13,7 @@ use std::time::Instant;
 use mule_bundle::store::Origin;
 use mule_bundle::{PieceRef, VerifiedManifest};
 use mule_contacts::{NodeId, Timestamp};
-use mule_engine::frame::ByeCode;
+use mule_engine::frame::{ByeCode, Phase};
 use mule_engine::session::{Event, PieceRejection, Role, Session, SessionSeed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
@@ -31,8 +31,12 @@ pub type Stream = Box<dyn Duplex>;
 
 /// Frames queued for the writer task (each up to one piece frame).
 const WRITE_QUEUE: usize = 4;
-/// Read buffer size.
+/// Read buffer size once the peer is authenticated.
 const READ_BUF: usize = 256 * 1024;
+/// Read buffer size until then: the handshake's frames are small (the engine refuses any
+/// other frame before authentication), so an unauthenticated connection costs 4 KiB, not
+/// 256 KiB.
+const HANDSHAKE_READ_BUF: usize = 4096;
 
 enum Outcome {
     Put(PieceRef, PutOutcome),
@@ -138,7 +142,7 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
     let mut notices = ctx.notices.subscribe();
     let (otx, mut orx) = mpsc::channel::<Outcome>(1024);
     let (close_tx, mut close_rx) = mpsc::channel::<()>(1);
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; HANDSHAKE_READ_BUF];
     let mut out: Option<Vec<u8>> = None;
     let mut peer: Option<NodeId> = None;
     let mut eof = false;
@@ -278,11 +282,11 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                     }
                     if let Some(n) = peer {
                         let now = ctx.now_ms();
-                        ctx.shared
-                            .lock()
-                            .expect("shared state")
-                            .penalties
-                            .record_close(n, now, penalty);
+                        let st = s.stats();
+                        let mut sh = ctx.shared.lock().expect("shared state");
+                        sh.penalties.record_close(n, now, penalty);
+                        sh.credibility
+                            .record(n, st.requests_answered, st.requests_ignored, now);
                     }
                 }
             }
@@ -292,6 +296,9 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
         }
         if out.is_none() && (s.is_closed() || eof) {
             break;
+        }
+        if buf.len() < READ_BUF && s.phase() == Phase::Authenticated {
+            buf.resize(READ_BUF, 0);
         }
         let deadline = s.poll_timeout().map(|t| ctx.instant(t));
         tokio::select! {
