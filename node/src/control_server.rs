@@ -155,5 +155,6 @@ async fn handle(ctx: &Arc<Ctx>, req: Request) -> Result<Response, String> {
                 .map_err(|e| e.to_string())?;
             Response::Done
         }
+        Request::Verify { bundle, repair } => crate::verify::serve(ctx, bundle, repair).await?,
     })
 }

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod logging;
 pub mod metrics;
 pub mod paths;
+pub mod verify;
 pub mod view;
 
 use std::path::PathBuf;

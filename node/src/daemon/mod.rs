@@ -18,6 +18,7 @@
 mod ble;
 mod conn;
 mod session;
+mod space;
 pub mod store;
 mod view;
 
@@ -103,6 +104,8 @@ pub enum Notice {
     PieceStored(PieceRef),
     /// A manifest was stored (shared: every session's receiver would clone it).
     ManifestStored(Arc<LocalBundle>),
+    /// A stored piece failed its hash and was dropped: fetch it again.
+    PieceLost(PieceRef),
 }
 
 /// A session as the registry knows it.
@@ -158,6 +161,9 @@ pub struct Ctx {
     pub(crate) discovery: Mutex<Option<mule_contacts::discovery::Discovery>>,
     history: Option<Arc<History>>,
     data_dir: PathBuf,
+    /// Whether the store is full (disk or quota): sessions stop requesting while it is.
+    pub(crate) store_full: watch::Sender<bool>,
+    space: Mutex<space::Space>,
 }
 
 impl Ctx {
@@ -297,7 +303,11 @@ impl Ctx {
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             uptime_s: self.started.elapsed().as_secs(),
             neighbours,
-            bundles: bundles.iter().map(crate::commands::bundle_view).collect(),
+            bundles: bundles
+                .iter()
+                .map(|b| crate::commands::bundle_view(b, self.cfg.store.quota_bytes))
+                .collect(),
+            store_full: self.store_full_reason(),
             store_bytes: usage.total,
             store_quota_bytes: self.cfg.store.quota_bytes,
             subscriptions: sh.channels.clone(),
@@ -493,7 +503,24 @@ pub async fn run(
             })
         }),
     };
-    let (store_handle, store_thread) = StoreHandle::spawn(store, completion);
+    // The ring is allocated up front (slots of ~70 bytes): 2048 notices are ~0.4 s of pieces
+    // at 300 MB/s, and a session that lags further only misses some Have updates.
+    let (notices, _) = broadcast::channel(NOTICE_RING);
+    let metrics = Arc::new(Metrics::new());
+    let on_dropped: store::OnDropped = {
+        let (notices, metrics) = (notices.clone(), metrics.clone());
+        Box::new(move |bad| {
+            for b in bad {
+                // The store logged it (bundle, index, reason); count it and fetch it again.
+                metrics.inc_pieces_corrupt();
+                let _ = notices.send(Notice::PieceLost(PieceRef {
+                    bundle: b.bundle,
+                    index: b.index,
+                }));
+            }
+        })
+    };
+    let (store_handle, store_thread) = StoreHandle::spawn(store, completion, on_dropped);
 
     // Session listeners: every configured address, one shared port.
     let (listeners, listen) = conn::bind_all(&cfg.session.listen).await?;
@@ -514,16 +541,12 @@ pub async fn run(
         i_typ: p.i_typ(),
         ..ProphetParams::default()
     };
-    // The ring is allocated up front (slots of ~70 bytes): 2048 notices are ~0.4 s of pieces
-    // at 300 MB/s, and a session that lags further only misses some Have updates.
-    let (notices, _) = broadcast::channel(NOTICE_RING);
     let session_cfg = SessionConfig {
         keepalive_interval_ms: cfg.session.keepalive_ms,
         idle_timeout_ms: cfg.session.idle_timeout_ms,
         bloom_fp_rate: cfg.summary.false_positive_rate,
         ..SessionConfig::default()
     };
-    let metrics = Arc::new(Metrics::new());
     let history = match History::open(&data_dir.join(HISTORY_FILE)) {
         Ok(h) => Some(Arc::new(h)),
         Err(e) => {
@@ -548,6 +571,8 @@ pub async fn run(
         discovery: Mutex::new(None),
         history,
         data_dir: data_dir.clone(),
+        store_full: watch::channel(false).0,
+        space: Mutex::new(space::Space::default()),
         identity: identity.clone(),
         store: store_handle,
         notices,
@@ -577,6 +602,7 @@ pub async fn run(
     }
     tasks.spawn(crate::control_server::serve(ctx.clone(), control, stop()));
     tasks.spawn(installer(ctx.clone(), stop()));
+    tasks.spawn(space::watch(ctx.clone(), stop()));
     if ctx.cfg.metrics.enabled {
         match tokio::net::TcpListener::bind(ctx.cfg.metrics.listen).await {
             Ok(l) => {
