@@ -1,10 +1,13 @@
 //! Running out of room: the node-wide "store full" state.
 //!
 //! A piece refused because the store is full (its quota taken by bundles it may not evict,
-//! or the disk or a disk quota full) sets the state. Every session then cancels its
-//! requests, tells its peer `Refuse(StoreFull)` and requests nothing more (the engine's
-//! `set_store_full`), and the node says so once in the log (a warning at most every
-//! [`WARN_EVERY`]), not once per piece.
+//! or the disk or a disk quota full) sets the state, and the node says so once in the log
+//! (a warning at most every [`WARN_EVERY`]), not once per piece. The session that got the
+//! refusal cancels its requests, tells its peer `Refuse(StoreFull)` and requests nothing
+//! more (the engine's `set_store_full`). A full *disk* stops every session, and sessions
+//! that start while it lasts: nothing can be stored. A full *quota* stops only the session
+//! that hit it: whether a piece fits depends on its bundle (carry quota, priority against
+//! what could be evicted), so other transfers go on.
 //!
 //! The state clears by itself, so a transfer resumes without a restart:
 //! - a full disk as soon as the file system has room for a batch again ([`RESUME_FREE`],
@@ -67,8 +70,10 @@ impl Ctx {
         let mut sp = self.space();
         if let Some(f) = &mut sp.full {
             // A full disk is what a probe has to wait for, whatever filled first.
-            if kind == Kind::Disk {
+            if kind == Kind::Disk && f.kind != Kind::Disk {
                 f.kind = Kind::Disk;
+                drop(sp);
+                self.store_full.send_replace(true);
             }
             return;
         }
@@ -102,7 +107,9 @@ impl Ctx {
             tracing::debug!(?kind, why, "store full again");
         }
         self.metrics.set_store_full(true);
-        self.store_full.send_replace(true);
+        if kind == Kind::Disk {
+            self.store_full.send_replace(true);
+        }
     }
 
     /// Why the store is full now, for `mule status` (`None` when it has room).
@@ -134,6 +141,7 @@ impl Ctx {
             "store has room again (or probing); requesting pieces again"
         );
         self.metrics.set_store_full(false);
+        // Also wakes the sessions a full quota stopped, so they probe too.
         self.store_full.send_replace(false);
     }
 }
