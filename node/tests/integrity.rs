@@ -196,3 +196,50 @@ fn a_rotten_piece_is_never_sent_and_the_holder_fetches_it_again() {
     b.stop();
     c.stop();
 }
+
+#[test]
+fn a_rotten_piece_is_fetched_again_within_running_sessions() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (_, key, hex) = publisher_key(keys.path(), "pub.key");
+    let data = content(6, 24 * PIECE);
+    const BAD: usize = 5;
+
+    // C publishes and stays up; A fetches everything from C and keeps that session.
+    let mut c = Node::new(&NodeConfig::fw(&hex));
+    c.start();
+    let id = publish(&c, &key, &data);
+    let mut a = Node::new(&NodeConfig {
+        peers: vec![c.listen().to_string()],
+        ..NodeConfig::fw(&hex)
+    });
+    a.start();
+    wait_for("A holds the bundle", Duration::from_secs(60), || {
+        (a.pieces_have(&id) == 24).then_some(())
+    });
+    rot(&a, &id, BAD);
+    // B reaches C only through A. A finds the bad piece when B asks for it, fetches it again
+    // from C in the session it already has, and then serves it to B.
+    let mut b = Node::new(&NodeConfig {
+        peers: vec![a.listen().to_string()],
+        ..NodeConfig::fw(&hex)
+    });
+    b.start();
+    wait_for("B complete", Duration::from_secs(60), || {
+        (b.pieces_have(&id) == 24).then_some(())
+    });
+    assert_eq!(b.export(&id), data);
+    let log_a = a.log_text();
+    assert!(
+        log_a.contains("stored piece is bad"),
+        "A never found the bad piece:\n{log_a}"
+    );
+    assert_eq!(
+        log_a.matches("session up").count(),
+        2,
+        "A needed a new session to repair:\n{log_a}"
+    );
+    assert!(a.mule(&["verify"]).status.success());
+    b.stop();
+    a.stop();
+    c.stop();
+}
