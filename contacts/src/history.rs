@@ -198,6 +198,22 @@ impl History {
         Ok(h)
     }
 
+    /// Like [`History::open`], but does not open the file yet: the first call does (and
+    /// fails, and the next call tries again, while the file cannot be opened). For a caller
+    /// that must not lose the history for good because the disk was full at start-up.
+    pub fn open_deferred(path: &Path) -> History {
+        let path = path.to_owned();
+        History {
+            handle: Arc::new(std::sync::Mutex::new(Handle {
+                db: None,
+                open: Some(Arc::new(move || {
+                    Database::create(&path).map_err(redb::Error::from)
+                })),
+            })),
+            max_per_peer: Self::DEFAULT_MAX_PER_PEER,
+        }
+    }
+
     /// The open database, opened (again) if it was dropped after an error.
     fn db(&self) -> Result<Arc<Database>, HistoryError> {
         let mut h = self.handle.lock().unwrap_or_else(|e| e.into_inner());
@@ -513,6 +529,18 @@ mod tests {
             .map(|x| x.start.0 / 1000)
             .collect();
         assert_eq!(starts, vec![100, 400]);
+    }
+
+    #[test]
+    fn a_deferred_history_opens_once_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        // The directory does not exist yet: the file cannot be created.
+        let path = dir.path().join("later").join("h.redb");
+        let h = History::open_deferred(&path);
+        assert!(h.record(&c(1, 100, 160)).is_err());
+        std::fs::create_dir(dir.path().join("later")).unwrap();
+        h.record(&c(1, 200, 260)).unwrap();
+        assert_eq!(h.contacts(&NodeId([1; 32])).unwrap().len(), 1);
     }
 
     #[test]

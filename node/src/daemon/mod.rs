@@ -550,8 +550,12 @@ pub async fn run(
     let history = match History::open(&data_dir.join(HISTORY_FILE)) {
         Ok(h) => Some(Arc::new(h)),
         Err(e) => {
-            tracing::warn!(error = %e, "contact history unavailable; predictions start empty");
-            None
+            // A full disk at start must not cost the history for the life of the process:
+            // it is opened at its first use once that works.
+            tracing::warn!(error = %e, "contact history unavailable for now; predictions start empty");
+            Some(Arc::new(History::open_deferred(
+                &data_dir.join(HISTORY_FILE),
+            )))
         }
     };
     let channels = load_subscriptions(&data_dir, &cfg.subscriptions.channels);
