@@ -127,6 +127,14 @@ fn a_full_disk_is_store_full_and_the_transfer_resumes_when_it_grows() {
     let st = b.status();
     let why = st["store_full"].as_str().unwrap_or_default().to_string();
     assert!(why.starts_with("disk full"), "status: {st}");
+    // Refused as StoreFull (what goes to the peer as Refuse(StoreFull)), not as a failure.
+    let m = scrape(port);
+    let refused = sample(&m, "mule_pieces_rejected_total{reason=\"store_full\"}").unwrap_or(0.0);
+    let failed = sample(&m, "mule_pieces_rejected_total{reason=\"store_error\"}").unwrap_or(0.0);
+    assert!(
+        refused >= 1.0 && failed == 0.0,
+        "store_full {refused}, store_error {failed}"
+    );
     let have_full = b.pieces_have(&id);
     assert!(have_full < total, "all {total} pieces fit in 30 MiB?");
     // Wait for a probe (5 s after filling) to have come and gone: it asks for one window
