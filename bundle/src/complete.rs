@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::id::BundleId;
-use crate::manifest::{Manifest, PieceError, VerifiedManifest, verify_piece};
+use crate::manifest::{Manifest, PieceError, VerifiedManifest};
 use crate::store::{State, Store, StoreError};
 
 /// First retry delay after a failure, in seconds; doubles per failed attempt.
@@ -271,15 +271,19 @@ fn write_verified(
     let mut file = std::io::BufWriter::with_capacity(1 << 16, File::create(tmp).map_err(io)?);
     let mut whole = blake3::Hasher::new();
     for index in 0..vm.piece_count() {
-        // export_to checked that every bit is set.
-        let piece = store
-            .read_claimed(vm, index)?
-            .ok_or(CompleteError::NotComplete {
-                id,
-                have: index,
-                total: vm.piece_count(),
-            })?;
-        verify_piece(vm, index, &piece)?;
+        // export_to checked that every bit is set. A piece that rotted on disk is dropped
+        // (fetched again, then the export is retried) instead of failing the export for good.
+        let piece = match store.check_claimed(vm, index)? {
+            Ok(piece) => piece,
+            Err(bad) => {
+                store.drop_pieces(&id, std::slice::from_ref(&bad))?;
+                return Err(CompleteError::NotComplete {
+                    id,
+                    have: vm.piece_count() - 1,
+                    total: vm.piece_count(),
+                });
+            }
+        };
         whole.update(&piece);
         file.write_all(&piece).map_err(io)?;
     }
@@ -429,7 +433,9 @@ pub fn install(
             store.record_installed(id)?;
             tracing::info!(bundle = %id.short(), path = %path.display(), "bundle installed");
         }
-        Err(CompleteError::Store(_)) => {}
+        // A store error is no fault of the bundle, and a piece dropped as bad during the
+        // export is fetched again: neither is a failed install.
+        Err(CompleteError::Store(_) | CompleteError::NotComplete { .. }) => {}
         Err(e) => {
             store.record_failure(id, &e.to_string(), now)?;
             tracing::warn!(bundle = %id.short(), error = %e, "bundle install failed");

@@ -315,10 +315,11 @@ pub struct StoreFull {
 /// Why a store operation failed as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Creating the data directory failed.
-    #[error("cannot create data directory {path}: {source}")]
+    /// Reading or writing a file of the store failed (creating the data directory, a data
+    /// file's write or sync, ...). [`StoreError::is_no_space`] tells a full disk.
+    #[error("store I/O error on {path}: {source}")]
     Io {
-        /// The directory.
+        /// The file or directory.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
@@ -373,6 +374,38 @@ pub enum StoreError {
     /// The store holds its maximum number of bundles.
     #[error("store holds its maximum of {0} bundles")]
     TooManyBundles(usize),
+    /// The database was closed after an I/O error and reopening it failed; the next call
+    /// tries again ([`Store::reopen`]).
+    #[error("store database {0} is closed after an I/O error (reopening failed)")]
+    Closed(PathBuf),
+}
+
+/// `ENOSPC` and `EDQUOT`: the file system (or the user's disk quota) is full.
+fn io_is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+}
+
+impl StoreError {
+    /// Whether the error means the disk (or a disk quota) is full: the store itself is fine,
+    /// and the operation can succeed once space returns.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => io_is_no_space(source),
+            StoreError::Db(redb::Error::Io(e)) => io_is_no_space(e),
+            _ => false,
+        }
+    }
+
+    /// Whether the database must be closed and opened again before it works again: redb
+    /// fails every call after an I/O error of its file until it is reopened.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo) | StoreError::Closed(_)
+        )
+    }
 }
 
 macro_rules! from_redb {
@@ -430,6 +463,17 @@ struct Record {
 }
 
 impl Record {
+    /// The state of a bundle whose last missing piece just arrived: complete, unless it was
+    /// installed (or its install failed) before some of its pieces were dropped as bad; its
+    /// export is still in place then, so it is not exported and installed a second time.
+    fn completed_state(&self) -> State {
+        match (&self.failure, &self.export_path) {
+            (Some(_), _) => State::Failed,
+            (None, Some(_)) => State::Installed,
+            (None, None) => State::Complete,
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.array(11);
@@ -515,7 +559,8 @@ impl Record {
 
 /// The piece store. See the module documentation.
 pub struct Store {
-    db: Database,
+    /// `None` only between closing a database that failed and reopening it ([`Store::reopen`]).
+    db: Option<Database>,
     path: PathBuf,
     opts: StoreOptions,
     manifests: HashMap<BundleId, VerifiedManifest>,
@@ -527,7 +572,34 @@ pub struct Store {
     pieces_dir: PathBuf,
     /// Open data files (bounded: cleared when it reaches [`OPEN_FILES`]).
     files: HashMap<BundleId, std::fs::File>,
+    /// Stored pieces found bad and dropped since the last [`Store::take_dropped`].
+    dropped: Vec<BadPiece>,
 }
+
+/// A stored piece that failed its check (read back, its BLAKE3 hash does not match the
+/// manifest, or it could not be read at all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadPiece {
+    /// The bundle.
+    pub bundle: BundleId,
+    /// The piece index.
+    pub index: PieceIndex,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for BadPiece {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bundle {} piece {}: {}",
+            self.bundle, self.index, self.reason
+        )
+    }
+}
+
+/// Most dropped pieces remembered for [`Store::take_dropped`].
+const DROPPED_MEMORY: usize = 4096;
 
 /// Most data files kept open.
 const OPEN_FILES: usize = 64;
@@ -570,17 +642,11 @@ impl Store {
     /// After a crash redb repairs the file here (quickly, with quick-repair on). A store of
     /// another format version is refused.
     pub fn open_file(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(opts.cache_bytes)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_owned()),
-                e => e.into(),
-            })?;
+        let db = Self::open_db(path, &opts)?;
         let pieces_dir = path.with_extension("pieces");
         std::fs::create_dir_all(&pieces_dir).map_err(io_err(&pieces_dir))?;
         let store = Store {
-            db,
+            db: Some(db),
             path: path.to_owned(),
             opts,
             manifests: HashMap::new(),
@@ -588,10 +654,48 @@ impl Store {
             usage_cache: None,
             pieces_dir,
             files: HashMap::new(),
+            dropped: Vec::new(),
         };
         store.check_format()?;
         store.sweep_orphans()?;
         Ok(store)
+    }
+
+    fn open_db(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
+        Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_owned()),
+                e => e.into(),
+            })
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| StoreError::Closed(self.path.clone()))
+    }
+
+    /// Closes the database and opens it again (and forgets open data files and cached
+    /// counters). redb refuses every call after an I/O error of its file (a full disk during
+    /// a commit, say) until it is reopened; the last committed transaction is intact, so
+    /// reopening is all it takes. If opening fails, calls fail with [`StoreError::Closed`]
+    /// until a later `reopen` succeeds.
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        // The old handle must be gone first: it holds the file lock.
+        self.db = None;
+        self.files.clear();
+        self.usage_cache = None;
+        self.manifests.clear();
+        self.db = Some(Self::open_db(&self.path, &self.opts)?);
+        self.check_format()?;
+        Ok(())
+    }
+
+    /// Whether the database is closed after a failed [`Store::reopen`].
+    pub fn is_closed(&self) -> bool {
+        self.db.is_none()
     }
 
     /// Path of a bundle's data file.
@@ -713,7 +817,7 @@ impl Store {
     }
 
     fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.set_quick_repair(self.opts.quick_repair);
         Ok(txn)
@@ -823,7 +927,7 @@ impl Store {
         if let Some(vm) = self.manifests.get(id) {
             return Ok(Some(vm.clone()));
         }
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let Some(bytes) = txn
             .open_table(MANIFESTS)?
             .get(&id.0)?
@@ -865,7 +969,7 @@ impl Store {
     }
 
     fn records(&self) -> Result<Vec<(BundleId, Record)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(BUNDLES)?;
         Self::all_records(&table)
     }
@@ -922,7 +1026,7 @@ impl Store {
     /// One stored bundle.
     pub fn info(&mut self, id: &BundleId) -> Result<Option<BundleInfo>, StoreError> {
         let rec = {
-            let txn = self.db.begin_read()?;
+            let txn = self.db()?.begin_read()?;
             Self::record_in(&txn.open_table(BUNDLES)?, id)?
         };
         rec.map(|r| self.info_from(*id, r)).transpose()
@@ -933,7 +1037,7 @@ impl Store {
         let Some(vm) = self.manifest(id)? else {
             return Ok(None);
         };
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Self::bitfield_in(&txn.open_table(BITFIELDS)?, id, vm.piece_count()).map(Some)
     }
 
@@ -942,7 +1046,13 @@ impl Store {
         Ok(self.bitfield(id)?.is_some_and(|b| b.is_complete()))
     }
 
-    /// A stored piece (as stored; it was verified before it was stored).
+    /// A stored piece, checked against its manifest's hash on the way out.
+    ///
+    /// A piece was verified before it was stored, but a disk can rot: a piece that reads back
+    /// with another hash (or cannot be read) is dropped from the bitfield at once, so the
+    /// bundle is incomplete again and the piece is fetched anew, and `None` is returned as
+    /// for a piece not held. The node never hands out data that fails its hash. Dropped
+    /// pieces are reported by [`Store::take_dropped`].
     pub fn read_piece(
         &mut self,
         id: &BundleId,
@@ -954,7 +1064,124 @@ impl Store {
         if !self.bitfield(id)?.is_some_and(|b| b.get(index)) {
             return Ok(None);
         }
-        self.read_claimed(&vm, index)
+        match self.check_claimed(&vm, index)? {
+            Ok(data) => Ok(Some(data)),
+            Err(bad) => {
+                self.drop_pieces(id, &[bad])?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads a claimed piece and verifies it: the data, or what is wrong with it. Only
+    /// failures that mean this piece is bad (its hash, a short file, a read error of the
+    /// medium) are a [`BadPiece`]; other I/O errors are the caller's.
+    pub(crate) fn check_claimed(
+        &mut self,
+        vm: &VerifiedManifest,
+        index: PieceIndex,
+    ) -> Result<Result<Vec<u8>, BadPiece>, StoreError> {
+        let bad = |reason: String| BadPiece {
+            bundle: vm.id(),
+            index,
+            reason,
+        };
+        let data = match self.read_claimed(vm, index) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(Err(bad("index past the end of the bundle".into()))),
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::UnexpectedEof
+                    || source.raw_os_error() == Some(libc::EIO) =>
+            {
+                return Ok(Err(bad(format!("unreadable: {source}"))));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(match verify_piece(vm, index, &data) {
+            Ok(()) => Ok(data),
+            Err(e) => Err(bad(e.to_string())),
+        })
+    }
+
+    /// Drops pieces found bad from their bundles' bitfields and counters in one durable
+    /// commit (the bundle becomes incomplete; an installed one turns installed again once the
+    /// pieces are back, without being exported again). Pieces not claimed are skipped. The
+    /// data in the file stays until the piece is written again. Returns how many were
+    /// dropped; each is reported by [`Store::take_dropped`].
+    pub fn drop_pieces(&mut self, id: &BundleId, bad: &[BadPiece]) -> Result<u32, StoreError> {
+        let Some(vm) = self.manifest(id)? else {
+            return Ok(0);
+        };
+        let txn = self.begin_write()?;
+        let mut dropped = Vec::new();
+        {
+            let mut bundles = txn.open_table(BUNDLES)?;
+            let mut bitfields = txn.open_table(BITFIELDS)?;
+            let Some(mut rec) = Self::record_in(&bundles, id)? else {
+                return Ok(0);
+            };
+            let mut bf = Self::bitfield_in(&bitfields, id, vm.piece_count())?;
+            for b in bad.iter().filter(|b| b.bundle == *id) {
+                if !bf.get(b.index) {
+                    continue;
+                }
+                bf.clear(b.index);
+                let len = u64::from(vm.manifest().piece_len(b.index).unwrap_or(0));
+                rec.have = rec.have.saturating_sub(1);
+                rec.bytes = rec.bytes.saturating_sub(len);
+                dropped.push(b.clone());
+            }
+            if dropped.is_empty() {
+                return Ok(0);
+            }
+            if rec.state == State::Complete {
+                // Not installed yet: the next completion exports it afresh.
+                rec.export_path = None;
+            }
+            rec.state = State::Incomplete;
+            bundles.insert(&id.0, rec.encode().as_slice())?;
+            bitfields.insert(&id.0, bf.as_bytes())?;
+        }
+        txn.commit()?;
+        self.usage_cache = None;
+        let n = dropped.len() as u32;
+        for b in dropped {
+            tracing::warn!(bundle = %b.bundle, index = b.index, reason = %b.reason,
+                "stored piece is bad; dropped, it will be fetched again");
+            if self.dropped.len() < DROPPED_MEMORY {
+                self.dropped.push(b);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Pieces dropped as bad since the last call (at most the first 4096), so the caller can
+    /// count them and update what it advertises.
+    pub fn take_dropped(&mut self) -> Vec<BadPiece> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Reads back and verifies every claimed piece of one bundle; returns the bad ones, and
+    /// with `repair` drops them ([`Store::drop_pieces`]) so they are fetched again.
+    pub fn verify_bundle(
+        &mut self,
+        id: &BundleId,
+        repair: bool,
+    ) -> Result<Vec<BadPiece>, StoreError> {
+        let vm = self.manifest(id)?.ok_or(StoreError::UnknownBundle(*id))?;
+        let bf = self
+            .bitfield(id)?
+            .ok_or_else(|| corrupt(*id, "bitfield", "missing"))?;
+        let mut bad = Vec::new();
+        for index in bf.iter_present() {
+            if let Err(b) = self.check_claimed(&vm, index)? {
+                bad.push(b);
+            }
+        }
+        if repair && !bad.is_empty() {
+            self.drop_pieces(id, &bad)?;
+        }
+        Ok(bad)
     }
 
     /// Reads piece `index` from the data file; the caller has checked that its bit is set
@@ -1178,7 +1405,7 @@ impl Store {
                     usage.carry += need;
                 }
                 if bf.is_complete() {
-                    rec.state = State::Complete;
+                    rec.state = rec.completed_state();
                     *result = Ok(Put::Completed);
                 }
             }
@@ -1361,7 +1588,7 @@ impl Store {
                 let id = name.parse().unwrap_or(BundleId([0; 32]));
                 return Err(corrupt(id, "piece", "stored without a bundle record"));
             }
-            let txn = self.db.begin_read()?;
+            let txn = self.db()?.begin_read()?;
             for (table, what) in [(MANIFESTS, "manifest"), (BITFIELDS, "bitfield")] {
                 for entry in txn.open_table(table)?.iter()? {
                     let id = BundleId(*entry?.0.value());
@@ -1374,7 +1601,7 @@ impl Store {
         let mut checked = 0;
         for (id, rec) in recs {
             let bytes = {
-                let txn = self.db.begin_read()?;
+                let txn = self.db()?.begin_read()?;
                 let table = txn.open_table(MANIFESTS)?;
                 let v = table.get(&id.0)?;
                 v.map(|v| v.value().to_vec())
@@ -1665,7 +1892,7 @@ mod tests {
         s2.verify_all().unwrap();
         let mut bytes = vm2.to_bytes();
         *bytes.last_mut().unwrap() ^= 1;
-        let txn = s2.db.begin_write().unwrap();
+        let txn = s2.db().unwrap().begin_write().unwrap();
         txn.open_table(MANIFESTS)
             .unwrap()
             .insert(&vm2.id().0, bytes.as_slice())
@@ -1907,6 +2134,143 @@ mod tests {
         assert_eq!(json["id"], vm.id().to_string());
         assert_eq!(json["state"], "installed");
         assert_eq!(json["priority"], "normal");
+    }
+
+    /// Flips one byte of piece `index` in the bundle's data file, as bit rot would.
+    fn rot(store: &Store, vm: &VerifiedManifest, index: PieceIndex) {
+        use std::os::unix::fs::FileExt;
+        let path = store.data_path(&vm.id());
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&path)
+            .unwrap();
+        let at = u64::from(index) * u64::from(vm.manifest().piece_size) + 7;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    }
+
+    #[test]
+    fn a_rotten_piece_is_dropped_when_read_and_fetched_again() {
+        let mut f = fixture(1 << 30, 0);
+        let (vm, c) = bundle(1, 4 * PS as usize, 1, Priority::Normal);
+        let id = vm.id();
+        f.store.insert_manifest(&vm, Origin::Received).unwrap();
+        fill(&mut f.store, &vm, &c);
+        rot(&f.store, &vm, 2);
+        // Never handed out; dropped from the bitfield and reported.
+        assert_eq!(f.store.read_piece(&id, 2).unwrap(), None);
+        let dropped = f.store.take_dropped();
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
+        assert_eq!((dropped[0].bundle, dropped[0].index), (id, 2));
+        assert!(f.store.take_dropped().is_empty());
+        let info = f.store.info(&id).unwrap().unwrap();
+        assert_eq!((info.state, info.pieces_have), (State::Incomplete, 3));
+        assert_eq!(info.bytes, 3 * u64::from(PS));
+        assert!(!f.store.bitfield(&id).unwrap().unwrap().get(2));
+        assert_eq!(f.store.verify_all().unwrap(), 3);
+        // The good pieces still read; the bad one is accepted again and completes it.
+        assert_eq!(
+            f.store.read_piece(&id, 1).unwrap().unwrap(),
+            &c[PS as usize..2 * PS as usize]
+        );
+        let p2 = &c[2 * PS as usize..3 * PS as usize];
+        assert!(matches!(f.store.put_piece(&id, 2, p2), Ok(Put::Completed)));
+        assert_eq!(f.store.read_piece(&id, 2).unwrap().unwrap(), p2);
+        assert_eq!(f.store.info(&id).unwrap().unwrap().state, State::Complete);
+        assert_eq!(f.store.verify_all().unwrap(), 4);
+    }
+
+    #[test]
+    fn verify_bundle_names_bad_pieces_and_repair_drops_them() {
+        let mut f = fixture(1 << 30, 0);
+        let (vm, c) = bundle(1, 5 * PS as usize, 1, Priority::Normal);
+        let id = vm.id();
+        f.store.insert_manifest(&vm, Origin::Received).unwrap();
+        fill(&mut f.store, &vm, &c);
+        assert!(f.store.verify_bundle(&id, false).unwrap().is_empty());
+        rot(&f.store, &vm, 1);
+        rot(&f.store, &vm, 4);
+        let bad = f.store.verify_bundle(&id, false).unwrap();
+        assert_eq!(bad.iter().map(|b| b.index).collect::<Vec<_>>(), vec![1, 4]);
+        assert!(bad[0].to_string().contains(&id.to_string()), "{}", bad[0]);
+        // Without repair nothing changes (and the full check still fails).
+        assert!(f.store.is_complete(&id).unwrap());
+        assert!(f.store.take_dropped().is_empty());
+        assert!(f.store.verify_all().is_err());
+        let bad = f.store.verify_bundle(&id, true).unwrap();
+        assert_eq!(bad.len(), 2);
+        assert_eq!(f.store.take_dropped().len(), 2);
+        assert_eq!(f.store.bitfield(&id).unwrap().unwrap().count(), 3);
+        assert_eq!(f.store.verify_all().unwrap(), 3);
+        assert!(f.store.verify_bundle(&id, false).unwrap().is_empty());
+        // A data file cut short (a piece that cannot be read at all) is bad too.
+        let path = f.store.data_path(&id);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(u64::from(PS) / 2)
+            .unwrap();
+        f.store.files.clear();
+        let bad = f.store.verify_bundle(&id, true).unwrap();
+        assert_eq!(
+            bad.iter().map(|b| b.index).collect::<Vec<_>>(),
+            vec![0, 2, 3]
+        );
+        assert_eq!(f.store.verify_all().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_installed_bundle_that_rotted_is_installed_again_once_repaired() {
+        let mut f = fixture(1 << 30, 0);
+        let (vm, c) = bundle(1, 3 * PS as usize, 1, Priority::Normal);
+        let id = vm.id();
+        f.store.insert_manifest(&vm, Origin::Received).unwrap();
+        fill(&mut f.store, &vm, &c);
+        f.store.record_export(&id, Path::new("/tmp/x")).unwrap();
+        f.store.record_installed(&id).unwrap();
+        rot(&f.store, &vm, 0);
+        assert_eq!(f.store.read_piece(&id, 0).unwrap(), None);
+        assert_eq!(f.store.info(&id).unwrap().unwrap().state, State::Incomplete);
+        f.store.verify_all().unwrap();
+        assert!(matches!(
+            f.store.put_piece(&id, 0, &c[..PS as usize]),
+            Ok(Put::Completed)
+        ));
+        // Its export is still there: not exported and installed a second time.
+        assert_eq!(f.store.info(&id).unwrap().unwrap().state, State::Installed);
+        f.store.verify_all().unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_and_the_store_reopens() {
+        let mut f = fixture(1 << 30, 0);
+        let (vm, c) = bundle(1, 2 * PS as usize, 1, Priority::Normal);
+        let id = vm.id();
+        f.store.insert_manifest(&vm, Origin::Received).unwrap();
+        // Writes to /dev/full fail with ENOSPC, like a full file system.
+        let path = f.store.data_path(&id);
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let e = f
+            .store
+            .put_pieces(&[(id, 0, &c[..PS as usize])])
+            .unwrap_err();
+        assert!(e.is_no_space(), "{e}");
+        assert!(!e.to_string().contains("create data directory"), "{e}");
+        assert_eq!(f.store.bitfield(&id).unwrap().unwrap().count(), 0);
+        // Space returns: the same put succeeds, after a reopen too.
+        std::fs::remove_file(&path).unwrap();
+        f.store.reopen().unwrap();
+        assert!(!f.store.is_closed());
+        assert!(matches!(
+            f.store.put_piece(&id, 0, &c[..PS as usize]),
+            Ok(Put::Stored)
+        ));
+        assert_eq!(f.store.verify_all().unwrap(), 1);
+        let other = StoreError::TooManyBundles(1);
+        assert!(!other.is_no_space() && !other.needs_reopen());
     }
 
     #[test]

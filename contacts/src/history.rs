@@ -126,12 +126,28 @@ impl Stats {
     }
 }
 
+/// Opens the database again after an I/O error.
+type Opener = Arc<dyn Fn() -> Result<Database, redb::Error> + Send + Sync>;
+
 /// The contact history store.
+///
+/// redb refuses every call after an I/O error of its file ("Previous I/O error occurred")
+/// until the database is closed and opened again. A history opened from a file
+/// ([`History::open`], [`History::with_opener`]) does exactly that: after a failed call it
+/// drops the database, and the next call opens it again, so a full disk that was freed or
+/// a passing I/O error costs the calls made meanwhile, not the history for the life of the
+/// process. (A database handed in with [`History::new`] belongs to the caller and is not
+/// reopened.)
 #[derive(Clone)]
 pub struct History {
-    db: Arc<Database>,
+    handle: Arc<std::sync::Mutex<Handle>>,
     max_per_peer: usize,
     max_peers: usize,
+}
+
+struct Handle {
+    db: Option<Arc<Database>>,
+    open: Option<Opener>,
 }
 
 impl std::fmt::Debug for History {
@@ -143,6 +159,41 @@ impl std::fmt::Debug for History {
     }
 }
 
+/// Creates the tables if needed, and the peer index from the contacts if it is missing.
+fn create_table(db: &Database) -> Result<(), HistoryError> {
+    let tx = db.begin_write().map_err(redb::Error::from)?;
+    {
+        let contacts = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
+        let mut peers = tx.open_table(PEERS).map_err(redb::Error::from)?;
+        if peers.is_empty().map_err(redb::Error::from)?
+            && !contacts.is_empty().map_err(redb::Error::from)?
+        {
+            let mut index: std::collections::BTreeMap<[u8; 32], PeerRow> = Default::default();
+            for r in contacts.iter().map_err(redb::Error::from)? {
+                let (k, v) = r.map_err(redb::Error::from)?;
+                let c = decode(k.value(), &v.value())?;
+                let row = index.entry(c.peer.0).or_default();
+                row.count += 1;
+                row.discovered |= c.discovered;
+                row.last_seen = row.last_seen.max(c.end.0);
+            }
+            for (id, row) in index {
+                peers.insert(id, row.encode()).map_err(redb::Error::from)?;
+            }
+        }
+    }
+    tx.commit().map_err(redb::Error::from)?;
+    Ok(())
+}
+
+/// Whether the database has to be reopened after this error.
+fn is_io(e: &HistoryError) -> bool {
+    matches!(
+        e,
+        HistoryError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+    )
+}
+
 impl History {
     /// Default bound on contacts kept per peer.
     pub const DEFAULT_MAX_PER_PEER: usize = 1000;
@@ -152,30 +203,12 @@ impl History {
     /// Uses a database the caller already opened (creates the tables if needed, and the
     /// peer index from the contacts if it is missing).
     pub fn new(db: Arc<Database>) -> Result<History, HistoryError> {
-        let tx = db.begin_write().map_err(redb::Error::from)?;
-        {
-            let contacts = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
-            let mut peers = tx.open_table(PEERS).map_err(redb::Error::from)?;
-            if peers.is_empty().map_err(redb::Error::from)?
-                && !contacts.is_empty().map_err(redb::Error::from)?
-            {
-                let mut index: std::collections::BTreeMap<[u8; 32], PeerRow> = Default::default();
-                for r in contacts.iter().map_err(redb::Error::from)? {
-                    let (k, v) = r.map_err(redb::Error::from)?;
-                    let c = decode(k.value(), &v.value())?;
-                    let row = index.entry(c.peer.0).or_default();
-                    row.count += 1;
-                    row.discovered |= c.discovered;
-                    row.last_seen = row.last_seen.max(c.end.0);
-                }
-                for (id, row) in index {
-                    peers.insert(id, row.encode()).map_err(redb::Error::from)?;
-                }
-            }
-        }
-        tx.commit().map_err(redb::Error::from)?;
+        create_table(&db)?;
         Ok(History {
-            db,
+            handle: Arc::new(std::sync::Mutex::new(Handle {
+                db: Some(db),
+                open: None,
+            })),
             max_per_peer: Self::DEFAULT_MAX_PER_PEER,
             max_peers: Self::DEFAULT_MAX_PEERS,
         })
@@ -187,10 +220,89 @@ impl History {
         self
     }
 
-    /// Opens (or creates) a database file of its own.
+    /// Opens (or creates) a database file of its own, reopened after I/O errors.
     pub fn open(path: &Path) -> Result<History, HistoryError> {
-        let db = Database::create(path).map_err(redb::Error::from)?;
-        Self::new(Arc::new(db))
+        let path = path.to_owned();
+        Self::with_opener(move || Database::create(&path).map_err(redb::Error::from))
+    }
+
+    /// Opens a database with `open` now and again after each I/O error (for a custom
+    /// storage backend; [`History::open`] is this with a file).
+    pub fn with_opener(
+        open: impl Fn() -> Result<Database, redb::Error> + Send + Sync + 'static,
+    ) -> Result<History, HistoryError> {
+        let h = History {
+            handle: Arc::new(std::sync::Mutex::new(Handle {
+                db: None,
+                open: Some(Arc::new(open)),
+            })),
+            max_per_peer: Self::DEFAULT_MAX_PER_PEER,
+            max_peers: Self::DEFAULT_MAX_PEERS,
+        };
+        h.db()?;
+        Ok(h)
+    }
+
+    /// Like [`History::open`], but does not open the file yet: the first call does (and
+    /// fails, and the next call tries again, while the file cannot be opened). For a caller
+    /// that must not lose the history for good because the disk was full at start-up.
+    pub fn open_deferred(path: &Path) -> History {
+        let path = path.to_owned();
+        History {
+            handle: Arc::new(std::sync::Mutex::new(Handle {
+                db: None,
+                open: Some(Arc::new(move || {
+                    Database::create(&path).map_err(redb::Error::from)
+                })),
+            })),
+            max_per_peer: Self::DEFAULT_MAX_PER_PEER,
+            max_peers: Self::DEFAULT_MAX_PEERS,
+        }
+    }
+
+    /// The open database, opened (again) if it was dropped after an error.
+    fn db(&self) -> Result<Arc<Database>, HistoryError> {
+        let mut h = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = &h.db {
+            return Ok(db.clone());
+        }
+        let open = h
+            .open
+            .clone()
+            .ok_or(HistoryError::Db(redb::Error::PreviousIo))?;
+        let db = Arc::new(open()?);
+        create_table(&db)?;
+        h.db = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs `op` on the database. After an I/O error the database is dropped so the next
+    /// call reopens it; if the error was only redb's memory of an earlier one, the call is
+    /// retried once on the reopened database.
+    fn run<T>(&self, op: impl Fn(&Database) -> Result<T, HistoryError>) -> Result<T, HistoryError> {
+        let db = self.db()?;
+        let r = op(&db);
+        let Err(e) = &r else { return r };
+        if !is_io(e) {
+            return r;
+        }
+        let previous = matches!(e, HistoryError::Db(redb::Error::PreviousIo));
+        {
+            let mut h = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+            if h.open.is_none() {
+                return r;
+            }
+            if h.db.as_ref().is_some_and(|d| Arc::ptr_eq(d, &db)) {
+                h.db = None;
+            }
+        }
+        drop(db);
+        if previous {
+            // The database closes when the last handle goes; a call still running elsewhere
+            // keeps it open, and then the reopen fails and the next call tries again.
+            return op(&*self.db()?);
+        }
+        r
     }
 
     /// Changes the per-peer bound (at least 1).
@@ -201,7 +313,11 @@ impl History {
 
     /// Inserts or updates a contact (keyed by peer and start).
     pub fn record(&self, c: &Contact) -> Result<(), HistoryError> {
-        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        self.run(|db| self.record_in(db, c))
+    }
+
+    fn record_in(&self, db: &Database, c: &Contact) -> Result<(), HistoryError> {
+        let tx = db.begin_write().map_err(redb::Error::from)?;
         {
             let mut t = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
             t.insert((c.peer.0, c.start.0), encode(c))
@@ -269,7 +385,11 @@ impl History {
 
     /// All contacts with `peer`, sorted by start.
     pub fn contacts(&self, peer: &NodeId) -> Result<Vec<Contact>, HistoryError> {
-        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        self.run(|db| Self::contacts_in(db, peer))
+    }
+
+    fn contacts_in(db: &Database, peer: &NodeId) -> Result<Vec<Contact>, HistoryError> {
+        let tx = db.begin_read().map_err(redb::Error::from)?;
         let t = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
         let mut out = Vec::new();
         for r in t
@@ -284,7 +404,11 @@ impl History {
 
     /// Every contact that started at or after `since`, in (peer, start) order.
     pub fn all_since(&self, since: Timestamp) -> Result<Vec<Contact>, HistoryError> {
-        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        self.run(|db| Self::all_since_in(db, since))
+    }
+
+    fn all_since_in(db: &Database, since: Timestamp) -> Result<Vec<Contact>, HistoryError> {
+        let tx = db.begin_read().map_err(redb::Error::from)?;
         let t = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
         let mut out = Vec::new();
         for r in t.iter().map_err(redb::Error::from)? {
@@ -299,7 +423,11 @@ impl History {
 
     /// Every peer with at least one contact on record.
     pub fn peers(&self) -> Result<Vec<NodeId>, HistoryError> {
-        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        self.run(Self::peers_in)
+    }
+
+    fn peers_in(db: &Database) -> Result<Vec<NodeId>, HistoryError> {
+        let tx = db.begin_read().map_err(redb::Error::from)?;
         let t = tx.open_table(CONTACTS).map_err(redb::Error::from)?;
         let mut out: Vec<NodeId> = Vec::new();
         for r in t.iter().map_err(redb::Error::from)? {
@@ -454,6 +582,89 @@ mod tests {
             .forecast(&NodeId([1; 32]), Timestamp::from_secs(2200), false, 8)
             .unwrap();
         assert_eq!(f.next_duration, Some(Duration::from_secs(60)));
+    }
+
+    /// A memory-backed redb storage whose writes can be made to fail (a full disk).
+    #[derive(Debug, Clone)]
+    struct Flaky {
+        mem: Arc<redb::backends::InMemoryBackend>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> std::io::Result<u64> {
+            self.mem.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.mem.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.mem.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.mem.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.mem.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn recovers_after_a_transient_io_error() {
+        let backend = Flaky {
+            mem: Arc::new(redb::backends::InMemoryBackend::new()),
+            fail: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let opener = backend.clone();
+        let h = History::with_opener(move || {
+            Database::builder()
+                .create_with_backend(opener.clone())
+                .map_err(redb::Error::from)
+        })
+        .unwrap();
+        h.record(&c(1, 100, 160)).unwrap();
+        // The disk fills: the write fails, and so do calls while it stays full.
+        backend
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(h.record(&c(1, 200, 260)).is_err());
+        assert!(h.record(&c(1, 300, 360)).is_err());
+        // Space returns: the history works again without restarting anything.
+        backend
+            .fail
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        h.record(&c(1, 400, 460)).unwrap();
+        let starts: Vec<u64> = h
+            .contacts(&NodeId([1; 32]))
+            .unwrap()
+            .iter()
+            .map(|x| x.start.0 / 1000)
+            .collect();
+        assert_eq!(starts, vec![100, 400]);
+    }
+
+    #[test]
+    fn a_deferred_history_opens_once_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        // The directory does not exist yet: the file cannot be created.
+        let path = dir.path().join("later").join("h.redb");
+        let h = History::open_deferred(&path);
+        assert!(h.record(&c(1, 100, 160)).is_err());
+        std::fs::create_dir(dir.path().join("later")).unwrap();
+        h.record(&c(1, 200, 260)).unwrap();
+        assert_eq!(h.contacts(&NodeId([1; 32])).unwrap().len(), 1);
     }
 
     #[test]

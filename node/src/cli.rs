@@ -91,6 +91,16 @@ pub enum Command {
     /// Check or show configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Read back every stored piece (of the given bundles, or all) and check it against its
+    /// manifest; exits non-zero naming each bad piece. Works on the store directly, or
+    /// through the running daemon.
+    Verify {
+        /// Drop the bad pieces so they are fetched again from peers.
+        #[arg(long)]
+        repair: bool,
+        /// Bundle ids (or unique prefixes); default: every bundle.
+        ids: Vec<String>,
+    },
     /// Removable media (USB sticks, SD cards) as a transport.
     #[command(subcommand)]
     Media(MediaCommand),

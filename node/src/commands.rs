@@ -78,7 +78,7 @@ fn rt() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Where a verb runs: the daemon or the store itself.
-enum Target {
+pub(crate) enum Target {
     Daemon(Client),
     Direct(Box<Store>),
 }
@@ -86,12 +86,14 @@ enum Target {
 /// Whether a verb may create the store when none exists yet (publish and
 /// import do; reading verbs say that there is none instead of creating one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
+    /// Reading verbs: no store is an error.
     Read,
+    /// Publish, import: the store is created if needed.
     Write,
 }
 
-async fn target(cfg: &Config, data_dir: &Path, access: Access) -> Result<Target> {
+pub(crate) async fn target(cfg: &Config, data_dir: &Path, access: Access) -> Result<Target> {
     match Client::connect_at(data_dir, &cfg.control.socket_in(data_dir)).await {
         Ok(c) => Ok(Target::Daemon(c)),
         Err(control::Error::NotRunning { .. }) => {
@@ -242,6 +244,7 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Media(m) => media_verb(m, cfg, data_dir).await,
+        Command::Verify { repair, ids } => crate::verify::run(&ids, repair, cfg, data_dir).await,
         Command::Run | Command::Key(_) | Command::Config(_) => {
             unreachable!("handled synchronously")
         }
@@ -337,10 +340,20 @@ fn parse_ids(v: &[String], flag: &str) -> Result<Vec<BundleId>> {
         .collect()
 }
 
-/// The view of a bundle for tables and JSON.
-pub fn bundle_view(b: &BundleInfo) -> view::Bundle {
+/// The view of a bundle for tables and JSON (`quota_bytes`: the store quota, to tell a
+/// wanted bundle that can never fit from one that is merely incomplete).
+pub fn bundle_view(b: &BundleInfo, quota_bytes: u64) -> view::Bundle {
     let state = match &b.failure {
         Some(f) if b.state == mule_bundle::store::State::Failed => format!("failed: {}", f.message),
+        _ if b.wanted
+            && b.state == mule_bundle::store::State::Incomplete
+            && b.content_len > quota_bytes =>
+        {
+            format!(
+                "too large: {} bytes exceed the store quota of {quota_bytes}",
+                b.content_len
+            )
+        }
         _ => b.state.as_str().to_string(),
     };
     view::Bundle {
@@ -368,12 +381,16 @@ async fn bundle_list(cfg: &Config, data_dir: &Path) -> Result<Vec<view::Bundle>>
             };
             st.bundles
         }
-        Target::Direct(mut s) => s.bundles()?.iter().map(bundle_view).collect(),
+        Target::Direct(mut s) => s
+            .bundles()?
+            .iter()
+            .map(|b| bundle_view(b, cfg.store.quota_bytes))
+            .collect(),
     })
 }
 
 /// Resolves a full id or a unique prefix against the bundles present.
-fn resolve(id: &str, list: &[view::Bundle]) -> Result<BundleId> {
+pub(crate) fn resolve(id: &str, list: &[view::Bundle]) -> Result<BundleId> {
     if let Ok(full) = id.parse::<BundleId>() {
         return Ok(full);
     }
@@ -627,6 +644,9 @@ fn print_status(st: &view::Status) {
         }
     );
     println!("sessions    {}", st.sessions);
+    if let Some(why) = &st.store_full {
+        println!("STORE FULL  {why}");
+    }
     println!();
     print_neighbours(&st.neighbours);
     println!();

@@ -77,6 +77,15 @@ pub enum Request {
         /// Only bundles for these channels; empty: all.
         channels: Vec<String>,
     },
+    /// Reads back and verifies the pieces of one bundle (`mule verify`); with `repair` the
+    /// bad ones are dropped so they are fetched again. Without a bundle: the store's
+    /// whole consistency check. Answered with [`Response::BadPieces`].
+    Verify {
+        /// Bundle id (hex), or none for the consistency check.
+        bundle: Option<String>,
+        /// Drop the bad pieces.
+        repair: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -96,6 +105,8 @@ pub enum Response {
     Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to [`Request::MediaSync`] and [`Request::MediaWrite`].
     Media(crate::view::MediaReport),
+    /// Answer to [`Request::Verify`]: the bad pieces found (empty: all good).
+    BadPieces(Vec<crate::view::BadPiece>),
 }
 
 /// Errors of the control channel itself.

@@ -176,5 +176,6 @@ async fn handle(ctx: &Arc<Ctx>, req: Request) -> Result<Response, String> {
             };
             Response::Media(ctx.media_write(std::path::Path::new(&dir), &sel).await)
         }
+        Request::Verify { bundle, repair } => crate::verify::serve(ctx, bundle, repair).await?,
     })
 }

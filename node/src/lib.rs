@@ -14,6 +14,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod paths;
+pub mod verify;
 pub mod view;
 
 use std::path::PathBuf;

@@ -43,6 +43,8 @@
 //! | `mule_contacts_total` | counter | |
 //! | `mule_neighbours` | gauge | |
 //! | `mule_store_bytes`, `mule_store_quota_bytes` | gauge | |
+//! | `mule_store_full` | gauge (0 or 1) | |
+//! | `mule_pieces_corrupt_total` | counter | |
 //! | `mule_bundles` | gauge | `state` ([`BundleState`]) |
 //! | `mule_beacons_sent_total`, `mule_beacons_accepted_total` | counter | |
 //! | `mule_beacons_dropped_total` | counter | `reason` (from the beacon source) |
@@ -249,6 +251,8 @@ pub struct Metrics {
     neighbours: AtomicU64,
     store_bytes: AtomicU64,
     store_quota_bytes: AtomicU64,
+    store_full: AtomicU64,
+    pieces_corrupt: AtomicU64,
     bundles: Family<4>,
     /// Set once at start-up and read per scrape, never on a hot path.
     beacons: RwLock<Option<BeaconSource>>,
@@ -294,6 +298,8 @@ impl Metrics {
             neighbours: AtomicU64::new(0),
             store_bytes: AtomicU64::new(0),
             store_quota_bytes: AtomicU64::new(0),
+            store_full: AtomicU64::new(0),
+            pieces_corrupt: AtomicU64::new(0),
             bundles: Family::new(),
             beacons: RwLock::new(None),
         }
@@ -367,6 +373,21 @@ impl Metrics {
     /// Sets the store quota in bytes.
     pub fn set_store_quota_bytes(&self, n: u64) {
         self.store_quota_bytes.store(n, Ordering::Relaxed);
+    }
+
+    /// Sets whether the store is full (disk or quota) and pieces are refused.
+    pub fn set_store_full(&self, full: bool) {
+        self.store_full.store(u64::from(full), Ordering::Relaxed);
+    }
+
+    /// Counts one stored piece that failed its hash when read back and was dropped.
+    pub fn inc_pieces_corrupt(&self) {
+        self.pieces_corrupt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current value of `mule_pieces_corrupt_total`.
+    pub fn pieces_corrupt(&self) -> u64 {
+        self.pieces_corrupt.load(Ordering::Relaxed)
     }
 
     /// Sets the number of stored bundles in each state.
@@ -533,6 +554,18 @@ impl Metrics {
             "gauge",
             "Bundle store quota in bytes.",
             self.store_quota_bytes.load(Ordering::Relaxed),
+        );
+        o.scalar(
+            "mule_store_full",
+            "gauge",
+            "1 while the store is full (disk or quota) and refuses pieces, else 0.",
+            self.store_full.load(Ordering::Relaxed),
+        );
+        o.scalar(
+            "mule_pieces_corrupt_total",
+            "counter",
+            "Stored pieces that failed their hash when read back (dropped, fetched again).",
+            self.pieces_corrupt.load(Ordering::Relaxed),
         );
         o.family(
             "mule_bundles",
@@ -1048,6 +1081,8 @@ mod tests {
             "mule_neighbours",
             "mule_store_bytes",
             "mule_store_quota_bytes",
+            "mule_store_full",
+            "mule_pieces_corrupt_total",
         ] {
             assert_eq!(value(&s, name), 0.0);
         }
@@ -1069,8 +1104,8 @@ mod tests {
                 "{fam}"
             );
         }
-        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 7 plain, build info and uptime.
-        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 7 + 2);
+        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 9 plain, build info and uptime.
+        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 9 + 2);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct Status {
     pub store_bytes: u64,
     /// The store quota in bytes.
     pub store_quota_bytes: u64,
+    /// Why the store refuses pieces now (disk or quota full), if it does.
+    #[serde(default)]
+    pub store_full: Option<String>,
     /// Channels this node subscribes to.
     pub subscriptions: Vec<String>,
     /// Sessions currently open.
@@ -60,7 +63,8 @@ pub struct Bundle {
     pub pieces_total: u32,
     /// Content length in bytes.
     pub size: u64,
-    /// Lifecycle state (`partial`, `complete`, `exported`, `installed`, `failed: …`).
+    /// Lifecycle state (`incomplete`, `complete`, `installed`, `failed: …`, or
+    /// `too large: …` for a wanted bundle that cannot fit in the store quota at all).
     pub state: String,
     /// Whether this node wants it (subscribed) or only carries it.
     pub wanted: bool,
@@ -96,6 +100,17 @@ pub struct MediaReport {
     pub medium_gone: bool,
     /// Problems met on the way.
     pub errors: Vec<String>,
+}
+
+/// A stored piece that failed its check (`mule verify`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BadPiece {
+    /// Bundle id (hex).
+    pub bundle: String,
+    /// Piece index.
+    pub index: u32,
+    /// What was wrong.
+    pub reason: String,
 }
 
 /// Contact history and prediction for one peer.

@@ -935,6 +935,23 @@ impl Session {
         }
     }
 
+    /// The driver dropped a stored piece (it failed its hash when read back): we no longer
+    /// hold it and may request it again, from this peer or another. The peer learnt from
+    /// our summary or a `Have` that we hold it; a request for it is answered with
+    /// `Refuse(NotHeld)` ([`piece_unavailable`](Self::piece_unavailable)).
+    pub fn note_piece_lost(&mut self, piece: PieceRef) {
+        if let Some(b) = self.local.bundles.get_mut(&piece.bundle) {
+            b.have.clear(piece.index);
+            self.plan_dirty = true;
+        }
+        // The peer may have sent this piece in this session, and it sends a piece once per
+        // session unless the receiver cancels it: cancel that copy now, ahead of any new
+        // request in the byte stream, so the piece can be asked for again.
+        if matches!(self.state, State::Exchanging(_)) {
+            Message::Cancel(vec![piece]).encode(&mut self.control);
+        }
+    }
+
     /// The driver could not store a piece this session delivered.
     pub fn handle_piece_rejected(&mut self, piece: PieceRef, why: PieceRejection) {
         let State::Exchanging(x) = &mut self.state else {

@@ -20,6 +20,7 @@ mod conn;
 mod media;
 mod progress;
 mod session;
+mod space;
 pub mod store;
 mod view;
 
@@ -106,6 +107,8 @@ pub enum Notice {
     PieceStored(PieceRef),
     /// A manifest was stored (shared: every session's receiver would clone it).
     ManifestStored(Arc<LocalBundle>),
+    /// A stored piece failed its hash and was dropped: fetch it again.
+    PieceLost(PieceRef),
 }
 
 /// A session as the registry knows it.
@@ -165,6 +168,9 @@ pub struct Ctx {
     data_dir: PathBuf,
     /// Stored-byte rates per bundle (rate and ETA in `mule status`).
     pub(crate) progress: Mutex<progress::Progress>,
+    /// Whether the store is full (disk or quota): sessions stop requesting while it is.
+    pub(crate) store_full: watch::Sender<bool>,
+    space: Mutex<space::Space>,
 }
 
 impl Ctx {
@@ -311,7 +317,7 @@ impl Ctx {
                 bundles
                     .iter()
                     .map(|b| {
-                        let mut view = crate::commands::bundle_view(b);
+                        let mut view = crate::commands::bundle_view(b, self.cfg.store.quota_bytes);
                         if b.pieces_have < b.pieces_total {
                             view.rate_bytes_per_s = pr.rate(&b.id, now).unwrap_or(0.0);
                             let left = b.content_len.saturating_sub(b.bytes);
@@ -323,6 +329,7 @@ impl Ctx {
                     })
                     .collect()
             },
+            store_full: self.store_full_reason(),
             store_bytes: usage.total,
             store_quota_bytes: self.cfg.store.quota_bytes,
             subscriptions: sh.channels.clone(),
@@ -538,7 +545,24 @@ pub async fn run(
             })
         }),
     };
-    let (store_handle, store_thread) = StoreHandle::spawn(store, completion);
+    // The ring is allocated up front (slots of ~70 bytes): 2048 notices are ~0.4 s of pieces
+    // at 300 MB/s, and a session that lags further only misses some Have updates.
+    let (notices, _) = broadcast::channel(NOTICE_RING);
+    let metrics = Arc::new(Metrics::new());
+    let on_dropped: store::OnDropped = {
+        let (notices, metrics) = (notices.clone(), metrics.clone());
+        Box::new(move |bad| {
+            for b in bad {
+                // The store logged it (bundle, index, reason); count it and fetch it again.
+                metrics.inc_pieces_corrupt();
+                let _ = notices.send(Notice::PieceLost(PieceRef {
+                    bundle: b.bundle,
+                    index: b.index,
+                }));
+            }
+        })
+    };
+    let (store_handle, store_thread) = StoreHandle::spawn(store, completion, on_dropped);
 
     // Session listeners: every configured address, one shared port.
     let (listeners, listen) = conn::bind_all(&cfg.session.listen).await?;
@@ -559,9 +583,6 @@ pub async fn run(
         i_typ: p.i_typ(),
         ..ProphetParams::default()
     };
-    // The ring is allocated up front (slots of ~70 bytes): 2048 notices are ~0.4 s of pieces
-    // at 300 MB/s, and a session that lags further only misses some Have updates.
-    let (notices, _) = broadcast::channel(NOTICE_RING);
     let session_cfg = SessionConfig {
         keepalive_interval_ms: cfg.session.keepalive_ms,
         idle_timeout_ms: cfg.session.idle_timeout_ms,
@@ -570,12 +591,15 @@ pub async fn run(
         max_peer_carry_quota_bytes: cfg.store.quota_bytes,
         ..SessionConfig::default()
     };
-    let metrics = Arc::new(Metrics::new());
     let history = match History::open(&data_dir.join(HISTORY_FILE)) {
         Ok(h) => Some(Arc::new(h)),
         Err(e) => {
-            tracing::warn!(error = %e, "contact history unavailable; predictions start empty");
-            None
+            // A full disk at start must not cost the history for the life of the process:
+            // it is opened at its first use once that works.
+            tracing::warn!(error = %e, "contact history unavailable for now; predictions start empty");
+            Some(Arc::new(History::open_deferred(
+                &data_dir.join(HISTORY_FILE),
+            )))
         }
     };
     let channels = load_subscriptions(&data_dir, &cfg.subscriptions.channels);
@@ -597,6 +621,8 @@ pub async fn run(
         history,
         data_dir: data_dir.clone(),
         progress: Mutex::new(progress::Progress::default()),
+        store_full: watch::channel(false).0,
+        space: Mutex::new(space::Space::default()),
         identity: identity.clone(),
         store: store_handle,
         notices,
@@ -627,6 +653,7 @@ pub async fn run(
     tasks.spawn(crate::control_server::serve(ctx.clone(), control, stop()));
     tasks.spawn(installer(ctx.clone(), stop()));
     tasks.spawn(media::watch(ctx.clone(), stop()));
+    tasks.spawn(space::watch(ctx.clone(), stop()));
     if ctx.cfg.metrics.enabled {
         match tokio::net::TcpListener::bind(ctx.cfg.metrics.listen).await {
             Ok(l) => {

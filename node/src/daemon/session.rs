@@ -140,6 +140,11 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
         let _ = wr.shutdown().await;
     });
     let mut notices = ctx.notices.subscribe();
+    // Node-wide "store full" (disk or quota): no requests while it holds.
+    let mut store_full = ctx.store_full.subscribe();
+    if *store_full.borrow_and_update() {
+        s.set_store_full(true);
+    }
     let (otx, mut orx) = mpsc::channel::<Outcome>(1024);
     let (close_tx, mut close_rx) = mpsc::channel::<()>(1);
     let mut buf = vec![0u8; HANDSHAKE_READ_BUF];
@@ -323,11 +328,17 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
             n = notices.recv() => match n {
                 Ok(Notice::PieceStored(p)) => s.note_piece_stored(p),
                 Ok(Notice::ManifestStored(b)) => s.note_manifest(Arc::unwrap_or_clone(b)),
+                Ok(Notice::PieceLost(p)) => s.note_piece_lost(p),
                 Err(broadcast::error::RecvError::Lagged(k)) => tracing::debug!(missed = k, "session lagged behind store notices"),
                 Err(broadcast::error::RecvError::Closed) => eof = true,
             },
             o = orx.recv() => if let Some(o) = o { on_outcome(&ctx, &mut s, o, mtransport) },
             _ = close_rx.recv() => s.close_with(ByeCode::Normal, "closing"),
+            r = store_full.changed() => match r {
+                Ok(()) => s.set_store_full(*store_full.borrow_and_update()),
+                // The sender lives in Ctx, which outlives the session; never happens.
+                Err(_) => eof = true,
+            },
         }
     }
 
@@ -383,9 +394,15 @@ fn on_outcome(ctx: &Ctx, s: &mut Session, o: Outcome, t: MTransport) {
                 ctx.metrics.inc_piece_rejected(RejectReason::UnknownBundle);
                 s.handle_piece_rejected(piece, PieceRejection::Busy);
             }
+            // Said once by note_store_full (rate-limited), not once per piece.
             PutOutcome::Full(why) => {
                 ctx.metrics.inc_piece_rejected(RejectReason::StoreFull);
-                tracing::warn!(why, "store full; refusing further pieces");
+                ctx.note_store_full(super::space::Kind::Quota, &why);
+                s.handle_piece_rejected(piece, PieceRejection::StoreFull);
+            }
+            PutOutcome::DiskFull(why) => {
+                ctx.metrics.inc_piece_rejected(RejectReason::StoreFull);
+                ctx.note_store_full(super::space::Kind::Disk, &why);
                 s.handle_piece_rejected(piece, PieceRejection::StoreFull);
             }
             PutOutcome::Failed(why) => {

@@ -6,11 +6,19 @@
 //! busy link costs a few fsyncs per second while a lone piece is committed at
 //! once. The queue is bounded, so a full or slow store pushes back on sessions
 //! instead of letting memory grow.
+//!
+//! Faults of the disk: a batch that fails because the disk (or a disk quota) is full is
+//! answered [`PutOutcome::DiskFull`], not as a store failure, so sessions refuse politely
+//! and stop requesting; after an I/O error that leaves redb refusing every call, the thread
+//! reopens the database. Pieces the store drops as bad (a hash mismatch on reading) are
+//! reported to the `on_dropped` callback given at [`StoreHandle::spawn`].
 
 use std::path::PathBuf;
 
 use mule_bundle::complete::{self, Hook};
-use mule_bundle::store::{BundleInfo, Inserted, Origin, Put, PutError, Store, StoreError, Usage};
+use mule_bundle::store::{
+    BadPiece, BundleInfo, Inserted, Origin, Put, PutError, Store, StoreError, Usage,
+};
 
 /// What became of one piece handed to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +35,8 @@ pub enum PutOutcome {
     UnknownBundle,
     /// No room even after eviction.
     Full(String),
+    /// The disk (or a disk quota) is full: nothing of the batch was stored.
+    DiskFull(String),
     /// The store failed; the piece was not stored.
     Failed(String),
 }
@@ -40,6 +50,7 @@ impl From<Result<Put, PutError>> for PutOutcome {
             Err(PutError::Piece(e)) => PutOutcome::Invalid(e.to_string()),
             Err(PutError::UnknownBundle(_)) => PutOutcome::UnknownBundle,
             Err(PutError::Full(e)) => PutOutcome::Full(e.to_string()),
+            Err(PutError::Store(e)) if e.is_no_space() => PutOutcome::DiskFull(e.to_string()),
             Err(e) => PutOutcome::Failed(e.to_string()),
         }
     }
@@ -87,7 +98,14 @@ pub enum Cmd {
     Shutdown(Reply<()>),
     /// Export and install every ready bundle (dependencies first).
     InstallPending(Reply<Result<InstallResults, StoreError>>),
+    /// Read back and verify one bundle's pieces; with `true`, drop the bad ones.
+    Verify(BundleId, bool, Reply<Result<Vec<BadPiece>, StoreError>>),
+    /// The whole store's consistency check ([`Store::verify_all`]): pieces checked.
+    VerifyAll(Reply<Result<u64, StoreError>>),
 }
+
+/// Told about pieces the store dropped as bad (on the store thread: keep it quick).
+pub type OnDropped = Box<dyn Fn(Vec<BadPiece>) + Send>;
 
 /// Handle to the store thread; cheap to clone.
 #[derive(Clone)]
@@ -126,11 +144,12 @@ impl StoreHandle {
     pub fn spawn(
         store: Store,
         completion: Completion,
+        on_dropped: OnDropped,
     ) -> (StoreHandle, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let join = std::thread::Builder::new()
             .name("mule-store".into())
-            .spawn(move || actor(store, rx, completion))
+            .spawn(move || actor(store, rx, completion, on_dropped))
             .expect("spawning the store thread");
         (StoreHandle { tx }, join)
     }
@@ -210,12 +229,31 @@ impl StoreHandle {
     pub async fn install_pending(&self) -> Result<InstallResults, CallError> {
         Ok(self.call(Cmd::InstallPending).await??)
     }
+
+    /// Reads back and verifies one bundle's pieces; with `repair` the bad ones are dropped.
+    pub async fn verify(&self, id: BundleId, repair: bool) -> Result<Vec<BadPiece>, CallError> {
+        Ok(self.call(|r| Cmd::Verify(id, repair, r)).await??)
+    }
+
+    /// The whole store's consistency check.
+    pub async fn verify_all(&self) -> Result<u64, CallError> {
+        Ok(self.call(Cmd::VerifyAll).await??)
+    }
 }
 
-fn actor(mut store: Store, mut rx: mpsc::Receiver<Cmd>, completion: Completion) {
+fn actor(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Cmd>,
+    completion: Completion,
+    on_dropped: OnDropped,
+) {
     let mut puts: Vec<(PieceRef, Vec<u8>, Reply<PutOutcome>)> = Vec::new();
     let mut deferred: Option<Cmd> = None;
     loop {
+        let dropped = store.take_dropped();
+        if !dropped.is_empty() {
+            on_dropped(dropped);
+        }
         let cmd = match deferred.take() {
             Some(c) => c,
             None => match rx.blocking_recv() {
@@ -223,6 +261,9 @@ fn actor(mut store: Store, mut rx: mpsc::Receiver<Cmd>, completion: Completion) 
                 None => break,
             },
         };
+        if store.is_closed() {
+            reopen(&mut store);
+        }
         if let Cmd::PutPiece(p, d, r) = cmd {
             // Gather every put already waiting into one commit.
             let mut bytes = d.len();
@@ -266,12 +307,31 @@ fn commit_puts(store: &mut Store, puts: &mut Vec<(PieceRef, Vec<u8>, Reply<PutOu
         }
         Err(e) => {
             drop(batch);
-            tracing::error!(error = %e, pieces = puts.len(), "store commit failed");
             let text = e.to_string();
+            let outcome = if e.is_no_space() {
+                // Sessions refuse politely and say so once; no error per batch.
+                tracing::debug!(error = %e, pieces = puts.len(), "disk full; batch not stored");
+                PutOutcome::DiskFull(text)
+            } else {
+                tracing::error!(error = %e, pieces = puts.len(), "store commit failed");
+                PutOutcome::Failed(text)
+            };
             for (_, _, reply) in puts.drain(..) {
-                let _ = reply.send(PutOutcome::Failed(text.clone()));
+                let _ = reply.send(outcome.clone());
+            }
+            if e.needs_reopen() {
+                reopen(store);
             }
         }
+    }
+}
+
+/// Reopens the database after an I/O error made redb refuse every call (the last commit is
+/// intact). A failure leaves it closed; the next command tries again.
+fn reopen(store: &mut Store) {
+    match store.reopen() {
+        Ok(()) => tracing::info!("store database reopened after an I/O error"),
+        Err(e) => tracing::debug!(error = %e, "reopening the store database failed"),
     }
 }
 
@@ -313,6 +373,12 @@ fn handle(store: &mut Store, cmd: Cmd, completion: &Completion) {
                     .collect()
             });
             let _ = r.send(result);
+        }
+        Cmd::Verify(id, repair, r) => {
+            let _ = r.send(store.verify_bundle(&id, repair));
+        }
+        Cmd::VerifyAll(r) => {
+            let _ = r.send(store.verify_all());
         }
     }
 }
