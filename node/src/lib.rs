@@ -9,6 +9,7 @@ pub mod commands;
 pub mod control;
 mod control_server;
 pub mod daemon;
+pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod paths;
