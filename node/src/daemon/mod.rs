@@ -15,6 +15,7 @@
 //! node-wide scheduling state (piece claims, rarity, penalties, session
 //! registry, predictions) sits behind one short-held mutex in [`Ctx`].
 
+mod admission;
 mod ble;
 mod conn;
 mod session;
@@ -599,8 +600,10 @@ pub async fn run(
     };
 
     let mut tasks = tokio::task::JoinSet::new();
+    // One pool of unauthenticated slots for every listener (v4 and v6 alike).
+    let admission = admission::Admission::new();
     for l in listeners {
-        tasks.spawn(conn::accept_loop(ctx.clone(), l, stop()));
+        tasks.spawn(conn::accept_loop(ctx.clone(), l, admission.clone(), stop()));
     }
     tasks.spawn(crate::control_server::serve(ctx.clone(), control, stop()));
     tasks.spawn(installer(ctx.clone(), stop()));
