@@ -492,18 +492,32 @@ pub struct RunOptions {
 }
 
 /// Runs a node until `shutdown` completes; then closes sessions, flushes the
-/// store and returns.
+/// store and returns. Takes the data directory's lock first ([`lock_data_dir`]) and
+/// releases it on return.
 pub async fn run(
     opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + opts.config.store.lock_wait();
+    let mut lock = lock_data_dir(&opts.data_dir, deadline).await?;
+    run_locked(opts, &mut lock, shutdown).await
+}
+
+/// [`run`] with the data directory's lock already held by the caller, who keeps it: `mule
+/// run` releases it only when the process exits, so that a CLI never finds the lock free
+/// while the daemon's process is still there.
+pub async fn run_locked(
+    opts: RunOptions,
+    dir_lock: &mut DirLock,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let RunOptions {
         config: cfg,
         data_dir,
     } = opts;
-    crate::paths::ensure_dir(&data_dir).map_err(|e| Error::DataDir(data_dir.clone(), e))?;
+    // Another opener of the store that does not take the lock (an older `mule`) is waited
+    // for as long as a lock holder would be.
     let lock_deadline = Instant::now() + cfg.store.lock_wait();
-    let mut dir_lock = lock_data_dir(&data_dir, lock_deadline).await?;
     let identity = NodeIdentity::load_or_create(&data_dir)?;
     let node = identity.id();
     tracing::info!(node = %node, data_dir = %data_dir.display(), "starting");
@@ -624,7 +638,7 @@ pub async fn run(
     let events = conn::start_discovery(ctx.clone(), port, stop()).await;
     tasks.spawn(conn::manage(ctx.clone(), events, stop()));
 
-    set_lock_state(&mut dir_lock, LockState::Running);
+    set_lock_state(dir_lock, LockState::Running);
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     tracing::info!(node = %node, listen = ?listen, "ready");
 
@@ -652,7 +666,7 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: closing sessions and flushing the store");
-    set_lock_state(&mut dir_lock, LockState::Stopping);
+    set_lock_state(dir_lock, LockState::Stopping);
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     let deadline = tokio::time::sleep(Duration::from_secs(5));
@@ -679,19 +693,18 @@ pub async fn run(
     drop(ctx);
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     let _ = std::fs::remove_file(&control_socket);
-    // Released only now: a CLI that waited for this daemon to stop opens the store next.
-    drop(dir_lock);
     tracing::info!("stopped");
     Ok(())
 }
 
 use crate::lock::{DaemonState as LockState, DirLock, Holder};
 
-/// Takes the data directory's lock (see [`crate::lock`]). A CLI verb that has the store
-/// open, or a daemon that is stopping, is waited for until `deadline` (said once in the
-/// log); a daemon that is starting or running is another daemon on the same directory,
-/// and this one gives up at once.
-async fn lock_data_dir(dir: &Path, deadline: Instant) -> Result<DirLock, Error> {
+/// Creates the data directory if needed and takes its lock (see [`crate::lock`]). A CLI
+/// verb that has the store open, or a daemon that is stopping, is waited for until
+/// `deadline` (said once in the log); a daemon that is starting or running is another
+/// daemon on the same directory, and this one gives up at once.
+pub async fn lock_data_dir(dir: &Path, deadline: Instant) -> Result<DirLock, Error> {
+    crate::paths::ensure_dir(dir).map_err(|e| Error::DataDir(dir.to_path_buf(), e))?;
     let me = Holder::daemon(LockState::Starting);
     let lock_err = |e| Error::Lock(dir.to_path_buf(), e);
     let holder = match DirLock::try_acquire(dir, &me).map_err(lock_err)? {
