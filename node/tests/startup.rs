@@ -218,3 +218,91 @@ fn status_never_denies_a_daemon_that_is_starting_or_stopping() {
         bundle_failures[0]
     );
 }
+
+/// Holds `DATA_DIR/mule.lock` as the line `line` says (as a starting daemon or a CLI verb
+/// would), until dropped.
+fn hold_lock(node: &Node, line: &str) -> std::fs::File {
+    use std::io::Write;
+    std::fs::create_dir_all(&node.data).expect("data dir");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(node.data.join("mule.lock"))
+        .expect("lock file");
+    f.try_lock().expect("the lock is free");
+    f.write_all(line.as_bytes()).expect("write the holder line");
+    f
+}
+
+fn with_lock_wait(node: &Node, ms: u64) {
+    let text = format!(
+        "{}\n[store]\nlock_wait_ms = {ms}\n",
+        NodeConfig::default().toml()
+    );
+    std::fs::write(&node.config, text).expect("write config");
+}
+
+/// A daemon that is starting (it holds the lock, its socket does not answer yet) and takes
+/// longer than `store.lock_wait_ms`: `status` says exactly that, and `bundles` names it,
+/// instead of "no mule daemon is running" or a redb lock error.
+#[test]
+fn cli_says_a_slow_daemon_is_starting() {
+    let node = Node::new(&NodeConfig::default());
+    with_lock_wait(&node, 300);
+    let _held = hold_lock(&node, &format!("daemon {} starting\n", std::process::id()));
+    for verb in ["status", "bundles"] {
+        let out = node.mule(&[verb, "--json"]);
+        let text = stderr(&out);
+        assert!(!out.status.success(), "`{verb}` succeeded without a daemon");
+        assert!(
+            text.contains(&format!(
+                "the mule daemon (pid {}), which is starting",
+                std::process::id()
+            )),
+            "`{verb}` did not say the daemon is starting: {text}"
+        );
+        assert!(
+            !text.contains("no mule daemon is running")
+                && !text.contains("in use by another process"),
+            "`{verb}`: {text}"
+        );
+    }
+}
+
+/// `mule run` finds the store held by a CLI verb: it says once whom it waits for, and
+/// starts as soon as the verb is done.
+#[test]
+fn daemon_waits_for_a_cli_verb_and_names_it() {
+    let node = Node::new(&NodeConfig::default());
+    let held = hold_lock(&node, "cli 4242 publish\n");
+    let mut child = KillOnDrop(node.spawn_run());
+    support::wait_for(
+        "the daemon to say whom it waits for",
+        Duration::from_secs(10),
+        || {
+            node.log_text()
+                .contains("holder=`mule publish` (pid 4242)")
+                .then_some(())
+        },
+    );
+    assert!(
+        child.0.try_wait().expect("wait").is_none(),
+        "the daemon gave up"
+    );
+    drop(held);
+    wait_started(&node, &mut child.0).expect("the daemon started once the verb was done");
+    let waits = node
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("waiting for it"))
+        .count();
+    assert_eq!(
+        waits,
+        1,
+        "the wait was not logged exactly once:\n{}",
+        node.log_text()
+    );
+    terminate(&mut child.0);
+}
