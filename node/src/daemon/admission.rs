@@ -9,7 +9,8 @@
 //!   long before it becomes the oldest; idle connections held by an attacker are the oldest.
 //! - at most [`PER_SOURCE`] from one source (an IPv4 address; an IPv6 /64, since one host
 //!   may hold a whole /64); a further one from that source replaces the source's own oldest,
-//!   so a single host competes only with itself.
+//!   so a single host competes only with itself. A known neighbour's source may have
+//!   [`KNOWN_PER_SOURCE`].
 //! - a connection from a known neighbour (its address known to discovery, a configured
 //!   peer, or one that recently held a clean session) is not displaced by a stranger's
 //!   during its first [`PROTECTED_FOR`]: only another known neighbour's can take its slot.
@@ -31,6 +32,9 @@ use tokio::sync::oneshot;
 pub const MAX_PENDING: usize = 32;
 /// Most unauthenticated inbound connections from one source at once.
 pub const PER_SOURCE: usize = 4;
+/// The same for a known neighbour's source (several nodes behind one address, or on one
+/// host in tests, may dial at once).
+pub const KNOWN_PER_SOURCE: usize = 16;
 /// How long a known neighbour's unauthenticated connection is safe from strangers'.
 pub const PROTECTED_FOR: Duration = Duration::from_secs(3);
 /// Sources of recent clean sessions remembered as known (at most this many) ...
@@ -122,7 +126,8 @@ impl Admission {
                 .map(|(i, _)| i)
         };
         let same_source = inner.pending.iter().filter(|p| p.source == source).count();
-        let victim = if same_source >= PER_SOURCE {
+        let per_source = if known { KNOWN_PER_SOURCE } else { PER_SOURCE };
+        let victim = if same_source >= per_source {
             oldest(&inner, &|p| p.source == source)
         } else if inner.pending.len() >= MAX_PENDING {
             let unprotected =
@@ -241,6 +246,24 @@ mod tests {
         }
         assert_eq!(a.pending(), PER_SOURCE + 1);
         drop((other, newer));
+    }
+
+    #[test]
+    fn a_known_source_may_have_more_handshakes_at_once() {
+        let a = Admission::new();
+        let t0 = Instant::now();
+        let mut held: Vec<_> = (0..KNOWN_PER_SOURCE)
+            .map(|_| a.admit(v4(1), true, t0).expect("admitted"))
+            .collect();
+        assert!(held.iter_mut().all(|h| !reclaimed(&mut h.1)));
+        let _more = a.admit(v4(1), true, t0).expect("admitted");
+        assert_eq!(
+            held.iter_mut()
+                .map(|h| reclaimed(&mut h.1))
+                .filter(|r| *r)
+                .count(),
+            1
+        );
     }
 
     #[test]
