@@ -93,7 +93,7 @@ enum Target {
 /// open (fields drop in order: the store closes before the lock is released).
 struct Direct {
     store: Box<Store>,
-    _lock: DirLock,
+    _lock: Option<DirLock>,
 }
 
 impl std::ops::Deref for Direct {
@@ -125,8 +125,9 @@ async fn target(cfg: &Config, data_dir: &Path) -> Result<Target> {
 enum Reach {
     /// The daemon answers.
     Daemon(Client),
-    /// No daemon runs: the data directory's lock, now ours.
-    Free(DirLock),
+    /// No daemon runs: the data directory's lock, now ours (`None`: we may not even read
+    /// the lock file, so cannot take part; as before the lock existed).
+    Free(Option<DirLock>),
 }
 
 /// Finds the daemon of `data_dir`, or takes the data directory's lock when none runs (see
@@ -148,11 +149,21 @@ async fn reach(cfg: &Config, data_dir: &Path) -> Result<Reach> {
         }
         // A daemon binds its socket only once it holds the lock: if the lock is free, no
         // daemon runs.
-        let holder = match DirLock::try_acquire(data_dir, &me)
-            .with_context(|| format!("locking data directory {}", data_dir.display()))?
-        {
-            Ok(lock) => return Ok(Reach::Free(lock)),
-            Err(h) => h,
+        let holder = match DirLock::try_acquire(data_dir, &me) {
+            Ok(Ok(lock)) => return Ok(Reach::Free(Some(lock))),
+            Ok(Err(h)) => h,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                return Ok(Reach::Free(None));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("locking data directory {}", data_dir.display())));
+            }
         };
         if std::time::Instant::now() >= deadline {
             let waited = start.elapsed().as_millis();

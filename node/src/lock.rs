@@ -141,15 +141,18 @@ impl std::fmt::Display for Holder {
 #[derive(Debug)]
 pub struct DirLock {
     file: File,
+    /// False for a lock file only readable to us (an operator in the daemon's group): the
+    /// lock works on it all the same, only the line cannot be written.
+    writable: bool,
 }
 
 impl DirLock {
     /// Takes the lock of `dir` as `me` if it is free; otherwise says who holds it.
     pub fn try_acquire(dir: &Path, me: &Holder) -> std::io::Result<Result<DirLock, Holder>> {
-        let file = open(dir)?;
+        let (file, writable) = open(dir)?;
         match file.try_lock() {
             Ok(()) => {
-                let mut l = DirLock { file };
+                let mut l = DirLock { file, writable };
                 l.set(me)?;
                 Ok(Ok(l))
             }
@@ -162,15 +165,18 @@ impl DirLock {
     /// its own: the wait blocks). The kernel hands a released lock to a blocked waiter at
     /// once, so a daemon waiting here is not starved by a loop of short CLI calls.
     pub fn acquire_blocking(dir: &Path, me: &Holder) -> std::io::Result<DirLock> {
-        let file = open(dir)?;
+        let (file, writable) = open(dir)?;
         file.lock()?;
-        let mut l = DirLock { file };
+        let mut l = DirLock { file, writable };
         l.set(me)?;
         Ok(l)
     }
 
     /// Rewrites the holder line (e.g. a daemon that goes from starting to running).
     pub fn set(&mut self, me: &Holder) -> std::io::Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
         let line = me.line();
         self.file.set_len(0)?;
         self.file.rewind()?;
@@ -180,15 +186,25 @@ impl DirLock {
     }
 }
 
-fn open(dir: &Path) -> std::io::Result<File> {
+/// The lock file, and whether we may write it (read-only for a user in the daemon's group
+/// under the shipped unit's `UMask=0027`).
+fn open(dir: &Path) -> std::io::Result<(File, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let path = dir.join(crate::paths::LOCK_FILE);
+    match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o660)
-        .open(dir.join(crate::paths::LOCK_FILE))
+        .open(&path)
+    {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Ok((File::open(&path)?, false))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Who the lock line of `dir` names (whether or not the lock is held now).
