@@ -117,11 +117,13 @@ pub async fn accept_loop(
                     let conn = Conn::tcp(stream, peer.to_string()).admitted(ticket);
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
+                        let metrics = ctx.metrics.clone();
                         tokio::select! {
                             biased;
                             // Its slot went to a newer connection before it authenticated:
                             // dropping the session closes the socket.
                             Ok(()) = reclaimed => {
+                                metrics.inc_handshakes_reclaimed();
                                 tracing::debug!(%peer, "unauthenticated connection's slot reclaimed");
                             }
                             _ = super::session::run(ctx, conn, Role::Responder, None) => {}
