@@ -39,6 +39,7 @@ use mule_engine::penalty::{PenaltyBook, PenaltyConfig};
 use mule_engine::session::{LocalBundle, LocalView, SessionConfig};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::lock::{DaemonState as LockState, DirLock, Holder};
 use crate::metrics::Metrics;
 use mule_contacts::history::{Contact, History};
 
@@ -696,8 +697,6 @@ pub async fn run_locked(
     tracing::info!("stopped");
     Ok(())
 }
-
-use crate::lock::{DaemonState as LockState, DirLock, Holder};
 
 /// Creates the data directory if needed and takes its lock (see [`crate::lock`]). A CLI
 /// verb that has the store open, or a daemon that is stopping, is waited for until
