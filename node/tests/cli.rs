@@ -530,17 +530,29 @@ fn idle_control_connections_do_not_lock_out_the_cli() {
     let mut a = Node::new(&NodeConfig::default());
     a.start();
     let sock = a.data.join("mule.sock");
-    let pid = a.pid().expect("pid");
-    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    let before = fds();
     let idle: Vec<_> = (0..20)
         .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("connect"))
         .collect();
-    // Wait until the daemon has taken up the idle clients (16 served at once).
+    // Wait until the daemon has taken them all up: it serves 16 at once, so it has closed
+    // 4 of them (the newest before this change, the longest idle after it).
+    for s in &idle {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut closed = vec![false; idle.len()];
     wait_for(
-        "the daemon to accept the idle clients",
+        "the daemon to take up the idle clients",
         Duration::from_secs(10),
-        || (fds() >= before + 16).then_some(()),
+        || {
+            use std::io::Read;
+            for (s, c) in idle.iter().zip(closed.iter_mut()) {
+                let mut b = [0u8; 64];
+                match (&*s).read(&mut b) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => *c = true,
+                }
+            }
+            (closed.iter().filter(|c| **c).count() >= 4).then_some(())
+        },
     );
     let start = std::time::Instant::now();
     let out = a.mule(&["status", "--json"]);
