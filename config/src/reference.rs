@@ -202,6 +202,11 @@ pub const KEYS: &[KeyDoc] = &[
         "The on-complete command is killed, and the failure recorded, after this long (1 to 86400).",
     ),
     key(
+        "store.lock_wait_ms",
+        "integer, milliseconds",
+        "How long `mule run` waits for a CLI verb that has the store open, and a CLI verb for a daemon that is starting or stopping (0 to 600000).",
+    ),
+    key(
         "carry.quota_bytes",
         "integer, bytes",
         "Most bytes of bundles carried for others, within `store.quota_bytes`; 0 carries nothing.",

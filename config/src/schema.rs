@@ -284,6 +284,10 @@ pub struct Store {
     /// The on-complete command is killed (and the failure recorded) after
     /// this long, in seconds.
     pub on_complete_timeout_s: u64,
+    /// How long `mule run` waits for the store when a CLI verb has it open
+    /// (no daemon was running), and how long a CLI verb waits for a daemon
+    /// that is starting or stopping, in milliseconds. 0: do not wait.
+    pub lock_wait_ms: u64,
 }
 
 impl Default for Store {
@@ -294,6 +298,7 @@ impl Default for Store {
             export_dir: None,
             on_complete: None,
             on_complete_timeout_s: 300,
+            lock_wait_ms: 10_000,
         }
     }
 }
@@ -309,6 +314,11 @@ impl Store {
     /// `on_complete_timeout_s` as a duration.
     pub fn on_complete_timeout(&self) -> Duration {
         Duration::from_secs(self.on_complete_timeout_s)
+    }
+
+    /// `lock_wait_ms` as a duration.
+    pub fn lock_wait(&self) -> Duration {
+        Duration::from_millis(self.lock_wait_ms)
     }
 }
 

@@ -34,6 +34,8 @@ pub const MAX_SESSIONS_LIMIT: u32 = 1024;
 pub const SOCKET_PATH_MAX: usize = 107;
 /// Longest interface name Linux accepts (`IFNAMSIZ` is 16 with the NUL).
 pub const INTERFACE_NAME_MAX: usize = 15;
+/// Longest allowed `store.lock_wait_ms` (ten minutes).
+pub const LOCK_WAIT_MAX_MS: u64 = 600_000;
 /// Longest allowed `store.on_complete_timeout_s` (one day).
 pub const ON_COMPLETE_TIMEOUT_MAX_S: u64 = 86_400;
 /// Longest channel name, in bytes.
@@ -510,6 +512,15 @@ fn check_misc(c: &Config) -> Result<(), Problem> {
             }
             Some(_) => {}
         }
+    }
+    if c.store.lock_wait_ms > LOCK_WAIT_MAX_MS {
+        return Err(problem(
+            path("store.lock_wait_ms"),
+            format!(
+                "{} is outside the allowed range 0..={LOCK_WAIT_MAX_MS}",
+                c.store.lock_wait_ms
+            ),
+        ));
     }
     if !(1..=ON_COMPLETE_TIMEOUT_MAX_S).contains(&c.store.on_complete_timeout_s) {
         return Err(problem(

@@ -380,7 +380,11 @@ fn check_deb_script_accepts_a_complete_package_and_rejects_a_gap() {
     // script `sh` cannot parse; dpkg -i failed, and check-deb (which only grepped) passed.
     let broken = "#!/bin/sh\nset -e\n# systemd-sysusers at if [ x ]; then\n;\nfi\nexit 0\n";
     let bad = fake_deb(dir.path(), None, Some(broken));
-    let out = Command::new("bash").arg(&script).arg(&bad).output().unwrap();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(
         !out.status.success(),
         "check-deb.sh accepted a postinst that does not parse"

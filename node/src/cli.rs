@@ -19,7 +19,7 @@ pub struct Cli {
 }
 
 /// Options shared by every verb.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Data directory (default: the config's data_dir, else $STATE_DIRECTORY,
     /// else $XDG_DATA_HOME/mule or ~/.local/share/mule).
@@ -31,7 +31,7 @@ pub struct Global {
 }
 
 /// The verbs.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the node daemon until SIGTERM or Ctrl-C.
     Run,
@@ -107,7 +107,7 @@ pub enum Command {
 }
 
 /// `mule media …`
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum MediaCommand {
     /// Write bundles from the store to the medium mounted at DIR (default: every bundle
     /// with pieces; the layout is DIR/mule/..., see README "Removable media").
@@ -137,7 +137,7 @@ pub enum MediaCommand {
 }
 
 /// `--json` switch.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct JsonFlag {
     /// Output JSON (for scripts).
     #[arg(long)]
@@ -145,7 +145,7 @@ pub struct JsonFlag {
 }
 
 /// `mule key …`
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum KeyCommand {
     /// Generate a new key into FILE (mode 0600; never overwrites).
     Gen {
@@ -161,7 +161,7 @@ pub enum KeyCommand {
 }
 
 /// `mule config …`
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a configuration file; errors name file, line and key.
     Check {
@@ -173,7 +173,7 @@ pub enum ConfigCommand {
 }
 
 /// `mule publish …`
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
     /// The content to publish.
     pub file: PathBuf,

@@ -14,6 +14,7 @@ use mule_config::Config;
 use crate::cli::{Cli, Command, ConfigCommand, KeyCommand, MediaCommand, PublishArgs};
 use crate::control::{self, Client, Request, Response};
 use crate::human;
+use crate::lock::{DirLock, Holder};
 use crate::view::{self, progress_bar};
 
 /// Bytes of pieces sent to the daemon per control request.
@@ -67,8 +68,25 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", effective.to_toml_string());
             Ok(())
         }
-        other => rt()?.block_on(verb(other, &cfg, &data_dir)),
+        other => rt()?.block_on(async {
+            match verb(other.clone(), &cfg, &data_dir).await {
+                // The daemon stopped while serving this verb: once more, now through the
+                // next daemon or the store itself (every verb can be repeated safely).
+                Err(e) if is_closed(&e) => verb(other, &cfg, &data_dir).await,
+                r => r,
+            }
+        }),
     }
+}
+
+/// Whether `e` is a daemon that closed its control connection without answering.
+fn is_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<control::Error>(),
+            Some(control::Error::Closed)
+        )
+    })
 }
 
 fn rt() -> Result<tokio::runtime::Runtime> {
@@ -80,7 +98,27 @@ fn rt() -> Result<tokio::runtime::Runtime> {
 /// Where a verb runs: the daemon or the store itself.
 pub(crate) enum Target {
     Daemon(Client),
-    Direct(Box<Store>),
+    Direct(Direct),
+}
+
+/// The store opened by the CLI, with the data directory's lock held for as long as it is
+/// open (fields drop in order: the store closes before the lock is released).
+pub(crate) struct Direct {
+    store: Box<Store>,
+    _lock: Option<DirLock>,
+}
+
+impl std::ops::Deref for Direct {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for Direct {
+    fn deref_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
 }
 
 /// Whether a verb may create the store when none exists yet (publish and
@@ -93,23 +131,115 @@ pub(crate) enum Access {
     Write,
 }
 
+/// Whether no node has used `data_dir` yet: no store, no lock, no daemon.
+async fn no_node_yet(cfg: &Config, data_dir: &Path) -> bool {
+    !data_dir.join(mule_bundle::store::STORE_FILE_NAME).exists()
+        && !data_dir.join(crate::paths::LOCK_FILE).exists()
+        && Client::connect_at(data_dir, &cfg.control.socket_in(data_dir))
+            .await
+            .is_err()
+}
+
 pub(crate) async fn target(cfg: &Config, data_dir: &Path, access: Access) -> Result<Target> {
-    match Client::connect_at(data_dir, &cfg.control.socket_in(data_dir)).await {
-        Ok(c) => Ok(Target::Daemon(c)),
-        Err(control::Error::NotRunning { .. }) => {
-            if access == Access::Read
-                && !data_dir.join(mule_bundle::store::STORE_FILE_NAME).exists()
-            {
-                bail!(
-                    "no store in {}: no node has used this data directory yet and no daemon runs \
-                     for it (wrong --data-dir or --config?)",
-                    data_dir.display()
-                );
-            }
-            Ok(Target::Direct(Box::new(open_store(cfg, data_dir)?)))
-        }
-        Err(e) => Err(e.into()),
+    if access == Access::Read && no_node_yet(cfg, data_dir).await {
+        bail!(
+            "no store in {}: no node has used this data directory yet and no daemon runs \
+             for it (wrong --data-dir or --config?)",
+            data_dir.display()
+        );
     }
+    crate::paths::ensure_dir(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    Ok(match reach(cfg, data_dir).await? {
+        Reach::Daemon(c) => Target::Daemon(c),
+        Reach::Free(lock) => Target::Direct(Direct {
+            store: Box::new(open_store(cfg, data_dir)?),
+            _lock: lock,
+        }),
+    })
+}
+
+/// What [`reach`] found.
+enum Reach {
+    /// The daemon answers.
+    Daemon(Client),
+    /// No daemon runs: the data directory's lock, now ours (`None`: we may not even read
+    /// the lock file, so cannot take part; as before the lock existed).
+    Free(Option<DirLock>),
+}
+
+/// Finds the daemon of `data_dir`, or takes the data directory's lock when none runs (see
+/// [`crate::lock`]). While the lock is held by a daemon that is starting (its socket does
+/// not answer yet) or stopping, or by another CLI verb, this waits (up to
+/// `store.lock_wait_ms`, said once on stderr) instead of failing or saying that no daemon
+/// runs.
+async fn reach(cfg: &Config, data_dir: &Path) -> Result<Reach> {
+    let socket = cfg.control.socket_in(data_dir);
+    let start = std::time::Instant::now();
+    let deadline = start + cfg.store.lock_wait();
+    let me = Holder::cli(&verb_name());
+    let mut said = false;
+    loop {
+        match Client::connect_at(data_dir, &socket).await {
+            Ok(c) => return Ok(Reach::Daemon(c)),
+            Err(control::Error::NotRunning { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A daemon binds its socket only once it holds the lock: if the lock is free, no
+        // daemon runs.
+        let holder = match DirLock::try_acquire(data_dir, &me) {
+            Ok(Ok(lock)) => return Ok(Reach::Free(Some(lock))),
+            Ok(Err(h)) => h,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                return Ok(Reach::Free(None));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("locking data directory {}", data_dir.display())));
+            }
+        };
+        if std::time::Instant::now() >= deadline {
+            let waited = start.elapsed().as_millis();
+            return Err(match holder {
+                Holder::Daemon { .. } => anyhow!(
+                    "{holder} for data directory {}, did not answer on {} within {waited} ms \
+                     (store.lock_wait_ms); try again in a moment",
+                    data_dir.display(),
+                    socket.display()
+                ),
+                _ => anyhow!(
+                    "the store in {} is in use by {holder}, still after {waited} ms \
+                     (store.lock_wait_ms)",
+                    data_dir.display()
+                ),
+            });
+        }
+        if !said {
+            eprintln!("mule: waiting for {holder}");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The verb this process runs (for the lock line, which tells a waiting daemon whom it
+/// waits for).
+fn verb_name() -> String {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    std::env::args()
+        .skip(1)
+        .find(|a| names.contains(a))
+        .unwrap_or_else(|| "cli".to_string())
 }
 
 /// Opens the store the way the daemon would.
@@ -120,9 +250,21 @@ pub fn open_store(cfg: &Config, data_dir: &Path) -> Result<Store> {
 }
 
 async fn daemon_only(cfg: &Config, data_dir: &Path, what: &str) -> Result<Client> {
-    Client::connect_at(data_dir, &cfg.control.socket_in(data_dir))
-        .await
-        .map_err(|e| anyhow!("`mule {what}` needs the running daemon: {e}"))
+    let not_running = || {
+        let socket = cfg.control.socket_in(data_dir);
+        control::Error::NotRunning {
+            dir: data_dir.display().to_string(),
+            socket: socket.display().to_string(),
+        }
+    };
+    if !data_dir.is_dir() {
+        bail!("`mule {what}` needs the running daemon: {}", not_running());
+    }
+    match reach(cfg, data_dir).await {
+        Ok(Reach::Daemon(c)) => Ok(c),
+        Ok(Reach::Free(_)) => bail!("`mule {what}` needs the running daemon: {}", not_running()),
+        Err(e) => Err(e.context(format!("`mule {what}` needs the running daemon"))),
+    }
 }
 
 async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
@@ -374,6 +516,11 @@ pub fn bundle_view(b: &BundleInfo, quota_bytes: u64) -> view::Bundle {
 }
 
 async fn bundle_list(cfg: &Config, data_dir: &Path) -> Result<Vec<view::Bundle>> {
+    // A data directory no node has used holds no bundles: say so without creating a store
+    // there (a script may list bundles before the node's first start).
+    if no_node_yet(cfg, data_dir).await {
+        return Ok(Vec::new());
+    }
     Ok(match target(cfg, data_dir, Access::Read).await? {
         Target::Daemon(mut c) => {
             let Response::Status(st) = c.call(&Request::Status).await? else {

@@ -123,6 +123,11 @@ pub enum Error {
         /// Socket path.
         socket: String,
     },
+    /// The daemon closed the connection without answering: it is stopping (it finishes
+    /// the requests it is handling, then closes its idle connections), or it gave this
+    /// idle connection's slot to another client.
+    #[error("the daemon closed the control connection without answering (is it stopping?)")]
+    Closed,
     /// I/O on the socket failed.
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
@@ -223,13 +228,24 @@ impl Client {
     /// Sends a request and waits for its answer; a daemon-side error becomes
     /// [`Error::Remote`].
     pub async fn call(&mut self, req: &Request) -> Result<Response, Error> {
-        write_message(&mut self.stream, req).await?;
-        match read_message(&mut self.stream).await? {
+        let closed = |e: Error| match e {
+            Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Error::Closed
+            }
+            e => e,
+        };
+        write_message(&mut self.stream, req).await.map_err(closed)?;
+        match read_message(&mut self.stream).await.map_err(closed)? {
             Some(Response::Error(e)) => Err(Error::Remote(e)),
             Some(r) => Ok(r),
-            None => Err(Error::Malformed(
-                "daemon closed the control connection".into(),
-            )),
+            None => Err(Error::Closed),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod control;
 mod control_server;
 pub mod daemon;
 pub mod human;
+pub mod lock;
 pub mod logging;
 pub mod media;
 pub mod metrics;
@@ -30,7 +31,10 @@ pub fn run_daemon(cfg: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(async move {
+    // The data directory's lock is held until the process ends (after the runtime has wound
+    // down below), so no CLI finds it free while this process is still there.
+    let mut lock = None;
+    let result = rt.block_on(async {
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -40,11 +44,14 @@ pub fn run_daemon(cfg: Config, data_dir: PathBuf) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
             }
         };
-        daemon::run(
+        let deadline = std::time::Instant::now() + cfg.store.lock_wait();
+        let held = lock.insert(daemon::lock_data_dir(&data_dir, deadline).await?);
+        daemon::run_locked(
             daemon::RunOptions {
                 config: cfg,
                 data_dir,
             },
+            held,
             shutdown,
         )
         .await
@@ -52,6 +59,7 @@ pub fn run_daemon(cfg: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     // Tasks still winding down (a session on a dead link) are dropped, not
     // waited for: the store has already committed and stopped.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    drop(lock);
     result?;
     Ok(())
 }

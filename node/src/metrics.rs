@@ -41,6 +41,7 @@
 //! | `mule_sessions_failed_total` | counter | `reason` ([`SessionFailure`]) |
 //! | `mule_sessions_active` | gauge | |
 //! | `mule_contacts_total` | counter | |
+//! | `mule_handshakes_reclaimed_total` | counter | |
 //! | `mule_neighbours` | gauge | |
 //! | `mule_store_bytes`, `mule_store_quota_bytes` | gauge | |
 //! | `mule_store_full` | gauge (0 or 1) | |
@@ -248,6 +249,7 @@ pub struct Metrics {
     sessions_failed: Family<5>,
     sessions_active: AtomicU64,
     contacts: AtomicU64,
+    handshakes_reclaimed: AtomicU64,
     neighbours: AtomicU64,
     store_bytes: AtomicU64,
     store_quota_bytes: AtomicU64,
@@ -295,6 +297,7 @@ impl Metrics {
             sessions_failed: Family::new(),
             sessions_active: AtomicU64::new(0),
             contacts: AtomicU64::new(0),
+            handshakes_reclaimed: AtomicU64::new(0),
             neighbours: AtomicU64::new(0),
             store_bytes: AtomicU64::new(0),
             store_quota_bytes: AtomicU64::new(0),
@@ -358,6 +361,11 @@ impl Metrics {
     /// Counts one contact (a neighbour appeared).
     pub fn inc_contacts(&self) {
         self.contacts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An unauthenticated inbound connection was dropped to give its slot to a newer one.
+    pub fn inc_handshakes_reclaimed(&self) {
+        self.handshakes_reclaimed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets the number of neighbours currently in range.
@@ -536,6 +544,12 @@ impl Metrics {
             "counter",
             "Contacts with neighbours since start.",
             self.contacts.load(Ordering::Relaxed),
+        );
+        o.scalar(
+            "mule_handshakes_reclaimed_total",
+            "counter",
+            "Unauthenticated inbound connections dropped to give their slot to a newer one.",
+            self.handshakes_reclaimed.load(Ordering::Relaxed),
         );
         o.scalar(
             "mule_neighbours",
@@ -1078,6 +1092,7 @@ mod tests {
             "mule_sessions_opened_total",
             "mule_sessions_active",
             "mule_contacts_total",
+            "mule_handshakes_reclaimed_total",
             "mule_neighbours",
             "mule_store_bytes",
             "mule_store_quota_bytes",
@@ -1104,8 +1119,8 @@ mod tests {
                 "{fam}"
             );
         }
-        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 9 plain, build info and uptime.
-        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 9 + 2);
+        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 10 plain, build info and uptime.
+        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 10 + 2);
     }
 
     #[test]

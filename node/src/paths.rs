@@ -8,6 +8,8 @@ pub const STORE_FILE: &str = "store.redb";
 pub const NODE_KEY_FILE: &str = "node.key";
 /// File name of the control socket inside the data directory.
 pub const SOCKET_FILE: &str = "mule.sock";
+/// File name of the data directory's lock (see [`crate::lock`]).
+pub const LOCK_FILE: &str = "mule.lock";
 
 /// Resolves the data directory: the explicit flag, else the config's `data_dir`,
 /// else `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else

@@ -24,10 +24,11 @@ use crate::view;
 
 /// Runs the verb (see the module docs).
 pub async fn run(ids: &[String], repair: bool, cfg: &Config, data_dir: &Path) -> Result<()> {
-    let (bundles, bad, consistent) = match target(cfg, data_dir, crate::commands::Access::Read).await? {
-        Target::Direct(mut s) => direct(&mut s, ids, repair, cfg.store.quota_bytes)?,
-        Target::Daemon(mut c) => through_daemon(&mut c, ids, repair).await?,
-    };
+    let (bundles, bad, consistent) =
+        match target(cfg, data_dir, crate::commands::Access::Read).await? {
+            Target::Direct(mut s) => direct(&mut s, ids, repair, cfg.store.quota_bytes)?,
+            Target::Daemon(mut c) => through_daemon(&mut c, ids, repair).await?,
+        };
     for b in &bad {
         println!(
             "BAD bundle {} piece {}: {}{}",

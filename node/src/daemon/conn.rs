@@ -26,6 +26,7 @@ use mule_engine::session::Role;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::admission::Admission;
 use super::session::Conn;
 use super::{Ctx, Error, NeighbourInfo, SessionEntry};
 
@@ -88,19 +89,17 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Vec<Soc
     Ok((listeners, bound))
 }
 
-/// Accepts sessions until `stop`.
+/// Accepts sessions until `stop`. Connections that have not authenticated yet hold slots
+/// of the [`Admission`] pool (bounded apart from sessions, reclaimed oldest first, limited
+/// per source, known neighbours first): a flood of idle connections neither takes unbounded
+/// sockets, tasks and buffers nor locks honest peers out.
 pub async fn accept_loop(
     ctx: Arc<Ctx>,
     l: TcpListener,
+    admission: Arc<Admission>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    // Every accepted connection holds a slot until its task ends, authenticated or not:
-    // sessions plus as many handshakes in progress (a flood of connections that never
-    // authenticate must not take unbounded sockets, tasks and read buffers).
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        2 * ctx.cfg.session.max_sessions as usize,
-    ));
     loop {
         tokio::select! {
             _ = &mut stop => return,
@@ -110,15 +109,25 @@ pub async fn accept_loop(
                         tracing::warn!(%peer, "session limit reached; refusing connection");
                         continue;
                     }
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        tracing::debug!(%peer, "too many connections in progress; refusing one");
+                    let known = ctx.is_known_source(peer.ip());
+                    let Some((ticket, reclaimed)) = admission.admit(peer.ip(), known, Instant::now()) else {
+                        tracing::debug!(%peer, "unauthenticated slots full of neighbours' handshakes; refusing one");
                         continue;
                     };
-                    let conn = Conn::tcp(stream, peer.to_string());
+                    let conn = Conn::tcp(stream, peer.to_string()).admitted(ticket);
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        super::session::run(ctx, conn, Role::Responder, None).await;
-                        drop(slot);
+                        let metrics = ctx.metrics.clone();
+                        tokio::select! {
+                            biased;
+                            // Its slot went to a newer connection before it authenticated:
+                            // dropping the session closes the socket.
+                            Ok(()) = reclaimed => {
+                                metrics.inc_handshakes_reclaimed();
+                                tracing::debug!(%peer, "unauthenticated connection's slot reclaimed");
+                            }
+                            _ = super::session::run(ctx, conn, Role::Responder, None) => {}
+                        }
                     });
                 }
                 Err(e) => {
@@ -353,6 +362,18 @@ async fn dial_one(ctx: Arc<Ctx>, node: Option<NodeId>, addr: PeerAddr) {
 }
 
 impl Ctx {
+    /// Whether a connection from `ip` comes from a known neighbour: a configured peer's
+    /// address, or one discovery reported a neighbour at.
+    fn is_known_source(&self, ip: std::net::IpAddr) -> bool {
+        if self.cfg.session.peers.iter().any(|a| a.ip() == ip) {
+            return true;
+        }
+        let sh = self.shared.lock().expect("shared state");
+        sh.neighbours
+            .values()
+            .any(|n| matches!(&n.addr, PeerAddr::Ip { addr, .. } if addr.ip() == ip))
+    }
+
     pub(crate) fn session_count(&self) -> usize {
         self.shared.lock().expect("shared state").sessions.len()
     }
@@ -378,6 +399,14 @@ impl Ctx {
         let mut sh = self.shared.lock().expect("shared state");
         if !matches!(sh.penalties.check(&node, now), Verdict::Allowed) {
             return Err("peer is penalised");
+        }
+        // Handshakes run beside sessions (their slots are apart): an incoming one that
+        // completes when the sessions are full waits for another contact.
+        if !initiated_by_us
+            && !sh.sessions.contains_key(&node)
+            && sh.sessions.len() >= self.cfg.session.max_sessions as usize
+        {
+            return Err("session limit reached");
         }
         if let Some(existing) = sh.sessions.get(&node) {
             // Keep the session initiated by the smaller node id.

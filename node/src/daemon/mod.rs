@@ -15,6 +15,7 @@
 //! node-wide scheduling state (piece claims, rarity, penalties, session
 //! registry, predictions) sits behind one short-held mutex in [`Ctx`].
 
+mod admission;
 mod ble;
 mod conn;
 mod media;
@@ -41,6 +42,7 @@ use mule_engine::penalty::{PenaltyBook, PenaltyConfig};
 use mule_engine::session::{LocalBundle, LocalView, SessionConfig};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::lock::{DaemonState as LockState, DirLock, Holder};
 use crate::metrics::Metrics;
 use mule_contacts::history::{Contact, History};
 
@@ -83,6 +85,31 @@ pub enum Error {
     /// The data directory could not be created.
     #[error("cannot create data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
+    /// The data directory's lock file could not be used.
+    #[error("cannot lock data directory {0}: {1}")]
+    Lock(PathBuf, std::io::Error),
+    /// Another daemon runs on this data directory.
+    #[error(
+        "another mule daemon (pid {pid}) is already running for data directory {dir} (see `mule status`)"
+    )]
+    AlreadyRunning {
+        /// The data directory.
+        dir: PathBuf,
+        /// The other daemon's process id.
+        pid: u32,
+    },
+    /// Another process kept the store longer than `store.lock_wait_ms`.
+    #[error(
+        "the store in {dir} is still in use by {holder} after waiting {waited_ms} ms (store.lock_wait_ms)"
+    )]
+    StoreBusy {
+        /// The data directory.
+        dir: PathBuf,
+        /// Who holds it, in words.
+        holder: String,
+        /// How long the daemon waited.
+        waited_ms: u64,
+    },
     /// The node key could not be loaded or created.
     #[error(transparent)]
     Identity(#[from] mule_contacts::identity::IdentityError),
@@ -518,22 +545,38 @@ pub struct RunOptions {
 }
 
 /// Runs a node until `shutdown` completes; then closes sessions, flushes the
-/// store and returns.
+/// store and returns. Takes the data directory's lock first ([`lock_data_dir`]) and
+/// releases it on return.
 pub async fn run(
     opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + opts.config.store.lock_wait();
+    let mut lock = lock_data_dir(&opts.data_dir, deadline).await?;
+    run_locked(opts, &mut lock, shutdown).await
+}
+
+/// [`run`] with the data directory's lock already held by the caller, who keeps it: `mule
+/// run` releases it only when the process exits, so that a CLI never finds the lock free
+/// while the daemon's process is still there.
+pub async fn run_locked(
+    opts: RunOptions,
+    dir_lock: &mut DirLock,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let RunOptions {
         config: cfg,
         data_dir,
     } = opts;
-    crate::paths::ensure_dir(&data_dir).map_err(|e| Error::DataDir(data_dir.clone(), e))?;
+    // Another opener of the store that does not take the lock (an older `mule`) is waited
+    // for as long as a lock holder would be.
+    let lock_deadline = Instant::now() + cfg.store.lock_wait();
     let identity = NodeIdentity::load_or_create(&data_dir)?;
     let node = identity.id();
     tracing::info!(node = %node, data_dir = %data_dir.display(), "starting");
 
     let store_opts = store_options(&cfg);
-    let store = Store::open(&data_dir, store_opts)?;
+    let store = open_store(&data_dir, store_opts, lock_deadline).await?;
     let completion = Completion {
         export_dir: cfg.store.export_dir_in(&data_dir),
         hook: cfg.store.on_complete.as_ref().and_then(|cmd| {
@@ -647,8 +690,10 @@ pub async fn run(
     };
 
     let mut tasks = tokio::task::JoinSet::new();
+    // One pool of unauthenticated slots for every listener (v4 and v6 alike).
+    let admission = admission::Admission::new();
     for l in listeners {
-        tasks.spawn(conn::accept_loop(ctx.clone(), l, stop()));
+        tasks.spawn(conn::accept_loop(ctx.clone(), l, admission.clone(), stop()));
     }
     tasks.spawn(crate::control_server::serve(ctx.clone(), control, stop()));
     tasks.spawn(installer(ctx.clone(), stop()));
@@ -671,6 +716,7 @@ pub async fn run(
     let events = conn::start_discovery(ctx.clone(), port, stop()).await;
     tasks.spawn(conn::manage(ctx.clone(), events, stop()));
 
+    set_lock_state(dir_lock, LockState::Running);
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     tracing::info!(node = %node, listen = ?listen, "ready");
 
@@ -698,6 +744,7 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: closing sessions and flushing the store");
+    set_lock_state(dir_lock, LockState::Stopping);
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     let deadline = tokio::time::sleep(Duration::from_secs(5));
@@ -726,6 +773,96 @@ pub async fn run(
     let _ = std::fs::remove_file(&control_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Creates the data directory if needed and takes its lock (see [`crate::lock`]). A CLI
+/// verb that has the store open, or a daemon that is stopping, is waited for until
+/// `deadline` (said once in the log); a daemon that is starting or running is another
+/// daemon on the same directory, and this one gives up at once.
+pub async fn lock_data_dir(dir: &Path, deadline: Instant) -> Result<DirLock, Error> {
+    crate::paths::ensure_dir(dir).map_err(|e| Error::DataDir(dir.to_path_buf(), e))?;
+    let me = Holder::daemon(LockState::Starting);
+    let lock_err = |e| Error::Lock(dir.to_path_buf(), e);
+    let holder = match DirLock::try_acquire(dir, &me).map_err(lock_err)? {
+        Ok(l) => return Ok(l),
+        Err(h) => h,
+    };
+    let other_daemon = |h: &Holder| match h {
+        // (Our own line, once the waiting thread has taken the lock, is not another daemon.)
+        Holder::Daemon { pid, state }
+            if *state != LockState::Stopping
+                && *pid != std::process::id()
+                && crate::lock::alive(*pid) =>
+        {
+            Some(*pid)
+        }
+        _ => None,
+    };
+    if let Some(pid) = other_daemon(&holder) {
+        return Err(Error::AlreadyRunning {
+            dir: dir.to_path_buf(),
+            pid,
+        });
+    }
+    let started = Instant::now();
+    tracing::info!(holder = %holder, wait_ms = deadline.saturating_duration_since(started).as_millis() as u64,
+        "the store is in use; waiting for it");
+    // A blocked flock is handed the lock as soon as it is released, ahead of a loop of CLI
+    // calls that each try once. If this daemon gives up, the thread drops the lock again.
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let (d, m) = (dir.to_path_buf(), me.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(DirLock::acquire_blocking(&d, &m));
+    });
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            r = &mut rx => {
+                let l = r
+                    .map_err(|_| lock_err(std::io::Error::other("lock thread ended")))?
+                    .map_err(lock_err)?;
+                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "store lock taken");
+                return Ok(l);
+            }
+            _ = check.tick() => {
+                let h = crate::lock::holder(dir);
+                if let Some(pid) = other_daemon(&h) {
+                    return Err(Error::AlreadyRunning { dir: dir.to_path_buf(), pid });
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::StoreBusy {
+                        dir: dir.to_path_buf(),
+                        holder: h.to_string(),
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Opens the store; while another process has it open (one that does not take the data
+/// directory's lock, such as an older `mule`), retries until `deadline`.
+async fn open_store(dir: &Path, opts: StoreOptions, deadline: Instant) -> Result<Store, Error> {
+    let mut said = false;
+    loop {
+        match Store::open(dir, opts.clone()) {
+            Err(mule_bundle::store::StoreError::Locked(p)) if Instant::now() < deadline => {
+                if !said {
+                    tracing::info!(store = %p.display(), "the store is open in another process; waiting for it");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+fn set_lock_state(lock: &mut DirLock, state: LockState) {
+    if let Err(e) = lock.set(&Holder::daemon(state)) {
+        tracing::debug!(error = %e, "cannot update the lock file");
+    }
 }
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {

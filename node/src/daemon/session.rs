@@ -18,6 +18,7 @@ use mule_engine::session::{Event, PieceRejection, Role, Session, SessionSeed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 
+use super::admission::Ticket;
 use super::store::PutOutcome;
 use super::{Ctx, Notice};
 use crate::metrics::{RejectReason, SessionFailure, Transport as MTransport};
@@ -57,6 +58,8 @@ pub struct Conn {
     transport: MTransport,
     /// The peer's address, for logs and the session registry.
     address: String,
+    /// An inbound connection's slot among those not yet authenticated.
+    admission: Option<Ticket>,
 }
 
 impl Conn {
@@ -69,7 +72,14 @@ impl Conn {
             abort,
             transport: MTransport::Tcp,
             address,
+            admission: None,
         }
+    }
+
+    /// The connection holds `ticket` until it authenticates.
+    pub fn admitted(mut self, ticket: Ticket) -> Conn {
+        self.admission = Some(ticket);
+        self
     }
 
     /// A Bluetooth L2CAP connection (closed gracefully in every case).
@@ -80,6 +90,7 @@ impl Conn {
             abort: None,
             transport: MTransport::Bluetooth,
             address,
+            admission: None,
         }
     }
 }
@@ -91,6 +102,7 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
         abort,
         transport: mtransport,
         address,
+        admission,
     } = conn;
     let transport = mtransport.as_str();
     let sid = ctx.new_sid();
@@ -169,7 +181,9 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                 Event::PeerAuthenticated { node, .. } => {
                     peer = Some(node);
                     let tx = close_tx.take().expect("authenticated once");
-                    if let Err(why) = ctx.register(
+                    if admission.as_ref().is_some_and(|t| !t.authenticated()) {
+                        s.close_with(ByeCode::Busy, "connection slot reclaimed");
+                    } else if let Err(why) = ctx.register(
                         node,
                         sid,
                         role == Role::Initiator,
@@ -361,6 +375,9 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
         let st = s.stats();
         if registered && !violated {
             ctx.record_session(n, transport, started_wall, st.bytes_sent, st.bytes_received);
+            if let Some(t) = &admission {
+                t.remember_source(Instant::now());
+            }
         }
         tracing::info!(peer = %n.short(), secs = started.elapsed().as_secs_f32(),
             pieces_in = st.pieces_received, pieces_out = st.pieces_sent,

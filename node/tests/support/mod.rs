@@ -115,13 +115,17 @@ impl NodeConfig {
              [session]\nlisten = [\"127.0.0.1:0\"]\npeers = [{}]\n{}\n\
              [trust]\npublishers = [{}]\n\n\
              [subscriptions]\nchannels = [{}]\n\n\
-             [store]\n{}\n\n\
+             {}\
              [log]\nlevel = \"info\"\n{}",
             list(&self.peers),
             self.session_extra.join("\n"),
             list(&self.publishers),
             list(&self.channels),
-            self.store_extra.join("\n"),
+            if self.store_extra.is_empty() {
+                String::new()
+            } else {
+                format!("[store]\n{}\n\n", self.store_extra.join("\n"))
+            },
             match self.metrics_port {
                 Some(p) => format!("\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{p}\"\n"),
                 None => String::new(),
