@@ -190,3 +190,109 @@ fn spoofed_malformed_unsigned_and_replayed_beacons_are_rejected_and_counted() {
         .count();
     assert_eq!(ups, 1);
 }
+
+/// How the victim of the ghost test goes down between hearing the genuine node and the
+/// replay.
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    /// SIGTERM: a clean restart.
+    Clean,
+    /// SIGKILL once the node's departure is on disk.
+    Kill,
+}
+
+/// Issue 18: after a restart, one replay of a ~5 s old genuine beacon of a node that has left
+/// created a neighbour that does not exist. The victim hears three genuine beacons, reports
+/// the node down, restarts on the same data directory, and then receives the oldest one
+/// again, followed by a fresh beacon of a second node as a marker: the marker must come up
+/// and the departed node must not (events are in order, so "no ghost before the marker" is
+/// a wait for an event, not a sleep).
+fn replay_after_restart_makes_no_ghost(how: Restart) {
+    let sw = Switch::new();
+    let victim = Host::new(&sw, 1);
+    let attacker = Host::new(&sw, 2);
+    victim.attach(&sw);
+    attacker.attach(&sw);
+    attacker
+        .ns
+        .exec(&[
+            "ip",
+            "route",
+            "add",
+            "224.0.0.0/4",
+            "dev",
+            attacker.link.node_end(),
+        ])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("victim");
+    let mut args = BEACONS_ONLY.to_vec();
+    let data_arg = data.to_str().unwrap().to_string();
+    args.extend(["--silence-ms", "1000", "--data-dir", &data_arg]);
+
+    let gone = NodeIdentity::from_secret([0x51; 32]);
+    let gone_id = gone.id().to_string();
+    let now = Timestamp::now().0;
+    let beacon = |id: &NodeIdentity, t: u64| {
+        Beacon::encode_signed(id, 0, Timestamp(t), 9000, HoldingsDigest([2; 8]), &[])
+    };
+    let recorded: Vec<Vec<u8>> = [now - 2000, now - 1000, now]
+        .iter()
+        .map(|t| beacon(&gone, *t))
+        .collect();
+
+    let mut node = Node::start(&victim, &args);
+    for b in &recorded {
+        inject(&attacker, b);
+    }
+    node.wait_event("up", &gone_id, Duration::from_secs(5))
+        .expect("the genuine node comes up");
+    node.wait_event("down", &gone_id, Duration::from_secs(5))
+        .expect("and goes down after the silence");
+    match how {
+        Restart::Clean => node.stop(),
+        Restart::Kill => {
+            // The window is saved when a neighbour goes down: wait until the file holds it.
+            let file = data.join("beacon-replay");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let saved = std::fs::read(&file).unwrap_or_default();
+                if saved.windows(32).any(|w| w == gone.id().as_bytes()) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{file:?} never held the departed node"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(node); // SIGKILL
+        }
+    }
+
+    let mut node = Node::start(&victim, &args);
+    inject(&attacker, &recorded[0]);
+    let marker = NodeIdentity::from_secret([0x52; 32]);
+    let marker_id = marker.id().to_string();
+    inject(&attacker, &beacon(&marker, Timestamp::now().0));
+    node.wait_event("up", &marker_id, Duration::from_secs(5))
+        .expect("a fresh beacon after the replay is accepted");
+    assert!(
+        node.wait_event("up", &gone_id, Duration::ZERO).is_none(),
+        "{how:?} restart: a replayed beacon made a ghost of the departed node"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn replayed_beacon_after_a_clean_restart_makes_no_ghost() {
+    assert_root("replayed_beacon_after_a_clean_restart_makes_no_ghost");
+    replay_after_restart_makes_no_ghost(Restart::Clean);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn replayed_beacon_after_a_crash_makes_no_ghost() {
+    assert_root("replayed_beacon_after_a_crash_makes_no_ghost");
+    replay_after_restart_makes_no_ghost(Restart::Kill);
+}
