@@ -304,6 +304,7 @@ impl Discovery {
             filter,
             last_save: Instant::now(),
             save_task: None,
+            save_pending: false,
             interval: AdaptiveInterval::new(cfg.interval),
             me: identity,
             ifaces: BTreeMap::new(),
@@ -412,6 +413,8 @@ struct Driver {
     last_save: Instant,
     /// The save in progress, if any (one at a time, so an older window never lands last).
     save_task: Option<JoinHandle<()>>,
+    /// A save was due while one was still running: retried at the next rescan tick.
+    save_pending: bool,
     interval: AdaptiveInterval,
     ifaces: BTreeMap<String, IfState>,
     seq: u64,
@@ -481,7 +484,7 @@ impl Driver {
                 _ = rescan.tick() => {
                     let now = Instant::now();
                     self.rescan(now);
-                    if now.duration_since(self.last_save) >= WINDOW_SAVE_EVERY {
+                    if self.save_pending || now.duration_since(self.last_save) >= WINDOW_SAVE_EVERY {
                         self.save_window();
                     }
                 }
@@ -608,18 +611,21 @@ impl Driver {
         true
     }
 
-    /// Saves the replay window in the background if it changed since the last save (and no
-    /// save is still running; then the next call catches up).
+    /// Saves the replay window in the background if it changed since the last save (while a
+    /// save is still running, the next rescan tick tries again).
     fn save_window(&mut self) {
         let Some(path) = self.cfg.replay_state.clone() else {
             return;
         };
         let generation = self.filter.window_generation();
-        if generation == self.saved_generation
-            || self.save_task.as_ref().is_some_and(|t| !t.is_finished())
-        {
+        if generation == self.saved_generation {
             return;
         }
+        if self.save_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            self.save_pending = true;
+            return;
+        }
+        self.save_pending = false;
         self.saved_generation = generation;
         self.last_save = Instant::now();
         let bytes = self.filter.encode_window();
