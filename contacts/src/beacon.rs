@@ -43,6 +43,22 @@
 //! dropped as [`DropReason::Own`]. (A sender that restarts within the same second has its
 //! beacons of that second dropped as replays; the next second heals it.)
 //!
+//! # The replay window across restarts
+//! The last accepted pair per sender is the whole replay protection, so a receiver that
+//! forgot it would accept any recorded genuine beacon younger than `max_clock_skew` once:
+//! after a restart, one replay of a 5 s old beacon of a node that has left made a neighbour
+//! that does not exist. The window therefore outlives the process
+//! ([`BeaconFilter::encode_window`] / [`BeaconFilter::restore_window`]; the driver keeps it
+//! in a file, see [`crate::DiscoveryConfig::replay_state`]): 16 bytes of magic
+//! `mule-replay-v1\n\0`, then per sender 32 bytes of node id, the time in ms and the seq
+//! (u64 big-endian each), at most `max_peers` senders (48 KiB at the default 1024). It is
+//! written when a neighbour goes silent (its last beacon is then final), at least every 30 s
+//! while it changes, and at shutdown; a torn or foreign file is ignored with a warning.
+//! What remains: after a crash, beacons newer than the last save (at most 30 s old, of a node
+//! that had not gone silent yet) are accepted once more, and so is a recorded beacon of a node
+//! this receiver never heard (the non-goal above). A tighter clock window instead would
+//! shut out gateways whose clocks drift by minutes.
+//!
 //! # Interval ([`AdaptiveInterval`])
 //! After any change (a neighbour appears or leaves, an interface comes up) the next beacon
 //! goes out after `min`, and each following gap doubles up to a cap: `keepalive` while there
@@ -389,10 +405,29 @@ pub struct BeaconFilter {
     own: NodeId,
     cfg: FilterConfig,
     last: HashMap<NodeId, (u64, u64)>,
+    /// Bumped whenever `last` changes (so a driver saves the window only when it must).
+    generation: u64,
     counters: FilterCounters,
     last_log: [Option<Instant>; 8],
     suppressed: [u64; 8],
 }
+
+/// Why a saved replay window ([`BeaconFilter::encode_window`]) could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// The bytes do not start with the window format's magic (another file, or a newer
+    /// format).
+    #[error("not a beacon replay window (bad magic)")]
+    BadMagic,
+    /// The records do not fill the bytes exactly (a torn or truncated write).
+    #[error("replay window of {0} bytes is truncated")]
+    Truncated(usize),
+}
+
+/// First bytes of a saved replay window.
+const WINDOW_MAGIC: &[u8; 16] = b"mule-replay-v1\n\0";
+/// One saved record: node id (32), time in ms (u64 BE), seq (u64 BE).
+const WINDOW_RECORD: usize = 48;
 
 impl BeaconFilter {
     /// A filter for node `own`.
@@ -401,6 +436,7 @@ impl BeaconFilter {
             own,
             cfg,
             last: HashMap::new(),
+            generation: 0,
             counters: FilterCounters::default(),
             last_log: [None; 8],
             suppressed: [0; 8],
@@ -464,8 +500,71 @@ impl BeaconFilter {
             }
         }
         self.last.insert(beacon.node, key);
+        self.generation += 1;
         self.counters.accepted += 1;
         Ok(beacon)
+    }
+
+    /// The replay window (the last accepted `(time, seq)` of every remembered sender) as
+    /// bytes, to be kept across restarts: a filter that starts empty accepts any genuine
+    /// beacon still inside the clock window, so one replayed beacon of a node that has left
+    /// would make a ghost neighbour. At most `max_peers` records of 48 bytes after a 16-byte
+    /// magic; [`BeaconFilter::restore_window`] reads it back.
+    pub fn encode_window(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(WINDOW_MAGIC.len() + self.last.len() * WINDOW_RECORD);
+        out.extend_from_slice(WINDOW_MAGIC);
+        let mut rows: Vec<_> = self.last.iter().collect();
+        // Deterministic bytes for the same window (HashMap order is not).
+        rows.sort_unstable_by_key(|(node, _)| **node);
+        for (node, (time, seq)) in rows {
+            out.extend_from_slice(node.as_bytes());
+            out.extend_from_slice(&time.to_be_bytes());
+            out.extend_from_slice(&seq.to_be_bytes());
+        }
+        out
+    }
+
+    /// Merges a window saved by [`BeaconFilter::encode_window`] (keeping, per sender, the
+    /// later of the saved and the current pair); returns how many senders it holds. When the
+    /// saved window is larger than `max_peers` (a smaller limit than when it was written),
+    /// the senders with the oldest times are left out. Malformed bytes change nothing.
+    pub fn restore_window(&mut self, bytes: &[u8]) -> Result<usize, WindowError> {
+        let body = bytes
+            .strip_prefix(WINDOW_MAGIC.as_slice())
+            .ok_or(WindowError::BadMagic)?;
+        if !body.len().is_multiple_of(WINDOW_RECORD) {
+            return Err(WindowError::Truncated(bytes.len()));
+        }
+        let mut rows: Vec<(NodeId, (u64, u64))> = body
+            .chunks_exact(WINDOW_RECORD)
+            .map(|r| {
+                let u64_at = |i: usize| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&r[i..i + 8]);
+                    u64::from_be_bytes(b)
+                };
+                let mut node = [0u8; 32];
+                node.copy_from_slice(&r[..32]);
+                (NodeId(node), (u64_at(32), u64_at(40)))
+            })
+            .collect();
+        rows.sort_unstable_by_key(|(_, key)| std::cmp::Reverse(*key));
+        for (node, key) in rows {
+            let known = self.last.contains_key(&node);
+            if !known && self.last.len() >= self.cfg.max_peers {
+                continue;
+            }
+            let entry = self.last.entry(node).or_insert(key);
+            *entry = (*entry).max(key);
+        }
+        self.generation += 1;
+        Ok(self.last.len())
+    }
+
+    /// A number that changes whenever the replay window does (compare two readings to know
+    /// whether [`BeaconFilter::encode_window`] would write anything new).
+    pub fn window_generation(&self) -> u64 {
+        self.generation
     }
 
     /// Counters so far.
@@ -475,7 +574,9 @@ impl BeaconFilter {
 
     /// Forgets a node's last `(time, seq)` (e.g. after it has been gone for long).
     pub fn forget(&mut self, node: &NodeId) {
-        self.last.remove(node);
+        if self.last.remove(node).is_some() {
+            self.generation += 1;
+        }
     }
 
     fn drop_with(
@@ -760,6 +861,104 @@ mod tests {
             f.handle(now, Timestamp(1000), &b, &"x").unwrap();
         }
         assert_eq!(f.last.len(), 3);
+    }
+
+    /// After a restart the filter must still refuse what it accepted before: a replayed
+    /// ~5 s old genuine beacon of a node that has left made a ghost neighbour (issue 18).
+    #[test]
+    fn replay_window_survives_a_restart() {
+        let now = Instant::now();
+        let wall = Timestamp(1_700_000_010_000);
+        let old = sample(0, wall.0 - 5000);
+        let newer = sample(0, wall.0 - 4000);
+        let own = NodeId([9; 32]);
+        let mut before = BeaconFilter::new(own, FilterConfig::default());
+        assert!(before.handle(now, wall, &old, &"a").is_ok());
+        assert!(before.handle(now, wall, &newer, &"a").is_ok());
+        let saved = before.encode_window();
+        assert_eq!(saved.len(), 16 + 48);
+
+        // A fresh filter (what a restart gave until now) takes the replay.
+        let mut fresh = BeaconFilter::new(own, FilterConfig::default());
+        assert!(fresh.handle(now, wall, &old, &"replay").is_ok());
+
+        let mut after = BeaconFilter::new(own, FilterConfig::default());
+        assert_eq!(after.restore_window(&saved), Ok(1));
+        for replay in [&old, &newer] {
+            assert_eq!(
+                after.handle(now, wall, replay, &"replay"),
+                Err(DropReason::Replayed)
+            );
+        }
+        assert!(
+            after.handle(now, wall, &sample(0, wall.0), &"a").is_ok(),
+            "the node's next beacon is accepted"
+        );
+        // Restoring never moves a sender's window back.
+        let g = after.window_generation();
+        assert_eq!(after.restore_window(&saved), Ok(1));
+        assert!(after.window_generation() > g);
+        assert_eq!(
+            after.handle(now, wall, &sample(0, wall.0), &"a"),
+            Err(DropReason::Replayed)
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_oversized_window_is_refused_or_cut() {
+        let now = Instant::now();
+        let mut f = BeaconFilter::new(NodeId([0; 32]), FilterConfig::default());
+        for i in 1..=5u8 {
+            let id = NodeIdentity::from_secret([i; 32]);
+            let t = 1_000_000 + u64::from(i) * 1000;
+            let b = Beacon::encode_signed(&id, 0, Timestamp(t), 1, HoldingsDigest::default(), &[]);
+            f.handle(now, Timestamp(t), &b, &"x").unwrap();
+        }
+        let saved = f.encode_window();
+        assert_eq!(saved, f.encode_window(), "deterministic");
+        let mut g = BeaconFilter::new(NodeId([0; 32]), FilterConfig::default());
+        assert_eq!(
+            g.restore_window(&saved[..saved.len() - 1]),
+            Err(WindowError::Truncated(saved.len() - 1))
+        );
+        assert_eq!(g.restore_window(b"garbage"), Err(WindowError::BadMagic));
+        assert_eq!(g.restore_window(&[]), Err(WindowError::BadMagic));
+        assert!(g.last.is_empty(), "a refused window changes nothing");
+        // A smaller limit keeps the senders heard most recently.
+        let mut small = BeaconFilter::new(
+            NodeId([0; 32]),
+            FilterConfig {
+                max_peers: 2,
+                ..FilterConfig::default()
+            },
+        );
+        assert_eq!(small.restore_window(&saved), Ok(2));
+        let mut kept: Vec<u64> = small.last.values().map(|(t, _)| *t).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [1_004_000, 1_005_000]);
+    }
+
+    /// `MULE_WRITE_FUZZ_SEEDS=$PWD/fuzz/corpus/beacon_decode` writes seeds for the fuzz
+    /// target: whole packets, and bodies (the target signs those itself).
+    #[test]
+    fn fuzz_seeds() {
+        let packets = [sample(0, 1_700_000_000_000), sample(30, 0), {
+            let id = NodeIdentity::from_secret([3; 32]);
+            Beacon::encode_signed(&id, 1, Timestamp(5000), 80, HoldingsDigest([0; 8]), &[])
+        }];
+        let mut seeds = Vec::new();
+        for p in &packets {
+            let PacketIn(body, _) = decode_exact(p, "p").unwrap();
+            seeds.push(body.to_vec());
+            seeds.push(p.clone());
+        }
+        if let Some(dir) = std::env::var_os("MULE_WRITE_FUZZ_SEEDS") {
+            std::fs::create_dir_all(&dir).unwrap();
+            for (i, s) in seeds.iter().enumerate() {
+                std::fs::write(std::path::Path::new(&dir).join(format!("seed-{i}")), s).unwrap();
+            }
+        }
+        assert!(packets.iter().all(|p| Beacon::decode(p).is_ok()));
     }
 
     #[test]

@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -113,7 +114,17 @@ pub struct DiscoveryConfig {
     pub reply_gap: Duration,
     /// Capacity of the event channel.
     pub event_capacity: usize,
+    /// File that keeps the beacon replay window across restarts (the last accepted
+    /// `(time, seq)` per sender, at most `filter.max_peers` records of 48 bytes). Read at
+    /// start; written when a neighbour goes silent, every [`WINDOW_SAVE_EVERY`] while it
+    /// changes, and at shutdown. `None`: in memory only, so after a restart a replayed
+    /// beacon of a node that has left is accepted once (a ghost neighbour for `silence`).
+    pub replay_state: Option<PathBuf>,
 }
+
+/// How often a changed replay window is saved at the latest (see
+/// [`DiscoveryConfig::replay_state`]).
+pub const WINDOW_SAVE_EVERY: Duration = Duration::from_secs(30);
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
@@ -135,6 +146,7 @@ impl Default for DiscoveryConfig {
             rescan_every: Duration::from_secs(1),
             reply_gap: Duration::from_millis(100),
             event_capacity: 256,
+            replay_state: None,
         }
     }
 }
@@ -282,9 +294,17 @@ impl Discovery {
         let ble_ids = ble.as_ref().map(|b| b.ids());
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
+        let mut filter = BeaconFilter::new(node, cfg.filter.clone());
+        if let Some(path) = &cfg.replay_state {
+            load_window(&mut filter, path);
+        }
         let driver = Driver {
             table: NeighbourTable::new(cfg.table.clone()),
-            filter: BeaconFilter::new(node, cfg.filter.clone()),
+            saved_generation: filter.window_generation(),
+            filter,
+            last_save: Instant::now(),
+            save_task: None,
+            save_pending: false,
             interval: AdaptiveInterval::new(cfg.interval),
             me: identity,
             ifaces: BTreeMap::new(),
@@ -388,6 +408,13 @@ struct Driver {
     me: NodeIdentity,
     table: NeighbourTable,
     filter: BeaconFilter,
+    /// The filter's window generation last handed to a save.
+    saved_generation: u64,
+    last_save: Instant,
+    /// The save in progress, if any (one at a time, so an older window never lands last).
+    save_task: Option<JoinHandle<()>>,
+    /// A save was due while one was still running: retried at the next rescan tick.
+    save_pending: bool,
     interval: AdaptiveInterval,
     ifaces: BTreeMap<String, IfState>,
     seq: u64,
@@ -454,7 +481,13 @@ impl Driver {
                     if r.is_err() { tokio::time::sleep(Duration::from_millis(100)).await; }
                     self.rescan(Instant::now());
                 }
-                _ = rescan.tick() => self.rescan(Instant::now()),
+                _ = rescan.tick() => {
+                    let now = Instant::now();
+                    self.rescan(now);
+                    if self.save_pending || now.duration_since(self.last_save) >= WINDOW_SAVE_EVERY {
+                        self.save_window();
+                    }
+                }
                 r = holdings.changed(), if holdings_open => match r {
                     Ok(()) => {
                         self.digest = *holdings.borrow_and_update();
@@ -469,6 +502,13 @@ impl Driver {
         }
         if let Some(m) = self.mdns.take() {
             m.stop();
+        }
+        // The last window, after any save still running (so this one lands last).
+        for _ in 0..2 {
+            if let Some(t) = self.save_task.take() {
+                let _ = t.await;
+            }
+            self.save_window();
         }
         tracing::debug!(node = %self.me.id().short(), "discovery stopped");
     }
@@ -554,6 +594,9 @@ impl Driver {
                 }
                 Event::PeerDown { node } => {
                     tracing::info!(peer = %node.short(), "peer down");
+                    // Its last beacon is now final: keep it past a restart, so a replay of
+                    // it cannot bring back a node that has left.
+                    self.save_window();
                     let now = Instant::now();
                     self.changed(now);
                     self.interval.on_lost(now.into_std());
@@ -566,6 +609,31 @@ impl Driver {
             inc(&self.counters.events, 1);
         }
         true
+    }
+
+    /// Saves the replay window in the background if it changed since the last save (while a
+    /// save is still running, the next rescan tick tries again).
+    fn save_window(&mut self) {
+        let Some(path) = self.cfg.replay_state.clone() else {
+            return;
+        };
+        let generation = self.filter.window_generation();
+        if generation == self.saved_generation {
+            return;
+        }
+        if self.save_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            self.save_pending = true;
+            return;
+        }
+        self.save_pending = false;
+        self.saved_generation = generation;
+        self.last_save = Instant::now();
+        let bytes = self.filter.encode_window();
+        self.save_task = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = write_window(&path, &bytes) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot save the beacon replay window");
+            }
+        }));
     }
 
     /// Neighbourhood changed: beacon fast for a while.
@@ -778,6 +846,45 @@ impl Driver {
         tracing::debug!(iface = %info.name, v4 = st.v4.is_some(), v6 = st.v6.is_some(), "beacon sockets open");
         st
     }
+}
+
+/// Restores the replay window saved at `path`; a missing file is a first start, a bad one is
+/// logged and ignored (the window then starts empty, as without a file).
+fn load_window(filter: &mut BeaconFilter, path: &Path) {
+    match std::fs::read(path) {
+        Ok(bytes) => match filter.restore_window(&bytes) {
+            Ok(n) => {
+                tracing::debug!(path = %path.display(), senders = n, "beacon replay window restored")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring the saved beacon replay window")
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the beacon replay window")
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file, fsync, rename, then
+/// fsync of the directory (a power cut leaves the old window or the new one, never a torn
+/// one; a torn one would be ignored anyway).
+fn write_window(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 async fn receive(

@@ -999,8 +999,8 @@ mod tests {
 
     #[test]
     fn oracle_is_never_beaten_on_intel() {
-        let Some(dir) = crate::trace::shared_traces_dir() else {
-            eprintln!("SKIPPED: oracle_is_never_beaten_on_intel: ../shared/traces not found");
+        let Some(dir) = crate::trace::shared_traces_or_skip("oracle_is_never_beaten_on_intel")
+        else {
             return;
         };
         let t = Trace::load(&dir.join("intel.csv"), None, &Options::default()).unwrap();

@@ -649,11 +649,31 @@ fn node_field(
     Ok(n)
 }
 
-/// Where the shared real traces live, relative to this crate (`../../shared/traces`
-/// from the workspace root's `testbed/`), if that folder exists.
+/// Where the shared real traces live, if that folder exists: `$MULE_TRACES` when set (e.g. a
+/// git worktree that is not next to `shared/`), otherwise `../../shared/traces` from this crate
+/// (`../shared/traces` from the workspace root).
 pub fn shared_traces_dir() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
+    let p = match std::env::var_os("MULE_TRACES") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces"),
+    };
     p.is_dir().then_some(p)
+}
+
+/// [`shared_traces_dir`] for a test or benchmark that needs the real traces: when they are
+/// missing it prints `SKIPPED: <what>: ...` and returns `None`, except under `CI=true`, where
+/// the traces must be there and this panics.
+pub fn shared_traces_or_skip(what: &str) -> Option<std::path::PathBuf> {
+    if let Some(dir) = shared_traces_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{what}: ../shared/traces (or $MULE_TRACES) not found, and CI=true forbids skipping"
+        );
+    }
+    eprintln!("SKIPPED: {what}: ../shared/traces not found (set MULE_TRACES to its path)");
+    None
 }
 
 #[cfg(test)]
@@ -852,8 +872,7 @@ mod tests {
 
     #[test]
     fn real_traces_parse_in_both_formats() {
-        let Some(dir) = shared_traces_dir() else {
-            eprintln!("SKIPPED: real_traces_parse_in_both_formats: ../shared/traces not found");
+        let Some(dir) = shared_traces_or_skip("real_traces_parse_in_both_formats") else {
             return;
         };
         for (name, nodes) in [("intel", 9), ("infocom05", 41), ("cambridge_students", 36)] {

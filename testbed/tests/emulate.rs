@@ -2,7 +2,8 @@
 //! trace; every audience node must end with a byte-identical export, the report and plots
 //! must exist, and nothing (namespace, process) may be left behind.
 //!
-//! Needs root (network namespaces): prints `SKIPPED` otherwise, fails when `CI=true`.
+//! Needs root (network namespaces): the tests are `#[ignore = "needs root"]` and fail when run
+//! without it (`sudo -E cargo test -p mule-testbed --test emulate -- --ignored`; `.ci/run` runs them).
 //!
 //! **Finding the daemon.** `$MULE_BIN` if set. Otherwise the test runs
 //! `cargo build -p mule --bin mule --message-format=json` with the cargo that runs the test
@@ -120,10 +121,9 @@ fn assert_no_leftovers(out: &Path) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn five_namespaces_replay_a_minute_and_everyone_gets_identical_bytes() {
-    if !mule_netns::require_root("five_namespaces_replay_a_minute") {
-        return;
-    }
+    mule_netns::assert_root("five_namespaces_replay_a_minute");
     let mule = mule_binary();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace.csv");
@@ -247,13 +247,9 @@ fn emulate_from_env() {
         #[command(flatten)]
         args: emulate::EmulateArgs,
     }
-    let Ok(line) = std::env::var("MULE_EMULATE_ARGS") else {
-        eprintln!("SKIPPED: emulate_from_env: set MULE_EMULATE_ARGS");
-        return;
-    };
-    if !mule_netns::require_root("emulate_from_env") {
-        return;
-    }
+    let line = std::env::var("MULE_EMULATE_ARGS")
+        .expect("emulate_from_env is a manual run: set MULE_EMULATE_ARGS (see its doc comment)");
+    mule_netns::assert_root("emulate_from_env");
     let mut cli = Cli::parse_from(std::iter::once("emulate").chain(line.split_whitespace()));
     if cli.args.mule.is_none() {
         cli.args.mule = Some(mule_binary());
@@ -290,11 +286,10 @@ fn proc_state(pid: u32) -> Option<char> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn cleanup_removes_what_a_killed_run_left_and_spares_live_runs() {
     use std::io::BufRead;
-    if !mule_netns::require_root("cleanup_removes_what_a_killed_run_left") {
-        return;
-    }
+    mule_netns::assert_root("cleanup_removes_what_a_killed_run_left");
     // A live "run" (named after pid 1, which is always alive; not after this process, so the
     // leftover checks of the other test stay exact): cleanup must leave it alone.
     struct Live(String);

@@ -10,7 +10,8 @@
 //! Lines: `{"event":"ready","node":..}`, `{"event":"up","node":..,"transport":..,"addr":..}`,
 //! `{"event":"changed",..}`, `{"event":"down","node":..}`, and with `--counters-ms` periodic
 //! `{"event":"counters",..}`. Every line has `"t_ms"`, milliseconds since the Unix epoch.
-//! Stops on SIGINT/SIGTERM. Without `--data-dir` the node key is fresh and not stored.
+//! Stops on SIGINT/SIGTERM. Without `--data-dir` the node key is fresh and not stored; with it,
+//! the key and the beacon replay window (`DIR/beacon-replay`) are kept across restarts.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ use std::time::Duration;
 
 use mule_contacts::beacon::{DropReason, HoldingsDigest};
 use mule_contacts::{Discovery, DiscoveryConfig, Event, NodeIdentity, Timestamp};
+
+/// The replay window's file in `--data-dir` (the daemon uses the same name in its data dir).
+const REPLAY_FILE: &str = "beacon-replay";
 
 fn usage(msg: &str) -> ! {
     eprintln!("mule-discover: {msg} (see the source header for options)");
@@ -79,6 +83,7 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    cfg.replay_state = data_dir.as_ref().map(|d| d.join(REPLAY_FILE));
     let identity = match &data_dir {
         Some(d) => NodeIdentity::load_or_create(d),
         None => NodeIdentity::generate(),

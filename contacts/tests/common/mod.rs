@@ -101,6 +101,15 @@ impl Node {
         node
     }
 
+    /// Stops the tool with SIGTERM (a clean shutdown, as `systemctl restart` does) and waits
+    /// until it has exited.
+    pub fn stop(mut self) {
+        // SAFETY: plain kill(2) on the child we spawned and still own.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let status = self._child.0.wait().expect("wait for mule-discover");
+        assert!(status.success(), "mule-discover exited with {status}");
+    }
+
     /// Waits up to `timeout` for a line matching `pred` (lines already seen count too).
     pub fn wait(
         &mut self,

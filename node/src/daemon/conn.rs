@@ -163,6 +163,9 @@ pub async fn start_discovery(
         bluetooth: d.bluetooth,
         bluetooth_adapter: d.bluetooth_adapter.clone(),
         session_port,
+        // The beacon replay window outlives restarts: a replayed beacon of a node that
+        // has left makes no ghost neighbour after this node restarts.
+        replay_state: Some(ctx.data_dir.join("beacon-replay")),
         ..Default::default()
     };
     dc.interval.min = d.beacon_interval_min();

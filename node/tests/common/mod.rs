@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use mule::control::{Client, Request, Response};
 use mule::view::{Bundle, Status};
 #[allow(unused_imports)]
-pub use mule_netns::{Bridge, Counters, Netns, Veth, require_root};
+pub use mule_netns::{Bridge, Counters, Netns, Veth, assert_root, require_root};
 
 /// The `mule` binary cargo built for these tests (or the benchmark).
 pub fn mule_bin() -> &'static str {

@@ -19,8 +19,9 @@
 //!
 //! # Typical use
 //! ```no_run
-//! use mule_netns::{require_root, Bridge, Netns, Veth};
-//! if !require_root("my_test") { return; }
+//! use mule_netns::{assert_root, Bridge, Netns, Veth};
+//! // In a test marked #[ignore = "needs root"]:
+//! assert_root("my_test");
 //! let switch = Netns::new("sw").unwrap();
 //! let bridge = Bridge::new_in(&switch, "br").unwrap();
 //! let a = Netns::new("a").unwrap();
@@ -75,12 +76,30 @@ fn base36(mut v: u32) -> String {
     String::from_utf8(out).expect("ascii")
 }
 
-/// True when running as root (so namespaces can be created). Otherwise prints
-/// `SKIPPED: <test>: needs root (network namespaces)` to stderr and returns false, except when
-/// the environment variable `CI` is `true`: there the test must really run, so this panics.
-pub fn require_root(test_name: &str) -> bool {
+/// Whether this process runs as root (so namespaces can be created).
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests marked `#[ignore = "needs root"]` (that reason, word for word: `.ci/run` runs
+/// the ignored tests whose reason starts with it): panics unless running as root. Plain
+/// `cargo test` lists such a test as ignored, never as passed; it runs only when asked for
+/// (`cargo test -- --ignored`), and then a missing privilege is a failure, not a silent pass.
+pub fn assert_root(test_name: &str) {
+    assert!(
+        is_root(),
+        "{test_name}: needs root (network namespaces); run it as root (`sudo -E cargo test -- --ignored`)"
+    );
+}
+
+/// For benchmarks and tools that have a part without namespaces: true when running as root.
+/// Otherwise prints `SKIPPED: <what>: needs root (network namespaces)` to stderr and returns
+/// false, except when the environment variable `CI` is `true`: there the part must really run,
+/// so this panics. Tests use `#[ignore = "needs root"]` and [`assert_root`] instead (a test's
+/// stderr is captured, so a skip printed there is invisible).
+pub fn require_root(test_name: &str) -> bool {
+    if is_root() {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -549,10 +568,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn cleanup_leftovers_removes_forgotten_namespaces() {
-        if !require_root("cleanup_leftovers_removes_forgotten_namespaces") {
-            return;
-        }
+        assert_root("cleanup_leftovers_removes_forgotten_namespaces");
         // A unique prefix so parallel tests' objects are never touched.
         let prefix = format!("z{}", base36(std::process::id() % 1000));
         let ns = Netns::new(&prefix).unwrap();
@@ -564,10 +582,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn topology_builds_and_cleans_up() {
-        if !require_root("topology_builds_and_cleans_up") {
-            return;
-        }
+        assert_root("topology_builds_and_cleans_up");
         let (sw_name, a_name);
         {
             let switch = Netns::new("sw").unwrap();

@@ -81,12 +81,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    if let Some(dir) = mule_testbed::trace::shared_traces_dir() {
+    if let Some(dir) = mule_testbed::trace::shared_traces_or_skip("real traces") {
         for t in ["intel", "infocom05", "cambridge_students"] {
             measure(t, &args(dir.join(format!("{t}.csv")), None), runs);
         }
-    } else {
-        println!("SKIPPED: real traces: ../shared/traces not found");
     }
     let tmp = std::env::temp_dir().join(format!("mule-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("temp dir");
