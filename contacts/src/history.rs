@@ -718,7 +718,7 @@ mod tests {
         let h = History::open(&path).unwrap().with_max_peers(8);
         assert_eq!(h.peers().unwrap().len(), 8);
         {
-            let tx = h.db.begin_write().unwrap();
+            let tx = h.db().unwrap().begin_write().unwrap();
             tx.delete_table(PEERS).unwrap();
             tx.commit().unwrap();
         }
