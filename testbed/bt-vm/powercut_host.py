@@ -76,6 +76,17 @@ def qemu_cmd():
 
 acked_big = set()
 acked_n = [0]  # the daemon's own piece count, highest reported (status)
+xfer_s = []  # seconds from ingest start to "all pieces acknowledged", whole transfers
+
+
+def window():
+    """When a cut falls after the ingest starts: min-delay..max-delay at first, then within
+    the longest whole transfer seen (a fast machine moves the bundle in a second or two, and
+    a cut after it would not be mid-ingest)."""
+    hi = A.max_delay
+    if xfer_s:
+        hi = max(0.5, min(hi, 1.1 * max(xfer_s)))
+    return min(A.min_delay, hi / 3), hi
 acked_pubs = {}  # id -> {"id", "file", "piece_size"}
 summary = {'kernel': A.kernel, 'cuts_planned': A.cuts, 'cuts': 0, 'mid_transfer_cuts': 0,
            'corrupt_stores': 0, 'acked_pieces_lost': 0,
@@ -103,9 +114,10 @@ def judge(chk, fsck, boot):
             problems.append('mule verify: %s' % v)
         present = bits(chk['big_present'])
         prev = summary['boots'][-1] if summary['boots'] else {}
-        if 'have_at_ingest' in prev and prev['have_at_ingest'] < len(present) < NPIECES:
-            # pieces had arrived since the previous ingest started and the bundle was not
-            # complete: that cut fell while pieces were being stored
+        if 'have_at_ingest' in prev and prev['have_at_ingest'] < max(
+                prev['acked_pieces_at_end'], len(present)) and prev['acked_pieces_at_end'] < NPIECES:
+            # pieces had arrived since the previous ingest started, and the daemon had not
+            # acknowledged them all when the power went: that cut fell mid-ingest
             summary['mid_transfer_cuts'] += 1
             prev['mid_transfer'] = True
         lost = sorted(acked_big - present)
@@ -224,16 +236,20 @@ def boot_once(n, mode):
                         if rng.random() < 0.5 and have < NPIECES - 1:
                             target = rng.randint(have + 1, NPIECES - 1)
                             boot['cut_policy'] = 'after %d acknowledged pieces' % target
-                            kill_at = t + rng.uniform(A.min_delay, A.max_delay)  # if acks are late
+                            kill_at = t + rng.uniform(*window())  # if acks are late
                         else:
                             target = None
                             boot['cut_policy'] = 'timed'
                             boot['have_at_ingest'] = have
-                            kill_at = t + rng.uniform(A.min_delay, A.max_delay)
+                            kill_at = t + rng.uniform(*window())
                 elif tag in ('PC-ACK', 'PC-ACK-N'):
                     if tag == 'PC-ACK':
                         acked_big.update(bits(data['big']))
                     acked_n[0] = max(acked_n[0], data['have'], len(acked_big))
+                    if acked_n[0] == NPIECES and boot.get('have_at_ingest') == 0 and 'full_xfer_s' not in boot:
+                        # a whole transfer seen: later timed cuts fall within that time
+                        boot['full_xfer_s'] = round(t - ingest_t, 2)
+                        xfer_s.append(t - ingest_t)
                     if mode == 'cut' and target is not None and acked_n[0] >= target:
                         kill_at = min(kill_at, t + rng.uniform(0, 0.3))
                         target = None
