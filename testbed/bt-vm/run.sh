@@ -12,6 +12,8 @@
 #
 # Environment:
 #   MULE_BTVM_CACHE   kernel/initramfs cache (default ~/.cache/mule-bt-vm)
+#   MULE_BTVM_KERNEL  stable (default: the release's linux-image-amd64, 6.1 on bookworm) or
+#                     backports (Debian's backports kernel, 6.12 on bookworm; see kernel.sh)
 #   MULE_BTVM_OUT     where results and logs go (default $MULE_BTVM_CACHE/out)
 #   MULE_BTVM_ACCEL   auto|kvm|tcg (auto: KVM only with a writable /dev/kvm AND vmx/svm)
 #   MULE_BTVM_TIMEOUT whole-VM limit in seconds (default 420)
@@ -41,7 +43,7 @@ command -v apt-get >/dev/null || die "needs a Debian host (apt-get): the guest r
 # ------------------------------------------------------------------ packages
 # The guest's userspace is this host's /usr, so BlueZ, dbus and python3 are installed here.
 # busybox-static and the kernel are only downloaded (busybox-static conflicts with busybox).
-PKGS="qemu-system-x86 cpio kmod bluez bluez-test-tools dbus python3"
+PKGS="qemu-system-x86 cpio kmod zstd bluez bluez-test-tools dbus python3"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
@@ -58,58 +60,9 @@ for t in btvirt btmgmt btmon dbus-daemon; do command -v $t >/dev/null || die "$t
 say "packages ready"
 
 # ------------------------------------------------------------------ kernel + initramfs (cached)
-KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-if [ -z "$KPKG" ]; then
-    apt-get update -qq
-    KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-fi
-[ -n "$KPKG" ] || die "cannot resolve the kernel package behind linux-image-amd64"
-KV=${KPKG#linux-image-}
-# Load order matters: the crypto self-tests of drbg/ecdh run at insmod time, before any
-# modprobe helper exists, so the algorithms they test go first.
-MODS="sha512_generic sha3_generic ctr ecb cmac jitterentropy_rng drbg ansi_cprng ecdh_generic
-      af_alg algif_hash algif_skcipher virtio_pci 9pnet_virtio 9p bluetooth hci_vhci"
-KEY=$(printf '%s\n' "$KPKG" "$MODS" | cat - "$HERE/guest/init" | sha256sum | cut -c1-12)
-KDIR=$CACHE/$KPKG-$KEY
-if [ ! -s "$KDIR/vmlinux" ] || [ ! -s "$KDIR/initrd.gz" ]; then
-    say "building kernel + initramfs for $KV in $KDIR"
-    rm -rf "$KDIR"; mkdir -p "$KDIR/dl"
-    (cd "$KDIR/dl" && apt-get download "$KPKG" busybox-static 2>&1 | grep -v 'Download is performed unsandboxed' || true)
-    ls "$KDIR"/dl/linux-image-*.deb "$KDIR"/dl/busybox-static_*.deb >/dev/null || die "kernel/busybox download failed"
-    dpkg-deb -x "$KDIR"/dl/linux-image-*.deb "$KDIR/full"
-    dpkg-deb -x "$KDIR"/dl/busybox-static_*.deb "$KDIR/bb"
-    depmod -b "$KDIR/full" "$KV"
-    # qemu boots the uncompressed kernel through its PVH entry: no decompressor under TCG
-    python3 - "$KDIR/full/boot/vmlinuz-$KV" "$KDIR/vmlinux" <<'PY'
-import lzma, sys
-raw = open(sys.argv[1], 'rb').read()
-at = raw.find(b'\xfd7zXZ\x00')
-if at < 0:
-    sys.exit('bzImage has no xz payload')
-open(sys.argv[2], 'wb').write(lzma.LZMADecompressor().decompress(raw[at:]))
-PY
-    R=$KDIR/root; M=$KDIR/full/lib/modules/$KV
-    mkdir -p "$R"/{bbx,proc,sys,dev,usr,etc,mule,run,tmp,root,var/lib} "$R/kmods/lib/modules/$KV"
-    cp "$KDIR/bb/bin/busybox" "$R/bbx/"
-    for d in bin sbin lib lib64; do ln -s usr/$d "$R/$d"; done
-    cp "$M"/modules.order "$M"/modules.builtin "$M"/modules.builtin.modinfo "$R/kmods/lib/modules/$KV/"
-    modprobe -d "$KDIR/full" -S "$KV" --show-depends -a $MODS | awk '$1=="insmod"{print $2}' | awk '!seen[$0]++' |
-    while read -r ko; do
-        rel=${ko#"$M"/}
-        mkdir -p "$R/kmods/lib/modules/$KV/$(dirname "$rel")"
-        cp "$ko" "$R/kmods/lib/modules/$KV/$rel"
-        echo "$rel" >> "$R/kmods/order"
-    done
-    depmod -b "$R/kmods" "$KV"
-    install -m 0755 "$HERE/guest/init" "$R/init"
-    printf '#!/bbx/busybox sh\nexec /usr/sbin/modprobe -d /kmods "$@"\n' > "$R/kmods/modprobe"
-    chmod +x "$R/kmods/modprobe"
-    (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1 > "$KDIR/initrd.gz")
-    rm -rf "$KDIR/full" "$KDIR/bb" "$KDIR/dl" "$R"
-    say "kernel + initramfs ready ($(du -sh "$KDIR" | cut -f1))"
-else
-    say "kernel + initramfs cached ($KDIR)"
-fi
+# shared with powercut.sh (see kernel.sh)
+. "$HERE/kernel.sh"
+btvm_kernel
 
 # ------------------------------------------------------------------ share with the guest
 SHARE=$CACHE/share
@@ -131,8 +84,8 @@ TB=$(date +%s.%N)
 set +e
 timeout "$TIMEOUT" qemu-system-x86_64 "${ACCEL_ARGS[@]}" -m 1024 -smp 2 \
     -nodefaults -no-user-config -display none -serial stdio -no-reboot \
-    -kernel "$KDIR/vmlinux" -initrd "$KDIR/initrd.gz" \
-    -append "console=ttyS0 quiet panic=-1" \
+    -kernel "$VMLINUX" -initrd "$INITRD" \
+    -append "console=ttyS0 quiet panic=-1 mule.modset=bt" \
     -virtfs local,path=/usr,mount_tag=usr,security_model=none,readonly=on \
     -virtfs local,path=/etc,mount_tag=etc,security_model=none,readonly=on \
     -virtfs "local,path=$SHARE,mount_tag=mule,security_model=none" </dev/null 2>&1 |
