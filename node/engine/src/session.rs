@@ -972,7 +972,12 @@ impl Session {
                     piece.bundle.short()
                 ),
             ),
-            PieceRejection::StoreFull => self.set_store_full(true),
+            PieceRejection::StoreFull => {
+                // The peer sent it and sends a piece once per session unless cancelled:
+                // cancel this copy, so that once there is room it can be asked for again.
+                Message::Cancel(vec![piece]).encode(&mut self.control);
+                self.set_store_full(true);
+            }
             PieceRejection::Busy => {
                 if let Some(p) = x.peer.as_mut() {
                     // Do not ask this peer again in this session; another may serve it.
