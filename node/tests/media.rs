@@ -20,7 +20,10 @@ use support::{Node, NodeConfig, content, publisher_key, wait_for};
 /// A loop-mounted ext4 image, unmounted (lazily) on drop.
 struct Stick {
     image: PathBuf,
+    /// The mount point the nodes watch.
     mnt: PathBuf,
+    /// Where it is mounted now.
+    mnt_now: PathBuf,
     mounted: bool,
 }
 
@@ -34,6 +37,7 @@ impl Stick {
         sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
         let mut s = Stick {
             image,
+            mnt_now: mnt.clone(),
             mnt,
             mounted: false,
         };
@@ -42,16 +46,23 @@ impl Stick {
     }
 
     fn insert(&mut self) {
+        let mnt = self.mnt.clone();
+        self.insert_at(&mnt);
+    }
+
+    /// Mounts the stick at `at` (e.g. a mount point no node watches).
+    fn insert_at(&mut self, at: &Path) {
         sh(Command::new("mount")
             .args(["-o", "loop"])
             .arg(&self.image)
-            .arg(&self.mnt));
+            .arg(at));
+        self.mnt_now = at.to_path_buf();
         self.mounted = true;
     }
 
     /// Pulls the stick out: the mount goes away at once, even with files open.
     fn pull(&mut self) {
-        sh(Command::new("umount").arg("-l").arg(&self.mnt));
+        sh(Command::new("umount").arg("-l").arg(&self.mnt_now));
         self.mounted = false;
     }
 }
@@ -59,7 +70,7 @@ impl Stick {
 impl Drop for Stick {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt_now).status();
         }
     }
 }
@@ -188,12 +199,21 @@ fn a_usb_stick_carries_bundles_verified_and_survives_being_pulled() {
     });
     assert_eq!(have(&b, &id), total - 1, "a corrupted piece was stored");
 
-    // The publisher rewrites the stick: the bad file is found and replaced; B completes
-    // from the stick alone (no network link exists between A and B).
+    // The publisher rewrites the stick at a mount point B does not watch: the bad file is
+    // found and replaced; back in B's slot, B completes from the stick alone (no network
+    // link exists between A and B). B must have seen the stick go, or it would not read it
+    // again.
     stick.pull();
-    stick.insert();
+    wait_for(
+        "B to notice the stick is out",
+        Duration::from_secs(60),
+        || b.log_text().contains("medium removed").then_some(()),
+    );
+    let at_a = tmp.path().join("mnt-publisher");
+    std::fs::create_dir_all(&at_a).expect("mount point");
+    stick.insert_at(&at_a);
     let rewrite: Value =
-        serde_json::from_str(&a.ok(&["media", "write", mnt.to_str().expect("utf-8"), "--json"]))
+        serde_json::from_str(&a.ok(&["media", "write", at_a.to_str().expect("utf-8"), "--json"]))
             .expect("media write --json");
     assert_eq!(
         rewrite["pieces"], 1,

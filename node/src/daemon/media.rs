@@ -290,7 +290,13 @@ pub(crate) async fn watch(ctx: Arc<Ctx>, stop: impl Future<Output = ()>) {
         let Some(found) = blocking(move || media::find(&patterns)).await else {
             continue;
         };
-        present.retain(|p| found.contains(p));
+        present.retain(|p| {
+            let still = found.contains(p);
+            if !still {
+                tracing::info!(medium = %p.display(), "medium removed");
+            }
+            still
+        });
         for root in found {
             if present.contains(&root) {
                 continue;
