@@ -847,7 +847,14 @@ async fn media_verb(cmd: MediaCommand, cfg: &Config, data_dir: &Path) -> Result<
                     };
                     r
                 }
-                Target::Direct(mut s) => media_write_direct(&mut s, &dir, &ids, &channels)?,
+                Target::Direct(mut s) => {
+                    let sel = crate::daemon::MediaSelection {
+                        ids,
+                        channels,
+                        outbound_only: false,
+                    };
+                    media_write_direct(&mut s, &dir, &sel)?
+                }
             };
             (r, json)
         }
@@ -889,8 +896,7 @@ async fn media_verb(cmd: MediaCommand, cfg: &Config, data_dir: &Path) -> Result<
 fn media_write_direct(
     s: &mut Store,
     dir: &Path,
-    ids: &[BundleId],
-    channels: &[String],
+    sel: &crate::daemon::MediaSelection,
 ) -> Result<view::MediaReport> {
     let mut rep = view::MediaReport {
         medium: dir.display().to_string(),
@@ -898,13 +904,13 @@ fn media_write_direct(
     };
     crate::media::init(dir)?;
     for info in s.bundles()? {
-        if (!ids.is_empty() && !ids.contains(&info.id)) || info.pieces_have == 0 {
+        if info.pieces_have == 0 {
             continue;
         }
         let Some(vm) = s.manifest(&info.id)? else {
             continue;
         };
-        if !channels.is_empty() && !vm.manifest().audience.iter().any(|a| channels.contains(a)) {
+        if !sel.chooses(&vm, info.published, info.wanted) {
             continue;
         }
         let bdir = crate::media::write_manifest(dir, &vm)?;

@@ -40,6 +40,20 @@ pub struct Selection {
     pub outbound_only: bool,
 }
 
+impl Selection {
+    /// Whether a bundle with manifest `vm` goes on the medium.
+    pub fn chooses(&self, vm: &VerifiedManifest, published: bool, wanted: bool) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&vm.id()))
+            && (self.channels.is_empty()
+                || vm
+                    .manifest()
+                    .audience
+                    .iter()
+                    .any(|a| self.channels.contains(a)))
+            && (!self.outbound_only || published || !wanted)
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(f).await.ok()
 }
@@ -216,15 +230,7 @@ impl Ctx {
         };
         for (vm, bits, info) in rows {
             let id = vm.id();
-            let chosen = (sel.ids.is_empty() || sel.ids.contains(&id))
-                && (sel.channels.is_empty()
-                    || vm
-                        .manifest()
-                        .audience
-                        .iter()
-                        .any(|a| sel.channels.contains(a)))
-                && (!sel.outbound_only || info.published || !info.wanted);
-            if !chosen || bits.count() == 0 {
+            if !sel.chooses(&vm, info.published, info.wanted) || bits.count() == 0 {
                 continue;
             }
             let (r, m) = (root.to_path_buf(), vm.clone());
