@@ -1,6 +1,7 @@
 # The guest kernel and initramfs shared by testbed/bt-vm/run.sh (Bluetooth) and
 # testbed/bt-vm/powercut.sh (power cuts): sourced, not run. Needs `say`, `die`, $HERE (this
-# directory) and $CACHE. Sets KPKG, KV, VMLINUX and INITRD.
+# directory) and $CACHE. Sets KPKG, KV, VMLINUX and INITRD (btvm_kernel); btvm_host_packages
+# installs what the host lacks.
 #
 # Kernel: MULE_BTVM_KERNEL=stable (default) takes the release's own `linux-image-amd64` (6.1
 # on bookworm); MULE_BTVM_KERNEL=backports takes Debian's backports kernel (6.12 on bookworm),
@@ -25,6 +26,22 @@ MODSET_bt="sha512_generic sha3_generic ctr ecb cmac jitterentropy_rng drbg ansi_
 # power cuts: the 9p shares plus a virtio disk with ext4
 MODSET_disk="virtio_pci 9pnet_virtio 9p virtio_blk crc32c_generic ext4"
 MODSETS="bt disk"
+
+# Installs those of the Debian packages named as arguments that are missing on this host
+# (the guest runs the host's /usr), then checks that qemu is there.
+btvm_host_packages() {
+    local p missing=""
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+        say "installing:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+    command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
+}
 
 # The mirror and keyring this host uses for its release ("URI KEYRING", KEYRING "-" if none).
 btvm_host_mirror() {

@@ -41,21 +41,10 @@ SEED=${MULE_PC_SEED:-$RANDOM$RANDOM}
 [ -x "$BIN" ] || die "no mule binary at $BIN (build it: cargo build -p mule --release)"
 command -v apt-get >/dev/null || die "needs a Debian host (apt-get): the guest runs this host's /usr"
 
-PKGS="qemu-system-x86 cpio kmod zstd e2fsprogs python3"
-missing=""
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    say "installing:$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
-command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
+. "$HERE/kernel.sh"
+btvm_host_packages qemu-system-x86 cpio kmod zstd e2fsprogs python3
 say "packages ready"
 
-. "$HERE/kernel.sh"
 btvm_kernel
 
 if [ "$ACCEL" = auto ]; then

@@ -43,25 +43,14 @@ command -v apt-get >/dev/null || die "needs a Debian host (apt-get): the guest r
 # ------------------------------------------------------------------ packages
 # The guest's userspace is this host's /usr, so BlueZ, dbus and python3 are installed here.
 # busybox-static and the kernel are only downloaded (busybox-static conflicts with busybox).
-PKGS="qemu-system-x86 cpio kmod zstd bluez bluez-test-tools dbus python3"
-missing=""
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    say "installing:$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
-command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
+# kernel.sh: helpers shared with powercut.sh (packages, kernel + initramfs).
+. "$HERE/kernel.sh"
+btvm_host_packages qemu-system-x86 cpio kmod zstd bluez bluez-test-tools dbus python3
 for t in btvirt btmgmt btmon dbus-daemon; do command -v $t >/dev/null || die "$t missing after install"; done
 [ -x /usr/libexec/bluetooth/bluetoothd ] || die "bluetoothd missing after install"
 say "packages ready"
 
 # ------------------------------------------------------------------ kernel + initramfs (cached)
-# shared with powercut.sh (see kernel.sh)
-. "$HERE/kernel.sh"
 btvm_kernel
 
 # ------------------------------------------------------------------ share with the guest
