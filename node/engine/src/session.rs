@@ -944,11 +944,9 @@ impl Session {
             b.have.clear(piece.index);
             self.plan_dirty = true;
         }
-        // The peer may have sent this piece in this session, and it sends a piece once per
-        // session unless the receiver cancels it: cancel that copy now, ahead of any new
-        // request in the byte stream, so the piece can be asked for again.
+        // The peer may have sent this piece in this session.
         if matches!(self.state, State::Exchanging(_)) {
-            Message::Cancel(vec![piece]).encode(&mut self.control);
+            self.cancel_delivered(piece);
         }
     }
 
@@ -973,9 +971,8 @@ impl Session {
                 ),
             ),
             PieceRejection::StoreFull => {
-                // The peer sent it and sends a piece once per session unless cancelled:
-                // cancel this copy, so that once there is room it can be asked for again.
-                Message::Cancel(vec![piece]).encode(&mut self.control);
+                // Once there is room it is asked for again.
+                self.cancel_delivered(piece);
                 self.set_store_full(true);
             }
             PieceRejection::Busy => {
@@ -985,6 +982,13 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Tells the peer to forget that it sent `piece` in this session (a peer sends a piece
+    /// once per session unless the receiver cancels it), for a piece this node did not
+    /// keep. Encoded at once, so it precedes any new request for the piece in the stream.
+    fn cancel_delivered(&mut self, piece: PieceRef) {
+        Message::Cancel(vec![piece]).encode(&mut self.control);
     }
 
     /// A manifest became known (verified and stored), from this session or elsewhere.
