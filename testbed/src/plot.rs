@@ -104,11 +104,18 @@ pub fn write_all(report: &Report, trace: &Trace, dir: &Path) -> Result<Vec<Strin
             FONT_PATHS[0]
         ));
     }
+    // The cumulative bytes on the air serve two plots; each plot's curves serve both files.
+    let cum = cumulative_bytes(report, trace);
     for name in PLOTS {
         let svg = dir.join(format!("{name}.svg"));
+        let (axes, curves) =
+            curves_of(name, report, trace, &cum).map_err(|why| ReportError::Plot {
+                path: svg.display().to_string(),
+                why,
+            })?;
         {
             let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-            draw(name, root, report, trace).map_err(|why| ReportError::Plot {
+            draw(root, &axes, &curves).map_err(|why| ReportError::Plot {
                 path: svg.display().to_string(),
                 why,
             })?;
@@ -116,7 +123,7 @@ pub fn write_all(report: &Report, trace: &Trace, dir: &Path) -> Result<Vec<Strin
         if have_font {
             let png = dir.join(format!("{name}.png"));
             let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-            draw(name, root, report, trace).map_err(|why| ReportError::Plot {
+            draw(root, &axes, &curves).map_err(|why| ReportError::Plot {
                 path: png.display().to_string(),
                 why,
             })?;
@@ -145,24 +152,35 @@ struct Axes {
     x_bytes: bool,
 }
 
-fn draw<DB: DrawingBackend>(
+/// Cumulative bytes on the air over time, per strategy (see [`cumulative_bytes`]).
+type Cumulative = Vec<(String, Vec<(f64, f64)>)>;
+
+/// The axes and curves of plot `name`.
+fn curves_of(
     name: &str,
-    root: DrawingArea<DB, Shift>,
     report: &Report,
     trace: &Trace,
-) -> Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let (axes, curves) = match name {
+    cum: &Cumulative,
+) -> Result<(Axes, Vec<Curve>), String> {
+    Ok(match name {
         "completion" => completion(report, false),
         "completion_cdf" => completion(report, true),
         "ratio_to_bound" => ratio_to_bound(report),
         "bytes_per_node" => bytes_per_node(report),
-        "bytes_over_time" => bytes_over_time(report, trace),
-        "completion_vs_bytes" => completion_vs_bytes(report, trace),
+        "bytes_over_time" => bytes_over_time(report, cum),
+        "completion_vs_bytes" => completion_vs_bytes(report, cum),
         "contact_utilisation" => contact_utilisation(report, trace),
         _ => return Err(format!("unknown plot {name}")),
-    };
-    plot(&root, &axes, &curves)?;
+    })
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    axes: &Axes,
+    curves: &[Curve],
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    plot(&root, axes, curves)?;
     root.present().map_err(|e| e.to_string())
 }
 
@@ -480,7 +498,7 @@ fn bytes_per_node(report: &Report) -> (Axes, Vec<Curve>) {
 /// Cumulative bytes on the air at `POINTS` times from publishing to the end, per
 /// strategy: each contact's bytes are sent at the link rate from the start of its
 /// usable part (how the simulator sends: as fast as the link allows).
-fn cumulative_bytes(report: &Report, trace: &Trace) -> Vec<(String, Vec<(f64, f64)>)> {
+fn cumulative_bytes(report: &Report, trace: &Trace) -> Cumulative {
     const POINTS: usize = 400;
     let sc = &report.info.scenario;
     let rate = sc.rate.bytes_per_s().max(1.0);
@@ -519,19 +537,18 @@ fn cumulative_bytes(report: &Report, trace: &Trace) -> Vec<(String, Vec<(f64, f6
         .collect()
 }
 
-fn bytes_over_time(report: &Report, trace: &Trace) -> (Axes, Vec<Curve>) {
+fn bytes_over_time(report: &Report, series: &Cumulative) -> (Axes, Vec<Curve>) {
     let h = horizon(report);
-    let series = cumulative_bytes(report, trace);
     let max = series
         .iter()
         .flat_map(|(_, p)| p.last().map(|x| x.1))
         .fold(1.0, f64::max);
     let curves = series
-        .into_iter()
+        .iter()
         .map(|(name, p)| Curve {
             label: name.clone(),
-            colour: colour(&name),
-            points: p.into_iter().map(|(t, b)| (t / 3600.0, b)).collect(),
+            colour: colour(name),
+            points: p.iter().map(|&(t, b)| (t / 3600.0, b)).collect(),
         })
         .collect();
     (
@@ -550,11 +567,10 @@ fn bytes_over_time(report: &Report, trace: &Trace) -> (Axes, Vec<Curve>) {
     )
 }
 
-fn completion_vs_bytes(report: &Report, trace: &Trace) -> (Axes, Vec<Curve>) {
+fn completion_vs_bytes(report: &Report, series: &Cumulative) -> (Axes, Vec<Curve>) {
     let sc = &report.info.scenario;
     let n = sc.audience_size().max(1) as f64;
     let aud = audience(report);
-    let series = cumulative_bytes(report, trace);
     let mut max: f64 = 1.0;
     let mut min: f64 = f64::INFINITY;
     let mut curves = Vec::new();
