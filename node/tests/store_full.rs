@@ -203,8 +203,10 @@ fn a_wanted_bundle_larger_than_the_quota_is_reported_as_too_large() {
     toml.push_str("\n[store]\nquota_bytes = 5000000\n[carry]\nquota_bytes = 1000000\n");
     std::fs::write(&b.config, toml).expect("config");
     b.start();
-    let bundle = wait_for("B knows the bundle", Duration::from_secs(30), || {
-        b.bundle(&id)
+    // B stores the manifest, then marks the bundle wanted (a second store call): wait for
+    // the wanted bundle, which is the one reported as too large.
+    let bundle = wait_for("B wants the bundle", Duration::from_secs(30), || {
+        b.bundle(&id).filter(|x| x["wanted"] == true)
     });
     let state = bundle["state"].as_str().unwrap_or_default().to_string();
     assert!(state.starts_with("too large"), "{bundle}");
