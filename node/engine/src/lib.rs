@@ -18,9 +18,6 @@
 //!
 //! The wire protocol is specified in `node/PROTOCOL.md`.
 
-mod cbor;
-
-pub mod bitfield;
 pub mod claims;
 pub mod credibility;
 pub mod frame;
@@ -30,6 +27,5 @@ pub mod scheduler;
 pub mod session;
 pub mod summary;
 
-pub use bitfield::Bitfield;
-pub use cbor::CborError;
+pub use mule_proto::{Bitfield, CborError};
 pub use scheduler::RarityTracker;
