@@ -17,7 +17,7 @@
 //! unless an extra crate is added), and a piece's payload would be copied through serde. This
 //! module lets the piece frame be a hand-written head followed by the raw payload bytes.
 //!
-//! The [`serde`](self::serde) submodule is the one bridge to cbor4ii's serde layer, for the
+//! The [`self::serde`] submodule is the one bridge to cbor4ii's serde layer, for the
 //! payloads that are serde types by nature (the third-party Bloom filter in a summary, the
 //! discovery beacon): same rule of one item and no trailing bytes, but not canonical by
 //! construction, so nothing is signed or hashed through it.

@@ -1,11 +1,19 @@
 //! Mule's protocol value types: the leaf every other crate builds on.
 //!
+//! `mule-bundle` and `mule-contacts` re-export these types at their old paths
+//! (`mule_bundle::BundleId`, `mule_contacts::NodeId`, `mule_contacts::Timestamp` = [`Millis`],
+//! ...); the engine imports them from here and depends on neither.
+//!
 //! ```text
-//!   mule-proto     ids, PieceRef, Priority, Millis, canonical CBOR, Bitfield  (this crate)
-//!     ▲   ▲   ▲
-//!     │   │   └── mule-engine    sans-IO session, summaries, scheduler (depends on nothing else of ours)
-//!     │   └────── mule-contacts  identity, discovery, history, prediction (re-exports NodeId, Timestamp)
-//!     └────────── mule-bundle    manifests, pieces, the store (re-exports BundleId, PieceRef, Priority, Bitfield)
+//!   mule (daemon, CLI)      mule-testbed (simulator, emulator)
+//!        │                        │          each uses all three below
+//!        ▼                        ▼
+//!   mule-bundle        mule-contacts        mule-engine
+//!   (store: redb)      (discovery: tokio)   (sans-IO core)
+//!        │                  │                    │
+//!        └──────────────────┴─────────┬──────────┘
+//!                                     ▼
+//!                                mule-proto   (this crate)
 //! ```
 //!
 //! - [`id`]: [`NodeId`], [`BundleId`], [`PieceIndex`], [`PieceRef`], [`Priority`].
@@ -14,8 +22,10 @@
 //!   framed, and the serde bridge for the two payloads that are serde types.
 //! - [`bitfield`]: [`Bitfield`], which pieces of one bundle a node holds.
 //!
-//! Goals: plain values, no I/O, no async runtime, no storage, no logging back end, so the
-//! engine can be pure by dependency and not only by lint (`tests/deps.rs` fails otherwise).
+//! Goals: plain values, no I/O (the one clock read, [`Millis::now`], is for drivers and
+//! forbidden in the engine by clippy), no async runtime, no storage, no logging back end, so
+//! the engine can be pure by dependency and not only by lint (`node/engine/tests/deps.rs`
+//! fails otherwise).
 //! Non-goals: behaviour. Anything that decides (sessions, scheduling, prediction, the store)
 //! lives in the crates above.
 
