@@ -123,6 +123,16 @@ pub enum Error {
         /// Socket path.
         socket: String,
     },
+    /// The socket (or its directory) is not ours to use: the daemon runs as another user.
+    #[error(
+        "permission denied on the control socket {socket}: the daemon runs as another user; \
+         use it as root or as a member of the group owning the socket (for the packaged \
+         service: `sudo adduser $USER mule`, then log in again)"
+    )]
+    Denied {
+        /// Socket path.
+        socket: String,
+    },
     /// The daemon closed the connection without answering: it is stopping (it finishes
     /// the requests it is handling, then closes its idle connections), or it gave this
     /// idle connection's slot to another client.
@@ -221,6 +231,9 @@ impl Client {
                     socket: socket.display().to_string(),
                 })
             }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(Error::Denied {
+                socket: socket.display().to_string(),
+            }),
             Err(e) => Err(e.into()),
         }
     }
