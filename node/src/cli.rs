@@ -207,6 +207,17 @@ pub struct PublishArgs {
     /// Free-form metadata `KEY=VALUE` (repeatable), e.g. `run=/usr/sbin/apply`.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+    /// Release number within the lineage (this key, `--name`). Default: one more than
+    /// the highest release of the lineage in this node's store. A second, different bundle
+    /// with a release number already used is refused.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub release: Option<u64>,
+    /// Install phase `PERCENT%@DELAY` (repeatable, widening), e.g. `--stage 5%@0 --stage
+    /// 50%@2d --stage 100%@4d`: nodes in the first 5% of cohorts install at once, up to 50%
+    /// after 2 days, everyone after 4. Delays in s, m, h or d after publishing. Default:
+    /// everyone at once.
+    #[arg(long = "stage", value_name = "PCT%@DELAY")]
+    pub stages: Vec<mule_bundle::Stage>,
 }
 
 #[cfg(test)]
