@@ -186,7 +186,9 @@ impl FromStr for InstallWindow {
             .split_once('-')
             .ok_or_else(|| err(format!("{times:?} is not HH:MM-HH:MM")))?;
         let bad_time = |t: &str| err(format!("{t:?} is not a time HH:MM (00:00 to 24:00)"));
-        let start = parse_minute(a).filter(|&m| m < 1440).ok_or_else(|| bad_time(a))?;
+        let start = parse_minute(a)
+            .filter(|&m| m < 1440)
+            .ok_or_else(|| bad_time(a))?;
         let end = parse_minute(b).ok_or_else(|| bad_time(b))?;
         if start == end {
             return Err(err("the window opens and closes at the same time".into()));
@@ -316,7 +318,15 @@ mod tests {
         assert_eq!(daily.to_string(), "02:00-24:00");
         let wrap: InstallWindow = "Fri-Mon 01:00-02:00".parse().unwrap();
         assert!(wrap.contains(6, 90) && wrap.contains(0, 90) && !wrap.contains(1, 90));
-        for bad in ["", "Mon", "Mon 1:00-2:00", "Mon 01:00-01:00", "Xyz 01:00-02:00", "25:00-26:00", "01:00"] {
+        for bad in [
+            "",
+            "Mon",
+            "Mon 1:00-2:00",
+            "Mon 01:00-01:00",
+            "Xyz 01:00-02:00",
+            "25:00-26:00",
+            "01:00",
+        ] {
             assert!(bad.parse::<InstallWindow>().is_err(), "{bad:?} accepted");
         }
     }

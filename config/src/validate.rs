@@ -352,7 +352,10 @@ fn check_quotas(c: &Config) -> Result<(), Problem> {
         ("prediction.time_unit_s", c.prediction.time_unit_s),
         ("prediction.i_typ_s", c.prediction.i_typ_s),
         ("store.on_complete_timeout_s", c.store.on_complete_timeout_s),
-        ("store.health_check_timeout_s", c.store.health_check_timeout_s),
+        (
+            "store.health_check_timeout_s",
+            c.store.health_check_timeout_s,
+        ),
     ] {
         if value > i64::MAX as u64 {
             return Err(problem(
@@ -530,7 +533,10 @@ fn check_misc(c: &Config) -> Result<(), Problem> {
     }
     for (key, secs) in [
         ("store.on_complete_timeout_s", c.store.on_complete_timeout_s),
-        ("store.health_check_timeout_s", c.store.health_check_timeout_s),
+        (
+            "store.health_check_timeout_s",
+            c.store.health_check_timeout_s,
+        ),
     ] {
         if !(1..=ON_COMPLETE_TIMEOUT_MAX_S).contains(&secs) {
             return Err(problem(

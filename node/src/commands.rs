@@ -531,7 +531,10 @@ pub fn bundle_view(b: &BundleInfo, quota_bytes: u64) -> view::Bundle {
     let state = match &b.failure {
         Some(f) if b.state == State::Failed => format!("failed: {}", f.message),
         Some(f) if b.state == State::RolledBack => format!("rolled_back: {}", f.message),
-        _ if b.equivocal => "equivocal: the publisher signed another bundle with this release; not installed".to_string(),
+        _ if b.equivocal => {
+            "equivocal: the publisher signed another bundle with this release; not installed"
+                .to_string()
+        }
         _ if b.superseded && b.state != State::Installed => {
             "superseded: a newer release is known; not installed".to_string()
         }
@@ -645,6 +648,8 @@ async fn inspect(id: &str, json: bool, cfg: &Config, data_dir: &Path) -> Result<
         "pieces": vm.piece_count(),
         "content_hash": hex::encode(m.content_hash),
         "metadata": m.metadata.iter().collect::<BTreeMap<_, _>>(),
+        "release": m.release,
+        "stages": m.stages.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         "manifest_bytes": vm.as_bytes().len(),
         "pieces_have": info.pieces_have,
         "state": info.state,
@@ -863,7 +868,10 @@ fn print_releases(st: &view::Status) {
         let flag = if r.equivocal.is_empty() {
             String::new()
         } else {
-            format!("  PUBLISHER KEY FLAGGED: equivocated on release(s) {:?}", r.equivocal)
+            format!(
+                "  PUBLISHER KEY FLAGGED: equivocated on release(s) {:?}",
+                r.equivocal
+            )
         };
         let refused = if r.rollback_refused > 0 {
             format!("  {} rollback(s) refused", r.rollback_refused)

@@ -388,16 +388,17 @@ fn handle(store: &mut Store, cmd: Cmd, completion: &Completion) {
         Cmd::InstallPending(r) => {
             let now = (store.options().clock)();
             let gate = super::install::gate(&completion.install, now);
-            let result = complete::install_pending(store, &completion.installer, &gate, now).map(
-                |round| InstallResults {
-                    next_wake: round.next_wake(),
-                    done: round
-                        .outcomes
-                        .into_iter()
-                        .map(|(id, res)| (id, res.map_err(|e| e.to_string())))
-                        .collect(),
-                },
-            );
+            let result =
+                complete::install_pending(store, &completion.installer, &gate, now).map(|round| {
+                    InstallResults {
+                        next_wake: round.next_wake(),
+                        done: round
+                            .outcomes
+                            .into_iter()
+                            .map(|(id, res)| (id, res.map_err(|e| e.to_string())))
+                            .collect(),
+                    }
+                });
             let _ = r.send(result);
         }
         Cmd::Verify(id, repair, r) => {
