@@ -295,8 +295,8 @@ pub struct BundleInfo {
     pub waiting: Option<String>,
 }
 
-/// What the store knows about one release lineage (`mule status`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// What the store knows about one release lineage (`mule status`, which sends it as is).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LineageInfo {
     /// Publisher key, hex.
     pub publisher: String,
@@ -306,7 +306,8 @@ pub struct LineageInfo {
     pub installed: u64,
     /// Highest release known.
     pub newest: u64,
-    /// Releases for which two different bundles were seen (the publisher equivocated).
+    /// Releases for which two different bundles were seen: the publisher equivocated and
+    /// its key is flagged.
     pub equivocal: Vec<u64>,
     /// Older releases refused because a newer one was installed (since the store began).
     pub rollback_refused: u64,

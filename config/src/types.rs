@@ -90,20 +90,37 @@ impl<'de> Deserialize<'de> for PublisherKey {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // Parsing inside the visitor lets the TOML deserializer attach the
         // span of this very string (an array element) to the error.
-        deserializer.deserialize_str(KeyVisitor)
+        deserializer.deserialize_str(ParseVisitor::new("64 hex digits (an ed25519 public key)"))
     }
 }
 
-struct KeyVisitor;
+/// Deserializes a string through the type's `FromStr`, so that the error carries the span
+/// of the string it came from.
+struct ParseVisitor<T> {
+    expecting: &'static str,
+    parsed: std::marker::PhantomData<T>,
+}
 
-impl serde::de::Visitor<'_> for KeyVisitor {
-    type Value = PublisherKey;
+impl<T> ParseVisitor<T> {
+    fn new(expecting: &'static str) -> Self {
+        ParseVisitor {
+            expecting,
+            parsed: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: FromStr> serde::de::Visitor<'_> for ParseVisitor<T>
+where
+    T::Err: fmt::Display,
+{
+    type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("64 hex digits (an ed25519 public key)")
+        f.write_str(self.expecting)
     }
 
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PublisherKey, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
         v.parse().map_err(E::custom)
     }
 }
@@ -225,21 +242,9 @@ impl Serialize for InstallWindow {
 
 impl<'de> Deserialize<'de> for InstallWindow {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(WindowVisitor)
-    }
-}
-
-struct WindowVisitor;
-
-impl serde::de::Visitor<'_> for WindowVisitor {
-    type Value = InstallWindow;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an install window such as \"Mon-Fri 01:00-05:00\"")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<InstallWindow, E> {
-        v.parse().map_err(E::custom)
+        deserializer.deserialize_str(ParseVisitor::new(
+            "an install window such as \"Mon-Fri 01:00-05:00\"",
+        ))
     }
 }
 

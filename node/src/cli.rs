@@ -40,7 +40,7 @@ pub enum Command {
     Key(KeyCommand),
     /// Cut a file into pieces, sign a manifest and store the bundle (into the
     /// running daemon if there is one, which then spreads it). Prints the id.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
     /// List bundles: id, name, version, priority, pieces have/total, state.
     Bundles(JsonFlag),
     /// Show one bundle's manifest and progress.

@@ -269,7 +269,7 @@ async fn daemon_only(cfg: &Config, data_dir: &Path, what: &str) -> Result<Client
 
 async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
     match cmd {
-        Command::Publish(args) => publish(args, cfg, data_dir).await,
+        Command::Publish(args) => publish(*args, cfg, data_dir).await,
         Command::Bundles(j) => {
             let list = bundle_list(cfg, data_dir).await?;
             if j.json {
@@ -485,18 +485,6 @@ async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
     }
     println!("{id}");
     Ok(())
-}
-
-/// The view of a release lineage for `mule status`.
-pub fn release_view(l: mule_bundle::LineageInfo) -> view::Release {
-    view::Release {
-        publisher: l.publisher,
-        name: l.name,
-        installed: l.installed,
-        newest: l.newest,
-        equivocal: l.equivocal,
-        rollback_refused: l.rollback_refused,
-    }
 }
 
 /// The highest release of `lineage` the publisher's own store knows (0: none).

@@ -30,27 +30,10 @@ pub struct Status {
     /// Release lineages this node knows: installed and newest release, equivocations
     /// (the publisher's key is flagged), refused rollbacks.
     #[serde(default)]
-    pub releases: Vec<Release>,
+    pub releases: Vec<mule_bundle::LineageInfo>,
     /// Refused rollbacks, equivocations and rollbacks since the daemon started.
     #[serde(default)]
     pub release_events: ReleaseCounts,
-}
-
-/// One release lineage (publisher key, name) as this node knows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Release {
-    /// Publisher key (hex).
-    pub publisher: String,
-    /// Bundle name.
-    pub name: String,
-    /// Highest release installed here (0: none).
-    pub installed: u64,
-    /// Highest release known.
-    pub newest: u64,
-    /// Releases for which the publisher signed two different bundles: its key is flagged.
-    pub equivocal: Vec<u64>,
-    /// Older releases refused because a newer one is installed.
-    pub rollback_refused: u64,
 }
 
 /// Counters of release events since the daemon started (the metrics of the same names).

@@ -4,40 +4,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Node, NodeConfig, content, free_port, publisher_key, sample, scrape, wait_for};
-
-/// Publishes `data` as `name` `version` into `node` with extra flags; returns the id.
-fn publish(
-    node: &Node,
-    key: &Path,
-    name: &str,
-    version: &str,
-    data: &[u8],
-    extra: &[&str],
-) -> String {
-    let file = node.path(&format!("{name}-{version}.bin"));
-    std::fs::write(&file, data).expect("write content");
-    let mut args = vec![
-        "publish",
-        file.to_str().expect("path"),
-        "--name",
-        name,
-        "--version",
-        version,
-        "--key",
-        key.to_str().expect("path"),
-        "--audience",
-        "fw",
-        "--piece-size",
-        "16384",
-    ];
-    args.extend_from_slice(extra);
-    node.ok(&args).trim().to_string()
-}
+use support::{
+    Node, NodeConfig, content, free_port, publish, publisher_key, sample, scrape, wait_for,
+};
 
 fn state(node: &Node, id: &str) -> String {
     node.bundle(id)

@@ -363,10 +363,7 @@ impl Ctx {
             store_quota_bytes: self.cfg.store.quota_bytes,
             subscriptions: sh.channels.clone(),
             sessions: sh.sessions.len(),
-            releases: releases
-                .into_iter()
-                .map(crate::commands::release_view)
-                .collect(),
+            releases,
             release_events: self.metrics.release_counts(),
         })
     }
