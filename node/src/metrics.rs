@@ -1172,8 +1172,8 @@ mod tests {
                 "{fam}"
             );
         }
-        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 10 plain, build info and uptime.
-        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 10 + 2);
+        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 13 plain, build info and uptime.
+        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 13 + 2);
     }
 
     #[test]
