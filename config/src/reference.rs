@@ -215,7 +215,7 @@ pub const KEYS: &[KeyDoc] = &[
     optional(
         "store.on_rollback",
         "list of strings (program and arguments)",
-        "Command run when a health check fails, without a shell; the failed bundle's variables plus `MULE_ROLLBACK_PATH` (the previous release's export, empty if none), `MULE_ROLLBACK_ID`, `MULE_ROLLBACK_RELEASE`.",
+        "Command run when a health check fails, without a shell; the failed bundle's variables plus `MULE_ROLLBACK_PATH` (the previous release's export, empty if none), `MULE_ROLLBACK_ID`, `MULE_ROLLBACK_RELEASE`; killed after `store.on_complete_timeout_s`.",
         "nothing runs",
     ),
     key(

@@ -300,7 +300,8 @@ pub struct Store {
     /// shell), with the failed bundle's variables and `MULE_ROLLBACK_PATH`
     /// (the export of the previously installed release of the same
     /// lineage, empty if none), `MULE_ROLLBACK_ID` and
-    /// `MULE_ROLLBACK_RELEASE`. Unset: nothing runs, the failure is recorded.
+    /// `MULE_ROLLBACK_RELEASE`; killed after `on_complete_timeout_s`. Unset:
+    /// nothing runs, the failure is recorded.
     pub on_rollback: Option<Vec<String>>,
     /// How long `mule run` waits for the store when a CLI verb has it open
     /// (no daemon was running), and how long a CLI verb waits for a daemon
