@@ -18,6 +18,14 @@
 //! - A failed export or command is recorded in the store ([`crate::store::BundleInfo::failure`])
 //!   and retried only after a backoff ([`retry_after`]: 10 minutes, doubling, at most 6 hours)
 //!   or when the operator clears it with [`crate::store::Store::retry`]. Never in a tight loop.
+//! - Releases: a bundle the store blocks ([`crate::store::Store::release_block`]: equivocal,
+//!   a rollback to a release at or below the installed one, superseded) is never installed;
+//!   one the install policy defers ([`crate::release::decide`]: staged rollout, hold,
+//!   window) waits, and the round says why and until when ([`Round`]).
+//! - Health check: after the on-complete command, the optional health check runs (with its
+//!   own timeout). If it fails, the optional rollback command runs with the export of the
+//!   previously installed release of the lineage (`MULE_ROLLBACK_PATH`), the bundle is
+//!   recorded `rolled_back`, and the installed release stays the previous one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -28,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use crate::id::BundleId;
 use crate::manifest::{Manifest, PieceError, VerifiedManifest};
-use crate::store::{State, Store, StoreError};
+use crate::release::{Gate, Wait};
+use crate::store::{Block, State, Store, StoreError};
 
 /// First retry delay after a failure, in seconds; doubles per failed attempt.
 pub const RETRY_BASE_SECS: u64 = 600;
@@ -66,7 +75,7 @@ pub enum HookError {
         source: std::io::Error,
     },
     /// It exited unsuccessfully.
-    #[error("on-complete command failed ({status}): {stderr}")]
+    #[error("command failed ({status}): {stderr}")]
     Failed {
         /// Exit status as text (code or signal).
         status: String,
@@ -74,7 +83,7 @@ pub enum HookError {
         stderr: String,
     },
     /// It ran past its timeout and was killed.
-    #[error("on-complete command timed out after {0:?} and was killed")]
+    #[error("command timed out after {0:?} and was killed")]
     Timeout(Duration),
 }
 
@@ -123,8 +132,60 @@ pub enum CompleteError {
         source: std::io::Error,
     },
     /// The on-complete command failed.
-    #[error(transparent)]
+    #[error("on-complete {0}")]
     Hook(#[from] HookError),
+    /// The store's release rules forbid installing it.
+    #[error(transparent)]
+    Blocked(#[from] Block),
+    /// The health check failed; the previous release was put back.
+    #[error("health check {check}; {rollback}")]
+    RolledBack {
+        /// How the health check failed.
+        check: HookError,
+        /// What the rollback did.
+        rollback: String,
+    },
+}
+
+/// How this node installs: where exports go, what runs, and who it is (for cohorts).
+#[derive(Clone, Debug, Default)]
+pub struct Installer {
+    /// Export directory.
+    pub export_dir: PathBuf,
+    /// The on-complete command.
+    pub on_complete: Option<Hook>,
+    /// The health check, run after the on-complete command.
+    pub health_check: Option<Hook>,
+    /// Run when the health check fails, with the previous release's export.
+    pub on_rollback: Option<Hook>,
+    /// This node's id (its cohort in staged rollouts).
+    pub node: [u8; 32],
+}
+
+impl Installer {
+    /// An installer that exports to `export_dir` and runs nothing.
+    pub fn new(export_dir: impl Into<PathBuf>) -> Self {
+        Installer {
+            export_dir: export_dir.into(),
+            ..Installer::default()
+        }
+    }
+}
+
+/// What one install round did and found.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Each install attempt's outcome.
+    pub outcomes: Vec<InstallOutcome>,
+    /// Complete bundles the install policy defers, and why.
+    pub waiting: Vec<(BundleId, Wait)>,
+}
+
+impl Round {
+    /// The earliest time (unix seconds) a deferred bundle's stage opens, if any.
+    pub fn next_wake(&self) -> Option<u64> {
+        self.waiting.iter().filter_map(|(_, w)| w.until()).min()
+    }
 }
 
 /// Ids of bundles ready to install now, dependencies first.
@@ -147,7 +208,7 @@ pub fn pending(store: &mut Store, now: u64) -> Result<Vec<BundleId>, StoreError>
                 .failure
                 .as_ref()
                 .is_none_or(|f| now >= f.at.saturating_add(retry_after(f.attempts))),
-            State::Incomplete | State::Installed => false,
+            State::Incomplete | State::Installed | State::RolledBack => false,
         })
         .map(|b| (b.id, b))
         .collect();
@@ -328,6 +389,12 @@ pub fn hook_env(vm: &VerifiedManifest, path: &Path) -> Vec<(String, String)> {
 /// Runs the on-complete command for an exported bundle, with [`hook_env`], stdin closed,
 /// stdout discarded, and the end of stderr kept for the failure message.
 pub fn run_hook(hook: &Hook, vm: &VerifiedManifest, path: &Path) -> Result<(), HookError> {
+    run_command(hook, hook_env(vm, path))
+}
+
+/// Runs a command with `env`, stdin closed, stdout discarded, killed (with its process
+/// group) at its timeout; the end of stderr is kept for the failure message.
+fn run_command(hook: &Hook, env: Vec<(String, String)>) -> Result<(), HookError> {
     let mut cmd = Command::new(&hook.program);
     // Its own process group, so a timeout kills whatever it started too (a grandchild would
     // otherwise keep running and hold stderr open).
@@ -335,7 +402,7 @@ pub fn run_hook(hook: &Hook, vm: &VerifiedManifest, path: &Path) -> Result<(), H
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .args(&hook.args)
-        .envs(hook_env(vm, path))
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -396,13 +463,13 @@ fn kill_group(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// Exports a ready bundle, runs the hook (if any) and records the outcome in the store:
-/// installed, or failed with its message (the failure is retried after [`retry_after`]).
+/// Exports a ready bundle, runs the on-complete command and the health check (if any) and
+/// records the outcome in the store: installed; failed with its message (retried after
+/// [`retry_after`]); or rolled back. A bundle the release rules block is refused.
 pub fn install(
     store: &mut Store,
     id: &BundleId,
-    export_dir: &Path,
-    hook: Option<&Hook>,
+    inst: &Installer,
     now: u64,
 ) -> Result<PathBuf, CompleteError> {
     let info = store.info(id)?.ok_or(CompleteError::UnknownBundle(*id))?;
@@ -418,13 +485,27 @@ pub fn install(
     if !missing.is_empty() {
         return Err(CompleteError::DependenciesPending { id: *id, missing });
     }
-    let result = export(store, id, export_dir).and_then(|path| {
+    if let Some(block) = store.release_block(id)? {
+        if matches!(block, Block::Rollback { .. }) {
+            store.refuse_rollback(id)?;
+        } else {
+            store.set_wanted(id, false)?;
+        }
+        tracing::warn!(bundle = %id.short(), reason = %block, "not installed");
+        return Err(block.into());
+    }
+    let vm = store
+        .manifest(id)?
+        .ok_or(CompleteError::UnknownBundle(*id))?;
+    let result = export(store, id, &inst.export_dir).and_then(|path| {
         store.record_export(id, &path)?;
-        if let Some(hook) = hook {
-            let vm = store
-                .manifest(id)?
-                .ok_or(CompleteError::UnknownBundle(*id))?;
+        if let Some(hook) = &inst.on_complete {
             run_hook(hook, &vm, &path)?;
+        }
+        if let Some(check) = &inst.health_check
+            && let Err(e) = run_hook(check, &vm, &path)
+        {
+            return Err(roll_back(store, &vm, &path, inst, e)?);
         }
         Ok(path)
     });
@@ -436,6 +517,10 @@ pub fn install(
         // A store error is no fault of the bundle, and a piece dropped as bad during the
         // export is fetched again: neither is a failed install.
         Err(CompleteError::Store(_) | CompleteError::NotComplete { .. }) => {}
+        Err(e @ CompleteError::RolledBack { .. }) => {
+            store.record_rolled_back(id, &e.to_string(), now)?;
+            tracing::warn!(bundle = %id.short(), error = %e, "health check failed; rolled back");
+        }
         Err(e) => {
             store.record_failure(id, &e.to_string(), now)?;
             tracing::warn!(bundle = %id.short(), error = %e, "bundle install failed");
@@ -444,27 +529,81 @@ pub fn install(
     result
 }
 
+/// After a failed health check: runs the rollback command (if any) with the export of the
+/// lineage's installed release in `MULE_ROLLBACK_PATH` (empty when none was installed),
+/// `MULE_ROLLBACK_ID` and `MULE_ROLLBACK_RELEASE`, beside the failed bundle's variables.
+/// Returns the error that records the rollback.
+fn roll_back(
+    store: &mut Store,
+    vm: &VerifiedManifest,
+    path: &Path,
+    inst: &Installer,
+    check: HookError,
+) -> Result<CompleteError, StoreError> {
+    let m = vm.manifest();
+    let previous = if m.is_numbered() {
+        store.installed_release(&m.release_lineage())?
+    } else {
+        None
+    };
+    let rollback = match (&inst.on_rollback, &previous) {
+        (None, _) => "no store.on_rollback command is set".to_owned(),
+        (Some(hook), prev) => {
+            let mut env = hook_env(vm, path);
+            let (pid, prel, ppath) = match prev {
+                Some((id, rel, p)) => (id.to_string(), rel.to_string(), p.display().to_string()),
+                None => (String::new(), String::new(), String::new()),
+            };
+            env.push(("MULE_ROLLBACK_ID".into(), pid));
+            env.push(("MULE_ROLLBACK_RELEASE".into(), prel.clone()));
+            env.push(("MULE_ROLLBACK_PATH".into(), ppath));
+            match run_command(hook, env) {
+                Ok(()) if prev.is_some() => format!("rolled back to release {prel}"),
+                Ok(()) => "on_rollback ran; no earlier release was installed".to_owned(),
+                Err(e) => format!("on_rollback {e}"),
+            }
+        }
+    };
+    Ok(CompleteError::RolledBack { check, rollback })
+}
+
 /// One bundle's install attempt: its id and the exported path or the error.
 pub type InstallOutcome = (BundleId, Result<PathBuf, CompleteError>);
 
-/// Installs every ready bundle in dependency order ([`pending`] then [`install`] each);
-/// a bundle whose dependency failed in this round waits. Returns each attempt's outcome.
+/// Installs every ready bundle in dependency order ([`pending`], the install policy
+/// [`crate::release::decide`] with the node's `gate`, then [`install`] each); a bundle whose
+/// dependency failed or waits in this round waits too. The reasons bundles wait are also
+/// handed to the store for `mule status` ([`Store::set_waiting`]).
 pub fn install_pending(
     store: &mut Store,
-    export_dir: &Path,
-    hook: Option<&Hook>,
+    inst: &Installer,
+    gate: &Gate,
     now: u64,
-) -> Result<Vec<InstallOutcome>, StoreError> {
-    let mut out = Vec::new();
+) -> Result<Round, StoreError> {
+    let mut round = Round::default();
     for id in pending(store, now)? {
-        match install(store, &id, export_dir, hook, now) {
+        let Some(vm) = store.manifest(&id)? else {
+            continue;
+        };
+        if let Err(wait) = crate::release::decide(vm.manifest(), &inst.node, now, gate) {
+            round.waiting.push((id, wait));
+            continue;
+        }
+        match install(store, &id, inst, now) {
             Err(CompleteError::Store(e)) => return Err(e),
-            // A dependency failed earlier in this round: it waits, nothing to report.
+            // A dependency failed or waits: it waits, nothing to report.
             Err(CompleteError::DependenciesPending { .. }) => {}
-            r => out.push((id, r)),
+            r => round.outcomes.push((id, r)),
         }
     }
-    Ok(out)
+    store.set_waiting(
+        round
+            .waiting
+            .iter()
+            .map(|(id, w)| (*id, w.to_string()))
+            .collect(),
+    );
+    Ok(round)
 }
 
 #[cfg(test)]
@@ -515,6 +654,17 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             timeout: Duration::from_secs(10),
         }
+    }
+
+    /// One install round with `hook` as the on-complete command and nothing deferred.
+    fn round(s: &mut Store, out: &Path, hook: &Hook, now: u64) -> Vec<InstallOutcome> {
+        let inst = Installer {
+            on_complete: Some(hook.clone()),
+            ..Installer::new(out)
+        };
+        install_pending(s, &inst, &Gate::default(), now)
+            .unwrap()
+            .outcomes
     }
 
     fn leftovers(dir: &Path) -> Vec<String> {
@@ -582,11 +732,11 @@ mod tests {
         assert_eq!(pending(&mut s, 0).unwrap(), vec![a.id(), b.id(), c.id()]);
         // Installing out of order is refused.
         assert!(matches!(
-            install(&mut s, &c.id(), &out, None, 0),
+            install(&mut s, &c.id(), &Installer::new(&out), 0),
             Err(CompleteError::DependenciesPending { .. })
         ));
         let hook = sh(&format!("echo \"$MULE_BUNDLE_NAME\" >> {}", log.display()));
-        let results = install_pending(&mut s, &out, Some(&hook), 0).unwrap();
+        let results = round(&mut s, &out, &hook, 0);
         assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "a\nb\nc\n");
         for id in [a.id(), b.id(), c.id()] {
@@ -614,7 +764,7 @@ mod tests {
             seen.display()
         ));
         let t0 = 1000;
-        let results = install_pending(&mut s, &out, Some(&hook), t0).unwrap();
+        let results = round(&mut s, &out, &hook, t0);
         assert_eq!(results.len(), 1, "the dependent is not even attempted");
         assert_eq!(
             std::fs::read_to_string(&seen).unwrap().trim(),
@@ -639,7 +789,7 @@ mod tests {
             pending(&mut s, t0 + RETRY_BASE_SECS).unwrap(),
             vec![vm.id(), dep.id()]
         );
-        install_pending(&mut s, &out, Some(&hook), t0 + RETRY_BASE_SECS).unwrap();
+        round(&mut s, &out, &hook, t0 + RETRY_BASE_SECS);
         let f = s.info(&vm.id()).unwrap().unwrap().failure.unwrap();
         assert_eq!(f.attempts, 2);
         assert!(
@@ -654,7 +804,7 @@ mod tests {
             vec![vm.id(), dep.id()]
         );
         let ok = sh("true");
-        let results = install_pending(&mut s, &out, Some(&ok), t0 + 2000).unwrap();
+        let results = round(&mut s, &out, &ok, t0 + 2000);
         assert!(results.iter().all(|(_, r)| r.is_ok()));
         assert_eq!(s.info(&dep.id()).unwrap().unwrap().state, State::Installed);
     }
@@ -685,5 +835,121 @@ mod tests {
         assert_eq!(retry_after(2), 2 * RETRY_BASE_SECS);
         assert_eq!(retry_after(100), RETRY_MAX_SECS);
         assert_eq!(Priority::default(), Priority::Normal);
+    }
+
+    /// Release `n` of lineage (key(1), "fw"), complete and wanted.
+    fn fw(s: &mut Store, n: u64, stages: &[&str]) -> VerifiedManifest {
+        let c = vec![n as u8; 5000];
+        let mut m = manifest_for(&c, MIN_PIECE_SIZE, &key(1));
+        m.name = "fw".into();
+        m.version = format!("{n}.0");
+        m.release = n;
+        m.stages = stages.iter().map(|t| t.parse().unwrap()).collect();
+        let vm = m.sign(&key(1)).unwrap();
+        s.insert_manifest(&vm, Origin::Received).unwrap();
+        s.set_wanted(&vm.id(), true).unwrap();
+        s.put_content(&vm.id(), &c[..]).unwrap();
+        vm
+    }
+
+    #[test]
+    fn failed_health_check_rolls_back_to_the_previous_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("export");
+        let log = dir.path().join("rollback.log");
+        let mut s = store(&dir.path().join("data"));
+        let inst = Installer {
+            on_complete: Some(sh("true")),
+            // Release 2 is bad: its export starts with byte 2.
+            health_check: Some(sh(
+                "test \"$(head -c1 \"$MULE_BUNDLE_PATH\" | od -An -tu1 | tr -d ' ')\" != 2",
+            )),
+            on_rollback: Some(sh(&format!(
+                "echo \"$MULE_BUNDLE_VERSION $MULE_ROLLBACK_RELEASE $MULE_ROLLBACK_PATH\" >> {}",
+                log.display()
+            ))),
+            ..Installer::new(&out)
+        };
+        let r1 = fw(&mut s, 1, &[]);
+        let done = install_pending(&mut s, &inst, &Gate::default(), 10).unwrap();
+        let p1 = done.outcomes[0].1.as_ref().unwrap().clone();
+        let r2 = fw(&mut s, 2, &[]);
+        let done = install_pending(&mut s, &inst, &Gate::default(), 20).unwrap();
+        assert!(matches!(
+            done.outcomes[..],
+            [(id, Err(CompleteError::RolledBack { .. }))] if id == r2.id()
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("2.0 1 {}\n", p1.display())
+        );
+        let info = s.info(&r2.id()).unwrap().unwrap();
+        assert_eq!(info.state, State::RolledBack);
+        assert!(
+            info.failure
+                .unwrap()
+                .message
+                .contains("rolled back to release 1")
+        );
+        // The previous release is still the installed one, and its export is in place.
+        assert_eq!(s.lineages().unwrap()[0].installed, 1);
+        assert_eq!(std::fs::read(&p1).unwrap(), vec![1u8; 5000]);
+        assert_eq!(s.info(&r1.id()).unwrap().unwrap().state, State::Installed);
+        assert!(matches!(
+            s.take_release_events()[..],
+            [crate::store::ReleaseEvent::RolledBack { release: 2, .. }]
+        ));
+        // Not retried on its own.
+        assert!(pending(&mut s, u64::MAX / 2).unwrap().is_empty());
+        // Release 3 passes and becomes the installed release.
+        let r3 = fw(&mut s, 3, &[]);
+        let done = install_pending(&mut s, &inst, &Gate::default(), 30).unwrap();
+        assert!(done.outcomes[0].1.is_ok());
+        assert_eq!(s.info(&r3.id()).unwrap().unwrap().state, State::Installed);
+        assert_eq!(s.lineages().unwrap()[0].installed, 3);
+    }
+
+    #[test]
+    fn an_older_release_is_never_installed_and_staged_ones_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(&dir.path().join("data"));
+        let inst = Installer::new(dir.path().join("export"));
+        let r2 = fw(&mut s, 2, &[]);
+        install_pending(&mut s, &inst, &Gate::default(), 10).unwrap();
+        assert_eq!(s.info(&r2.id()).unwrap().unwrap().state, State::Installed);
+        // Release 1 published later: refused on arrival, never pending, never installed.
+        let r1 = fw(&mut s, 1, &[]);
+        assert!(pending(&mut s, 10).unwrap().is_empty());
+        assert!(matches!(
+            install(&mut s, &r1.id(), &inst, 10),
+            Err(CompleteError::Blocked(Block::Rollback {
+                release: 1,
+                installed: 2
+            }))
+        ));
+        assert_eq!(s.lineages().unwrap()[0].rollback_refused, 2);
+        assert_eq!(s.take_release_events().len(), 2);
+
+        // A staged release waits for its stage and says so; hold defers it further.
+        let r3 = fw(&mut s, 3, &["100%@60s"]);
+        let created = r3.manifest().created;
+        let round = install_pending(&mut s, &inst, &Gate::default(), created).unwrap();
+        assert!(round.outcomes.is_empty());
+        assert_eq!(round.next_wake(), Some(created + 60));
+        let waiting = s.info(&r3.id()).unwrap().unwrap().waiting.unwrap();
+        assert!(waiting.starts_with("staged rollout"), "{waiting}");
+        let hold = Gate {
+            hold: true,
+            outside_window: None,
+        };
+        let round = install_pending(&mut s, &inst, &hold, created + 60).unwrap();
+        assert!(round.outcomes.is_empty());
+        assert_eq!(
+            s.info(&r3.id()).unwrap().unwrap().waiting.as_deref(),
+            Some("install.hold is set")
+        );
+        let round = install_pending(&mut s, &inst, &Gate::default(), created + 60).unwrap();
+        assert!(round.outcomes[0].1.is_ok());
+        assert_eq!(s.info(&r3.id()).unwrap().unwrap().waiting, None);
     }
 }

@@ -5,7 +5,9 @@
 //! - [`publish`]: cut content into pieces and sign ([`publish()`], [`publish_to_store`]).
 //! - [`store`]: the redb piece store ([`Store`]): verified, batched, durable puts; quota with
 //!   eviction; trust.
-//! - [`complete`]: atomic export and the on-complete command, in dependency order.
+//! - [`complete`]: atomic export, the on-complete command and the health check (with
+//!   rollback), in dependency order.
+//! - [`release`]: the pure install policy of staged rollouts (cohorts, stages, hold, window).
 //! - [`keys`], [`trust`]: key files, the trust list.
 //! - [`id`], [`bitfield`]: the ids, [`Priority`] and piece sets, defined in `mule-proto` (the
 //!   protocol's leaf crate) and re-exported here at their old paths.
@@ -34,14 +36,16 @@
 //! for r in store.put_pieces(&pieces).unwrap() {
 //!     r.unwrap();
 //! }
-//! let done = complete::install_pending(&mut store, &dir.path().join("export"), None, 0).unwrap();
-//! assert_eq!(std::fs::read(done[0].1.as_ref().unwrap()).unwrap(), content);
+//! let installer = complete::Installer::new(dir.path().join("export"));
+//! let done = complete::install_pending(&mut store, &installer, &Default::default(), 0).unwrap();
+//! assert_eq!(std::fs::read(done.outcomes[0].1.as_ref().unwrap()).unwrap(), content);
 //! ```
 
 pub mod complete;
 pub mod keys;
 pub mod manifest;
 pub mod publish;
+pub mod release;
 pub mod store;
 pub mod trust;
 
@@ -58,16 +62,16 @@ pub mod id {
 pub use bitfield::{Bitfield, BitfieldError};
 pub use id::{BundleId, ParseIdError, PieceIndex, PieceRef, Priority};
 pub use manifest::{
-    DEFAULT_PIECE_SIZE, MAX_MANIFEST_BYTES, MAX_PIECE_SIZE, MIN_PIECE_SIZE, Manifest,
-    ManifestError, PieceError, VerifiedManifest, verify_piece,
+    DEFAULT_PIECE_SIZE, Lineage, MAX_MANIFEST_BYTES, MAX_PIECE_SIZE, MIN_PIECE_SIZE, Manifest,
+    ManifestError, PieceError, Stage, VerifiedManifest, verify_piece,
 };
 pub use mule_proto::CborError;
 pub use publish::{
     PieceReader, PublishError, PublishOptions, publish, publish_file, publish_to_store,
 };
 pub use store::{
-    BundleInfo, Failure, Inserted, Origin, Put, PutError, State, Store, StoreError, StoreFull,
-    StoreOptions, Usage,
+    Block, BundleInfo, Failure, Inserted, LineageInfo, Origin, Put, PutError, ReleaseEvent, State,
+    Store, StoreError, StoreFull, StoreOptions, Usage,
 };
 pub use trust::TrustList;
 

@@ -18,10 +18,10 @@
 //! Deciding whether the publisher is trusted (see [`crate::trust`]), or whether the manifest has
 //! expired (that needs the clock; see [`Manifest::is_expired`]).
 //!
-//! # Wire format (format version 1)
+//! # Wire format (format version 2; version 1 is still read)
 //! The signed envelope is a CBOR array of two byte strings:
-//! `[body: bstr, signature: bstr(64)]`. The body is itself the CBOR encoding of a 15-element
-//! array, in this fixed order:
+//! `[body: bstr, signature: bstr(64)]`. The body is itself the CBOR encoding of a 17-element
+//! array (15 in format version 1, which ends after field 14), in this fixed order:
 //!
 //! | # | field | CBOR |
 //! |---|---|---|
@@ -40,6 +40,15 @@
 //! | 12 | piece hashes | one bstr: the 32-byte BLAKE3 hashes concatenated |
 //! | 13 | content hash | bstr(32), BLAKE3 of the whole content |
 //! | 14 | metadata | map text -> text, at most 64 entries, values up to 4096 bytes |
+//! | 15 | release number (v2) | uint >= 1, strictly increasing within the release lineage |
+//! | 16 | install stages (v2) | array (at most 16) of `[share: uint, delay: uint]` |
+//!
+//! A release lineage is (publisher key, name): [`Manifest::release_lineage`]. Field 3 names
+//! bundles replaced across lineages (a rename). A stage `[share, delay]` lets the nodes whose
+//! cohort is below `share` basis points (1..=10000; 10000 = everyone) install once `delay`
+//! seconds have passed since `created`; shares strictly increase and delays never decrease
+//! from one stage to the next. No stages: every node installs at once. A format 1 manifest
+//! has release number 0 ("unnumbered") and no stages; the release rules skip it.
 //!
 //! Canonical rules (RFC 8949 §4.2.1 core deterministic encoding): every integer and length in
 //! its shortest form, only definite lengths, map keys sorted by their bytes with no duplicates,
@@ -58,8 +67,15 @@ use mule_proto::cbor::{self, CborError, Reader};
 
 use crate::id::{BundleId, PieceIndex, Priority};
 
-/// The only manifest format version this build understands.
-pub const FORMAT_VERSION: u64 = 1;
+/// The manifest format version this build writes.
+pub const FORMAT_VERSION: u64 = 2;
+/// The first format version: no release number, no stages. Still read (and re-encoded
+/// byte for byte, so its bundle id stays the same).
+pub const FORMAT_V1: u64 = 1;
+/// Most install stages in a manifest.
+pub const MAX_STAGES: usize = 16;
+/// A stage share of everyone, in basis points.
+pub const ALL_BP: u32 = 10_000;
 /// Largest signed manifest accepted, in bytes (enough for 32 000 piece hashes).
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 /// Smallest piece size a publisher may choose.
@@ -77,7 +93,100 @@ pub const MAX_LIST_ENTRIES: usize = 64;
 /// Prefix of every signed message, so a manifest signature is never valid for anything else.
 pub const SIGNING_DOMAIN: &[u8] = b"mule manifest signature v1\0";
 
-const BODY_FIELDS: usize = 15;
+const BODY_FIELDS_V1: usize = 15;
+const BODY_FIELDS: usize = 17;
+
+/// One install phase: nodes whose cohort is below `share_bp` (basis points of the fleet)
+/// install once `delay_secs` have passed since the manifest's creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stage {
+    /// Share of the fleet in this phase and all earlier ones, in basis points (1..=10000).
+    pub share_bp: u32,
+    /// Seconds after `created` when this phase opens.
+    pub delay_secs: u64,
+}
+
+impl std::str::FromStr for Stage {
+    type Err = String;
+
+    /// `PERCENT%@DELAY`, e.g. `5%@0`, `50%@2d`, `100%@90s` (delay in humantime-like units
+    /// s, m, h, d; a bare number is seconds).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("stage {s:?}: expected PERCENT%@DELAY, e.g. 5%@0 or 50%@2d");
+        let (share, delay) = s.split_once('@').ok_or_else(bad)?;
+        let pct: f64 = share
+            .trim()
+            .strip_suffix('%')
+            .ok_or_else(bad)?
+            .parse()
+            .map_err(|_| bad())?;
+        if !(pct > 0.0 && pct <= 100.0) {
+            return Err(format!(
+                "stage {s:?}: the share must be above 0% and at most 100%"
+            ));
+        }
+        let delay = delay.trim();
+        let (num, unit) = match delay.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => delay.split_at(i),
+            None => (delay, "s"),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let mult = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        Ok(Stage {
+            share_bp: ((pct * 100.0).round() as u32).clamp(1, ALL_BP),
+            delay_secs: n.checked_mul(mult).ok_or_else(bad)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}%@{}s",
+            f64::from(self.share_bp) / 100.0,
+            self.delay_secs
+        )
+    }
+}
+
+/// A release lineage: the publisher key and the bundle name. Release numbers increase within
+/// one lineage.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lineage {
+    /// The publisher's ed25519 key.
+    pub publisher: [u8; 32],
+    /// The bundle name.
+    pub name: String,
+}
+
+impl Lineage {
+    /// A stable key: the publisher key followed by the name's bytes.
+    pub fn key(&self) -> Vec<u8> {
+        let mut k = self.publisher.to_vec();
+        k.extend_from_slice(self.name.as_bytes());
+        k
+    }
+
+    /// The inverse of [`Lineage::key`].
+    pub fn from_key(k: &[u8]) -> Option<Lineage> {
+        let publisher: [u8; 32] = k.get(..32)?.try_into().ok()?;
+        let name = std::str::from_utf8(&k[32..]).ok()?.to_owned();
+        Some(Lineage { publisher, name })
+    }
+}
+
+impl std::fmt::Display for Lineage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} by {}", self.name, &hex::encode(self.publisher)[..16])
+    }
+}
 
 /// The content of a manifest: what the publisher signs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +221,10 @@ pub struct Manifest {
     pub content_hash: [u8; 32],
     /// Free-form metadata (e.g. what to run on completion).
     pub metadata: BTreeMap<String, String>,
+    /// Release number within the lineage (publisher, name); 0 only in format 1 manifests.
+    pub release: u64,
+    /// Install phases (format 2); empty: every node installs at once.
+    pub stages: Vec<Stage>,
 }
 
 /// Why bytes are not a valid signed manifest.
@@ -223,6 +336,20 @@ impl Manifest {
         u64::from(index) * u64::from(self.piece_size)
     }
 
+    /// The release lineage: publisher and name.
+    pub fn release_lineage(&self) -> Lineage {
+        Lineage {
+            publisher: self.publisher,
+            name: self.name.clone(),
+        }
+    }
+
+    /// Whether the manifest carries a release number (format 2); format 1 manifests do not
+    /// and are outside the release rules.
+    pub fn is_numbered(&self) -> bool {
+        self.release > 0
+    }
+
     /// Whether the manifest has expired at `now` (unix seconds).
     pub fn is_expired(&self, now: u64) -> bool {
         self.expires.is_some_and(|e| now >= e)
@@ -231,10 +358,13 @@ impl Manifest {
     /// Checks every field rule of the format (everything but the signature).
     pub fn validate(&self) -> Result<(), ManifestError> {
         let bad = |s: String| Err(ManifestError::Invalid(s));
-        if self.format_version != FORMAT_VERSION {
-            return Err(ManifestError::UnknownVersion {
-                found: self.format_version,
-            });
+        match self.format_version {
+            FORMAT_V1 if self.release != 0 || !self.stages.is_empty() => {
+                return bad("a format 1 manifest has no release number and no stages".into());
+            }
+            FORMAT_V1 => {}
+            FORMAT_VERSION => self.validate_release()?,
+            found => return Err(ManifestError::UnknownVersion { found }),
         }
         for (what, s) in [("name", &self.name), ("version label", &self.version)] {
             if s.is_empty() || s.len() > MAX_LABEL_BYTES {
@@ -326,10 +456,43 @@ impl Manifest {
         Ok(())
     }
 
+    /// The release rules of format 2: a release number, and stages that widen over time.
+    fn validate_release(&self) -> Result<(), ManifestError> {
+        let bad = |s: String| Err(ManifestError::Invalid(s));
+        if self.release == 0 {
+            return bad("release number must be at least 1".into());
+        }
+        if self.stages.len() > MAX_STAGES {
+            return bad(format!(
+                "{} stages, at most {MAX_STAGES} allowed",
+                self.stages.len()
+            ));
+        }
+        let mut prev: Option<Stage> = None;
+        for s in &self.stages {
+            if s.share_bp == 0 || s.share_bp > ALL_BP {
+                return bad(format!(
+                    "stage share {} is outside 1..={ALL_BP}",
+                    s.share_bp
+                ));
+            }
+            if let Some(p) = prev
+                && (s.share_bp <= p.share_bp || s.delay_secs < p.delay_secs)
+            {
+                return bad(format!(
+                    "stage {s} after {p}: shares must grow and delays must not shrink"
+                ));
+            }
+            prev = Some(*s);
+        }
+        Ok(())
+    }
+
     /// The canonical encoding of the body (what is signed).
     pub fn encode_body(&self) -> Vec<u8> {
+        let v1 = self.format_version == FORMAT_V1;
         let mut e = Vec::new();
-        cbor::array(&mut e, BODY_FIELDS);
+        cbor::array(&mut e, if v1 { BODY_FIELDS_V1 } else { BODY_FIELDS });
         cbor::uint(&mut e, self.format_version);
         cbor::text(&mut e, &self.name);
         cbor::text(&mut e, &self.version);
@@ -358,6 +521,15 @@ impl Manifest {
             cbor::text(&mut e, k);
             cbor::text(&mut e, v);
         }
+        if !v1 {
+            cbor::uint(&mut e, self.release);
+            cbor::array(&mut e, self.stages.len());
+            for s in &self.stages {
+                cbor::array(&mut e, 2);
+                cbor::uint(&mut e, u64::from(s.share_bp));
+                cbor::uint(&mut e, s.delay_secs);
+            }
+        }
         e
     }
 
@@ -373,15 +545,15 @@ impl Manifest {
         // The version comes first so that a future format with other fields is reported as
         // such, not as a structural error.
         let format_version = d.uint("format version", u64::MAX)?;
-        if format_version != FORMAT_VERSION {
-            return Err(ManifestError::UnknownVersion {
-                found: format_version,
-            });
-        }
-        if fields != BODY_FIELDS {
+        let expected = match format_version {
+            FORMAT_V1 => BODY_FIELDS_V1,
+            FORMAT_VERSION => BODY_FIELDS,
+            found => return Err(ManifestError::UnknownVersion { found }),
+        };
+        if fields != expected {
             return Err(CborError::ArrayLength {
                 what: "manifest body",
-                expected: BODY_FIELDS as u64,
+                expected: expected as u64,
                 found: fields as u64,
             }
             .into());
@@ -433,6 +605,11 @@ impl Manifest {
                 return Err(ManifestError::NonCanonical("duplicate metadata key"));
             }
         }
+        let (release, stages) = if format_version == FORMAT_V1 {
+            (0, Vec::new())
+        } else {
+            decode_release(&mut d)?
+        };
         if d.remaining() != 0 {
             return Err(ManifestError::TrailingBytes {
                 what: "manifest body",
@@ -455,6 +632,8 @@ impl Manifest {
             piece_hashes,
             content_hash,
             metadata,
+            release,
+            stages,
         })
     }
 
@@ -535,6 +714,29 @@ fn spelled_twice(part: &'static str) -> impl Fn(ManifestError) -> ManifestError 
         }
         e => e,
     }
+}
+
+/// Fields 15 and 16 of a format 2 body: the release number and the stages.
+fn decode_release(d: &mut Reader<'_>) -> Result<(u64, Vec<Stage>), ManifestError> {
+    let release = d.uint("release number", u64::MAX)?;
+    let n = d.array("stages", ANY)?;
+    if n > MAX_STAGES {
+        return Err(ManifestError::Invalid(format!(
+            "{n} stages, at most {MAX_STAGES} allowed"
+        )));
+    }
+    let mut stages = Vec::with_capacity(n);
+    for _ in 0..n {
+        d.array_exact("stage", 2)?;
+        let share = d.uint("stage share", u64::MAX)?;
+        let share_bp = u32::try_from(share)
+            .map_err(|_| ManifestError::Invalid(format!("stage share {share} is too large")))?;
+        stages.push(Stage {
+            share_bp,
+            delay_secs: d.uint("stage delay", u64::MAX)?,
+        });
+    }
+    Ok((release, stages))
 }
 
 fn signing_message(body: &[u8]) -> Vec<u8> {
@@ -706,6 +908,8 @@ pub(crate) mod tests {
             piece_hashes,
             content_hash: *blake3::hash(content).as_bytes(),
             metadata: BTreeMap::from([("run".into(), "install.sh".into())]),
+            release: 1,
+            stages: vec![],
         }
     }
 
@@ -718,6 +922,11 @@ pub(crate) mod tests {
             (0usize..4, proptest::collection::vec(label, 0..4)),
             (0u64..300_000, MIN_PIECE_SIZE..=3 * MIN_PIECE_SIZE),
             proptest::collection::btree_map(label, "\\PC{0,50}", 0..5),
+            (
+                any::<bool>(),
+                1u64..u64::MAX,
+                proptest::collection::vec((1u32..=100, 0u64..1000), 0..4),
+            ),
         )
             .prop_map(
                 |(
@@ -726,7 +935,21 @@ pub(crate) mod tests {
                     (p, audience),
                     (len, ps),
                     metadata,
+                    (v1, release, raw_stages),
                 )| {
+                    // Stages as a publisher builds them: shares growing, delays not shrinking.
+                    let mut stages: Vec<Stage> = Vec::new();
+                    let (mut share, mut delay) = (0u32, 0u64);
+                    for (s, d) in raw_stages {
+                        share = (share + s * 100).min(ALL_BP);
+                        delay += d;
+                        if stages.last().is_none_or(|l| l.share_bp < share) {
+                            stages.push(Stage {
+                                share_bp: share,
+                                delay_secs: delay,
+                            });
+                        }
+                    }
                     deps.sort();
                     deps.dedup();
                     let mut lineage = lineage;
@@ -735,7 +958,7 @@ pub(crate) mod tests {
                     let created = u64::from(created);
                     let n = piece_count(len, ps);
                     Manifest {
-                        format_version: FORMAT_VERSION,
+                        format_version: if v1 { FORMAT_V1 } else { FORMAT_VERSION },
                         name,
                         version,
                         lineage,
@@ -752,6 +975,8 @@ pub(crate) mod tests {
                             .collect(),
                         content_hash: [9; 32],
                         metadata,
+                        release: if v1 { 0 } else { release },
+                        stages: if v1 { vec![] } else { stages },
                     }
                 },
             )
@@ -905,6 +1130,7 @@ pub(crate) mod tests {
         let pos = b2.windows(8).position(|w| w == sorted).unwrap();
         let mut swapped = b2[..pos].to_vec();
         swapped.extend_from_slice(&[0x61, b'b', 0x61, b'2', 0x61, b'a', 0x61, b'1']);
+        swapped.extend_from_slice(&b2[pos + 8..]);
         assert_eq!(
             VerifiedManifest::decode(&envelope_with_body(&swapped, &k)),
             Err(ManifestError::NonCanonical("body"))
@@ -957,14 +1183,14 @@ pub(crate) mod tests {
         ));
 
         let mut m = manifest_for(b"x", MIN_PIECE_SIZE, &k);
-        m.format_version = 2;
+        m.format_version = 3;
         let body = m.encode_body();
         let e = VerifiedManifest::decode(&envelope_with_body(&body, &k)).unwrap_err();
-        assert_eq!(e, ManifestError::UnknownVersion { found: 2 });
-        assert!(e.to_string().contains("unknown manifest format version 2"));
+        assert_eq!(e, ManifestError::UnknownVersion { found: 3 });
+        assert!(e.to_string().contains("unknown manifest format version 3"));
         assert_eq!(
             m.sign(&k).unwrap_err(),
-            ManifestError::UnknownVersion { found: 2 }
+            ManifestError::UnknownVersion { found: 3 }
         );
 
         // Wrong number of piece hashes, signed correctly: a field rule, not a signature error.
@@ -983,5 +1209,106 @@ pub(crate) mod tests {
             VerifiedManifest::decode(&envelope_with_body(&m.encode_body(), &key(5))),
             Err(ManifestError::BadSignature)
         );
+    }
+
+    #[test]
+    fn release_and_stages_round_trip_and_format_1_still_reads() {
+        let k = key(6);
+        let mut m = manifest_for(&[7u8; 9000], MIN_PIECE_SIZE, &k);
+        m.release = 42;
+        m.stages = ["5%@0", "50%@2d", "100%@4d"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let v = m.clone().sign(&k).unwrap();
+        let back = VerifiedManifest::decode(v.as_bytes()).unwrap();
+        assert_eq!(back.manifest().release, 42);
+        assert_eq!(
+            back.manifest().stages,
+            vec![
+                Stage {
+                    share_bp: 500,
+                    delay_secs: 0
+                },
+                Stage {
+                    share_bp: 5000,
+                    delay_secs: 2 * 86_400
+                },
+                Stage {
+                    share_bp: ALL_BP,
+                    delay_secs: 4 * 86_400
+                },
+            ]
+        );
+        assert_eq!(
+            back.manifest().release_lineage(),
+            Lineage {
+                publisher: k.verifying_key().to_bytes(),
+                name: "tool".into()
+            }
+        );
+        let l = back.manifest().release_lineage();
+        assert_eq!(Lineage::from_key(&l.key()), Some(l));
+
+        // A format 1 manifest (as an older build signed it): 15 fields, read as unnumbered,
+        // and re-encoded to the same bytes, so its bundle id is unchanged.
+        let mut old = manifest_for(&[7u8; 9000], MIN_PIECE_SIZE, &k);
+        old.format_version = FORMAT_V1;
+        old.release = 0;
+        let body = old.encode_body();
+        assert_eq!(body[0], 0x80 | 15, "format 1 bodies are 15-element arrays");
+        let bytes = envelope_with_body(&body, &k);
+        let back = VerifiedManifest::decode(&bytes).unwrap();
+        assert!(!back.manifest().is_numbered());
+        assert!(back.manifest().stages.is_empty());
+        assert_eq!(back.as_bytes(), &bytes[..]);
+        assert_eq!(back.id(), BundleId(*blake3::hash(&bytes).as_bytes()));
+
+        // Release rules.
+        let mut bad = m.clone();
+        bad.release = 0;
+        assert!(matches!(bad.sign(&k), Err(ManifestError::Invalid(_))));
+        let mut bad = m.clone();
+        bad.stages.swap(0, 1);
+        assert!(matches!(bad.sign(&k), Err(ManifestError::Invalid(_))));
+        let mut bad = old.clone();
+        bad.release = 3;
+        assert!(matches!(bad.sign(&k), Err(ManifestError::Invalid(_))));
+    }
+
+    #[test]
+    fn stage_syntax() {
+        let s = |t: &str| t.parse::<Stage>();
+        assert_eq!(
+            s("5%@0"),
+            Ok(Stage {
+                share_bp: 500,
+                delay_secs: 0
+            })
+        );
+        assert_eq!(
+            s("0.5%@90s"),
+            Ok(Stage {
+                share_bp: 50,
+                delay_secs: 90
+            })
+        );
+        assert_eq!(
+            s("100%@60"),
+            Ok(Stage {
+                share_bp: ALL_BP,
+                delay_secs: 60
+            })
+        );
+        assert_eq!(
+            s("50%@3h"),
+            Ok(Stage {
+                share_bp: 5000,
+                delay_secs: 3 * 3600
+            })
+        );
+        for bad in ["50", "50@1d", "0%@0", "101%@0", "50%@1w", "50%@", "x%@1d"] {
+            assert!(s(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -37,6 +37,10 @@ pub struct PublishOptions {
     pub metadata: BTreeMap<String, String>,
     /// Creation time, unix seconds (an input: the library never reads the clock).
     pub now: u64,
+    /// Release number within the lineage (publisher key, name); at least 1.
+    pub release: u64,
+    /// Install phases; empty: every node installs at once.
+    pub stages: Vec<crate::manifest::Stage>,
 }
 
 impl PublishOptions {
@@ -53,6 +57,8 @@ impl PublishOptions {
             lineage: Vec::new(),
             metadata: BTreeMap::new(),
             now,
+            release: 1,
+            stages: Vec::new(),
         }
     }
 }
@@ -138,6 +144,8 @@ pub fn publish<R: Read>(
         piece_hashes: Vec::new(),
         content_hash: *blake3::hash(b"").as_bytes(),
         metadata: opts.metadata.clone(),
+        release: opts.release,
+        stages: opts.stages.clone(),
     };
     probe.validate()?;
     let max_pieces = crate::manifest::MAX_MANIFEST_BYTES / 32;

@@ -31,14 +31,29 @@
 //! | `manifests_v1` | bundle id | signed manifest bytes |
 //! | `bitfields_v1` | bundle id | [`Bitfield`] bytes |
 //! | `bundles_v1` | bundle id | bookkeeping record (CBOR array, see `Record`) |
+//! | `lineages_v1` | publisher key ‖ name | release bookkeeping (CBOR array, see `LineageRecord`) |
+//! | `releases_v1` | BLAKE3(publisher key ‖ name) ‖ release (u64 big-endian) | id of the first bundle seen with that release |
 //!
 //! Piece data: `<db file stem>.pieces/<bundle id hex>`, sparse, piece `i` at
 //! `i × piece_size`. Removing a bundle deletes its file after the commit; files of bundles
 //! without a record (left by a crash in between) are deleted at open.
 //!
-//! Table names carry the format version; a store of another version is refused with
-//! [`StoreError::UnsupportedFormat`] (there is no older released format to migrate from yet;
-//! a future version adds its migration at [`Store::open`]).
+//! Table names carry the format version. A format 2 store (before release numbers) is
+//! migrated at [`Store::open`]: the two release tables are created (empty: format 1
+//! manifests carry no release number) and the format becomes 3, in one transaction. Bundle
+//! records of format 2 (11 fields) are read as they are and written back with the 12th field
+//! (`superseded`) when next changed. Any other version is refused with
+//! [`StoreError::UnsupportedFormat`].
+//!
+//! # Releases
+//! A numbered manifest (format 2) belongs to the lineage (publisher, name). The store keeps,
+//! per lineage and in the same transactions as the bundle records, the highest release known
+//! and the highest installed (crash-safe rollback protection), and per (lineage, release) the
+//! first bundle id seen. A second, different bundle with a known (lineage, release) is
+//! refused when this node publishes it, and is *equivocation* when received: it is stored,
+//! the release is flagged and neither bundle is wanted or installed. A release older than the
+//! newest known is *superseded*: not wanted, evicted before anything else, never installed;
+//! one at or below the installed release is also counted as a refused rollback.
 //!
 //! # Eviction
 //! When a piece would exceed the quota, whole bundles are evicted in one transaction with the
@@ -62,12 +77,16 @@ use redb::{
 
 use crate::bitfield::Bitfield;
 use crate::id::{BundleId, PieceIndex, Priority};
-use crate::manifest::{PieceError, VerifiedManifest, verify_piece};
+use crate::manifest::{Lineage, PieceError, VerifiedManifest, verify_piece};
 use crate::publish::PieceReader;
 use crate::trust::TrustList;
 
 /// Store format version written into `mule_meta`.
-pub const STORE_FORMAT: u64 = 2;
+pub const STORE_FORMAT: u64 = 3;
+/// The previous store format, migrated at open (see the module docs).
+const STORE_FORMAT_V2: u64 = 2;
+/// Most equivocating releases remembered per lineage.
+const MAX_EQUIVOCAL: usize = 16;
 /// File name of the database inside the data directory.
 pub const STORE_FILE_NAME: &str = "store.redb";
 /// Batch size [`Store::put_content`] commits at, and the batch size we recommend to callers of
@@ -80,6 +99,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("mule_meta");
 const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests_v1");
 const BITFIELDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("bitfields_v1");
 const BUNDLES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("bundles_v1");
+const LINEAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lineages_v1");
+const RELEASES: TableDefinition<&[u8; 40], &[u8; 32]> = TableDefinition::new("releases_v1");
 
 /// Reads the current time in unix seconds. The store needs it to stamp arrivals and to tell
 /// expired bundles; tests pass a fake one.
@@ -167,6 +188,9 @@ pub enum State {
     Installed,
     /// Export or on-complete command failed; see [`BundleInfo::failure`].
     Failed,
+    /// Installed, then its health check failed and the previous release was put back (see
+    /// [`BundleInfo::failure`]); not retried unless the operator asks.
+    RolledBack,
 }
 
 impl State {
@@ -177,6 +201,7 @@ impl State {
             State::Complete => "complete",
             State::Installed => "installed",
             State::Failed => "failed",
+            State::RolledBack => "rolled_back",
         }
     }
 
@@ -186,8 +211,12 @@ impl State {
             State::Complete => 1,
             State::Installed => 2,
             State::Failed => 3,
+            State::RolledBack => 4,
         }
     }
+
+    /// The largest [`State::code`].
+    const MAX_CODE: u64 = 4;
 
     fn from_code(c: u64) -> Option<State> {
         Some(match c {
@@ -195,6 +224,7 @@ impl State {
             1 => State::Complete,
             2 => State::Installed,
             3 => State::Failed,
+            4 => State::RolledBack,
             _ => return None,
         })
     }
@@ -257,6 +287,184 @@ pub struct BundleInfo {
     pub export_path: Option<PathBuf>,
     /// The last failure of export or on-complete command, if the last attempt failed.
     pub failure: Option<Failure>,
+    /// Release number within its lineage (0: a format 1 manifest, unnumbered).
+    pub release: u64,
+    /// A newer release of its lineage is known (or it is at or below the installed one).
+    pub superseded: bool,
+    /// Another bundle carries the same lineage and release: neither is installed.
+    pub equivocal: bool,
+    /// Why this complete bundle is not installed yet (staged rollout, hold, window), as the
+    /// last install round found.
+    pub waiting: Option<String>,
+}
+
+/// What the store knows about one release lineage (`mule status`, which sends it as is).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LineageInfo {
+    /// Publisher key, hex.
+    pub publisher: String,
+    /// Bundle name.
+    pub name: String,
+    /// Highest release installed (0: none).
+    pub installed: u64,
+    /// Highest release known.
+    pub newest: u64,
+    /// Releases for which two different bundles were seen: the publisher equivocated and
+    /// its key is flagged.
+    pub equivocal: Vec<u64>,
+    /// Older releases refused because a newer one was installed (since the store began).
+    pub rollback_refused: u64,
+}
+
+/// Something about releases the daemon reports (log, metrics): see [`Store::take_release_events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReleaseEvent {
+    /// Two different bundles with the same lineage and release.
+    Equivocation {
+        /// The lineage.
+        lineage: Lineage,
+        /// The release number.
+        release: u64,
+        /// The bundle seen first and the newcomer.
+        bundles: [BundleId; 2],
+    },
+    /// A release at or below the installed one arrived or was about to be installed.
+    RollbackRefused {
+        /// The refused bundle.
+        bundle: BundleId,
+        /// Its release.
+        release: u64,
+        /// The installed release.
+        installed: u64,
+    },
+    /// A release failed its health check and the previous one was put back.
+    RolledBack {
+        /// The bundle that failed.
+        bundle: BundleId,
+        /// Its release.
+        release: u64,
+    },
+}
+
+/// Why a bundle must not be installed, from what the store knows of its lineage.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Block {
+    /// Another bundle has the same lineage and release.
+    #[error("release {release} is equivocal: the publisher signed two different bundles for it")]
+    Equivocal {
+        /// The release.
+        release: u64,
+    },
+    /// At or below the installed release.
+    #[error("rollback refused: release {release} is not above the installed release {installed}")]
+    Rollback {
+        /// The release.
+        release: u64,
+        /// The installed release.
+        installed: u64,
+    },
+    /// A newer release is known.
+    #[error("superseded: release {release} is older than the known release {newest}")]
+    Superseded {
+        /// The release.
+        release: u64,
+        /// The newest release known.
+        newest: u64,
+    },
+}
+
+/// The release bookkeeping of one lineage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct LineageRecord {
+    installed: u64,
+    installed_id: Option<BundleId>,
+    installed_export: Option<String>,
+    newest: u64,
+    equivocal: Vec<u64>,
+    refused: u64,
+}
+
+impl LineageRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Vec::new();
+        cbor::array(&mut e, 6);
+        cbor::uint(&mut e, self.installed);
+        match &self.installed_id {
+            Some(id) => cbor::bytes(&mut e, &id.0),
+            None => cbor::null(&mut e),
+        }
+        match &self.installed_export {
+            Some(p) => cbor::text(&mut e, p),
+            None => cbor::null(&mut e),
+        }
+        cbor::uint(&mut e, self.newest);
+        cbor::array(&mut e, self.equivocal.len());
+        for r in &self.equivocal {
+            cbor::uint(&mut e, *r);
+        }
+        cbor::uint(&mut e, self.refused);
+        e
+    }
+
+    fn decode(bytes: &[u8]) -> Result<LineageRecord, CborError> {
+        // Lengths are bounded by the record itself, which the store wrote.
+        const ANY: usize = usize::MAX;
+        let mut d = Reader::new(bytes);
+        d.array_exact("lineage record", 6)?;
+        let installed = d.uint("installed", u64::MAX)?;
+        let installed_id = if d.null()? {
+            None
+        } else {
+            Some(BundleId(d.fixed::<32>("installed_id")?))
+        };
+        let installed_export = if d.null()? {
+            None
+        } else {
+            Some(d.text("installed_export", ANY)?.to_owned())
+        };
+        let newest = d.uint("newest", u64::MAX)?;
+        let n = d.array("equivocal", MAX_EQUIVOCAL)?;
+        let mut equivocal = Vec::with_capacity(n);
+        for _ in 0..n {
+            equivocal.push(d.uint("equivocal release", u64::MAX)?);
+        }
+        let refused = d.uint("refused", u64::MAX)?;
+        Ok(LineageRecord {
+            installed,
+            installed_id,
+            installed_export,
+            newest,
+            equivocal,
+            refused,
+        })
+    }
+
+    /// Why release `release` must not be installed, if it must not.
+    fn block(&self, release: u64) -> Option<Block> {
+        if self.equivocal.contains(&release) {
+            Some(Block::Equivocal { release })
+        } else if release <= self.installed {
+            Some(Block::Rollback {
+                release,
+                installed: self.installed,
+            })
+        } else if release < self.newest {
+            Some(Block::Superseded {
+                release,
+                newest: self.newest,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// The key of a (lineage, release) in the releases table.
+fn release_key(lineage: &Lineage, release: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(blake3::hash(&lineage.key()).as_bytes());
+    k[32..].copy_from_slice(&release.to_be_bytes());
+    k
 }
 
 fn hex_id<S: serde::Serializer>(id: &BundleId, s: S) -> Result<S::Ok, S::Error> {
@@ -374,6 +582,19 @@ pub enum StoreError {
     /// The store holds its maximum number of bundles.
     #[error("store holds its maximum of {0} bundles")]
     TooManyBundles(usize),
+    /// This node publishes a bundle whose lineage and release another bundle has already.
+    #[error(
+        "release {release} of {lineage} is already bundle {existing}; a second, different \
+         bundle with the same release would be equivocation (use the next release number)"
+    )]
+    Equivocation {
+        /// The lineage.
+        lineage: Lineage,
+        /// The release.
+        release: u64,
+        /// The bundle that has it.
+        existing: BundleId,
+    },
     /// The database was closed after an I/O error and reopening it failed; the next call
     /// tries again ([`Store::reopen`]).
     #[error("store database {0} is closed after an I/O error (reopening failed)")]
@@ -460,6 +681,8 @@ struct Record {
     failure: Option<Failure>,
     priority: Priority,
     expires: Option<u64>,
+    /// A newer release of its lineage is known (format 3; absent in format 2 records).
+    superseded: bool,
 }
 
 impl Record {
@@ -476,7 +699,7 @@ impl Record {
 
     fn encode(&self) -> Vec<u8> {
         let mut e = Vec::new();
-        cbor::array(&mut e, 11);
+        cbor::array(&mut e, 12);
         cbor::uint(&mut e, self.state.code());
         cbor::uint(&mut e, u64::from(self.wanted));
         cbor::uint(&mut e, u64::from(self.published));
@@ -505,6 +728,7 @@ impl Record {
                 .unwrap_or(2) as u64,
         );
         cbor::opt_uint(&mut e, self.expires);
+        cbor::uint(&mut e, u64::from(self.superseded));
         e
     }
 
@@ -512,10 +736,18 @@ impl Record {
         // Lengths are bounded by the record itself, which the store wrote.
         const ANY: usize = usize::MAX;
         let mut d = Reader::new(bytes);
-        d.array_exact("record", 11)?;
+        // 11 fields: a format 2 record; 12: format 3 (with `superseded`).
+        let fields = d.array("record", ANY)?;
+        if fields != 11 && fields != 12 {
+            return Err(CborError::ArrayLength {
+                what: "record",
+                expected: 12,
+                found: fields as u64,
+            });
+        }
         let bad = |field, value, max| CborError::OutOfRange { field, value, max };
-        let state = d.uint("state", 3)?;
-        let state = State::from_code(state).ok_or(bad("state", state, 3))?;
+        let state = d.uint("state", State::MAX_CODE)?;
+        let state = State::from_code(state).ok_or(bad("state", state, State::MAX_CODE))?;
         let wanted = d.uint("wanted", 1)? != 0;
         let published = d.uint("published", 1)? != 0;
         let trusted = d.uint("trusted", 1)? != 0;
@@ -542,6 +774,7 @@ impl Record {
             .get(priority as usize)
             .ok_or(bad("priority", priority, 3))?;
         let expires = d.opt_uint("expires", u64::MAX)?;
+        let superseded = fields == 12 && d.uint("superseded", 1)? != 0;
         Ok(Record {
             state,
             wanted,
@@ -554,6 +787,7 @@ impl Record {
             failure,
             priority,
             expires,
+            superseded,
         })
     }
 }
@@ -575,6 +809,10 @@ pub struct Store {
     files: HashMap<BundleId, std::fs::File>,
     /// Stored pieces found bad and dropped since the last [`Store::take_dropped`].
     dropped: Vec<BadPiece>,
+    /// Release events since the last [`Store::take_release_events`].
+    release_events: Vec<ReleaseEvent>,
+    /// Why complete bundles wait, from the last install round ([`Store::set_waiting`]).
+    waiting: HashMap<BundleId, String>,
 }
 
 /// A stored piece that failed its check (read back, its BLAKE3 hash does not match the
@@ -656,6 +894,8 @@ impl Store {
             pieces_dir,
             files: HashMap::new(),
             dropped: Vec::new(),
+            release_events: Vec::new(),
+            waiting: HashMap::new(),
         };
         store.check_format()?;
         store.sweep_orphans()?;
@@ -800,19 +1040,27 @@ impl Store {
             }
             found
         };
-        if let Some(found) = found
-            && found != STORE_FORMAT
-        {
-            // A later format adds its migration from the older versions here.
-            return Err(StoreError::UnsupportedFormat {
-                path: self.path.clone(),
-                found,
-                supported: STORE_FORMAT,
-            });
+        match found {
+            None | Some(STORE_FORMAT) => {}
+            Some(STORE_FORMAT_V2) => {
+                // Format 2 knew no release numbers, and format 1 manifests carry none: the
+                // release tables start empty (created below) and old records read as they are.
+                tracing::info!(store = %self.path.display(), "migrating the store from format 2 to 3");
+                txn.open_table(META)?.insert("format", STORE_FORMAT)?;
+            }
+            Some(found) => {
+                return Err(StoreError::UnsupportedFormat {
+                    path: self.path.clone(),
+                    found,
+                    supported: STORE_FORMAT,
+                });
+            }
         }
         txn.open_table(MANIFESTS)?;
         txn.open_table(BITFIELDS)?;
         txn.open_table(BUNDLES)?;
+        txn.open_table(LINEAGES)?;
+        txn.open_table(RELEASES)?;
         txn.commit()?;
         Ok(())
     }
@@ -887,6 +1135,9 @@ impl Store {
             if bundles.len()? as usize >= self.opts.max_bundles {
                 return Err(StoreError::TooManyBundles(self.opts.max_bundles));
             }
+            drop(bundles);
+            let superseded = self.note_release(&txn, vm, published)?;
+            let mut bundles = txn.open_table(BUNDLES)?;
             let count = vm.piece_count();
             let rec = Record {
                 state: if count == 0 {
@@ -904,6 +1155,7 @@ impl Store {
                 failure: None,
                 priority: vm.manifest().priority,
                 expires: vm.manifest().expires,
+                superseded,
             };
             bundles.insert(&id.0, rec.encode().as_slice())?;
             txn.open_table(MANIFESTS)?.insert(&id.0, vm.as_bytes())?;
@@ -914,6 +1166,226 @@ impl Store {
         self.cache(vm.clone());
         tracing::debug!(bundle = %id.short(), trusted, published, "manifest stored");
         Ok(Inserted::New)
+    }
+
+    /// The release bookkeeping of a new bundle, in its insert transaction: detects
+    /// equivocation (refused for our own bundles), raises the lineage's newest release and
+    /// marks older releases superseded (and not wanted). Returns whether the new bundle is
+    /// itself superseded (or blocked). Unnumbered (format 1) manifests are left alone.
+    fn note_release(
+        &mut self,
+        txn: &WriteTransaction,
+        vm: &VerifiedManifest,
+        published: bool,
+    ) -> Result<bool, StoreError> {
+        let m = vm.manifest();
+        if !m.is_numbered() {
+            return Ok(false);
+        }
+        let (id, lineage, release) = (vm.id(), m.release_lineage(), m.release);
+        let mut lineages = txn.open_table(LINEAGES)?;
+        let mut releases = txn.open_table(RELEASES)?;
+        let key = lineage.key();
+        let mut rec = match lineages.get(key.as_slice())? {
+            Some(v) => LineageRecord::decode(v.value()).map_err(|e| corrupt(id, "lineage", e))?,
+            None => LineageRecord::default(),
+        };
+        let rkey = release_key(&lineage, release);
+        let existing = releases.get(&rkey)?.map(|v| BundleId(*v.value()));
+        match existing {
+            Some(other) if other != id && published => {
+                return Err(StoreError::Equivocation {
+                    lineage,
+                    release,
+                    existing: other,
+                });
+            }
+            Some(other) if other != id => {
+                tracing::warn!(lineage = %lineage, release, first = %other.short(),
+                    second = %id.short(), "equivocation: two different bundles with one release; neither is installed");
+                if !rec.equivocal.contains(&release) && rec.equivocal.len() < MAX_EQUIVOCAL {
+                    rec.equivocal.push(release);
+                }
+                self.push_event(ReleaseEvent::Equivocation {
+                    lineage: lineage.clone(),
+                    release,
+                    bundles: [other, id],
+                });
+                // The first one stops being wanted too.
+                let mut bundles = txn.open_table(BUNDLES)?;
+                if let Some(mut r) = Self::record_in(&bundles, &other)? {
+                    r.wanted = false;
+                    r.superseded = true;
+                    bundles.insert(&other.0, r.encode().as_slice())?;
+                }
+            }
+            Some(_) => {}
+            None => {
+                releases.insert(&rkey, &id.0)?;
+            }
+        }
+        if !published && release <= rec.installed {
+            tracing::warn!(lineage = %lineage, release, installed = rec.installed,
+                bundle = %id.short(), "rollback refused: an older release arrived");
+            rec.refused += 1;
+            self.push_event(ReleaseEvent::RollbackRefused {
+                bundle: id,
+                release,
+                installed: rec.installed,
+            });
+        }
+        if release > rec.newest {
+            let older = rec.newest;
+            rec.newest = release;
+            if older > 0 {
+                Self::supersede_below(txn, &releases, &lineage, release)?;
+            }
+        }
+        let blocked = rec.block(release).is_some();
+        lineages.insert(key.as_slice(), rec.encode().as_slice())?;
+        Ok(blocked)
+    }
+
+    /// Marks every stored bundle of `lineage` with a release below `release` superseded and
+    /// not wanted.
+    fn supersede_below(
+        txn: &WriteTransaction,
+        releases: &impl ReadableTable<&'static [u8; 40], &'static [u8; 32]>,
+        lineage: &Lineage,
+        release: u64,
+    ) -> Result<(), StoreError> {
+        let (from, to) = (release_key(lineage, 0), release_key(lineage, release));
+        let mut bundles = txn.open_table(BUNDLES)?;
+        for entry in releases.range::<&[u8; 40]>(&from..&to)? {
+            let id = BundleId(*entry?.1.value());
+            if let Some(mut r) = Self::record_in(&bundles, &id)?
+                && !r.superseded
+            {
+                r.superseded = true;
+                r.wanted = false;
+                bundles.insert(&id.0, r.encode().as_slice())?;
+                tracing::info!(bundle = %id.short(), lineage = %lineage, newer = release, "superseded");
+            }
+        }
+        Ok(())
+    }
+
+    fn push_event(&mut self, e: ReleaseEvent) {
+        if self.release_events.len() < EVICTED_MEMORY {
+            self.release_events.push(e);
+        }
+    }
+
+    /// Release events (equivocation, refused rollbacks, rollbacks) since the last call, so
+    /// the daemon can count and report them.
+    pub fn take_release_events(&mut self) -> Vec<ReleaseEvent> {
+        std::mem::take(&mut self.release_events)
+    }
+
+    fn lineage_record(&self, lineage: &Lineage) -> Result<Option<LineageRecord>, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(LINEAGES)?;
+        let v = table.get(lineage.key().as_slice())?;
+        v.map(|v| {
+            LineageRecord::decode(v.value()).map_err(|e| corrupt(BundleId([0; 32]), "lineage", e))
+        })
+        .transpose()
+    }
+
+    /// Why a stored bundle must not be installed (equivocal, a rollback, superseded), if it
+    /// must not; `None` for unnumbered bundles and the newest release.
+    pub fn release_block(&mut self, id: &BundleId) -> Result<Option<Block>, StoreError> {
+        let vm = self.manifest(id)?.ok_or(StoreError::UnknownBundle(*id))?;
+        let m = vm.manifest();
+        if !m.is_numbered() {
+            return Ok(None);
+        }
+        Ok(self
+            .lineage_record(&m.release_lineage())?
+            .and_then(|r| r.block(m.release)))
+    }
+
+    /// The highest release of `lineage` this store knows (0: none), for the publisher's next
+    /// release number.
+    pub fn newest_release(&self, lineage: &Lineage) -> Result<u64, StoreError> {
+        Ok(self.lineage_record(lineage)?.map_or(0, |r| r.newest))
+    }
+
+    /// The export of the installed release of the bundle's lineage (what a rollback puts
+    /// back), with its id and release.
+    pub fn installed_release(
+        &mut self,
+        lineage: &Lineage,
+    ) -> Result<Option<(BundleId, u64, PathBuf)>, StoreError> {
+        Ok(self.lineage_record(lineage)?.and_then(|r| {
+            Some((
+                r.installed_id?,
+                r.installed,
+                PathBuf::from(r.installed_export?),
+            ))
+        }))
+    }
+
+    /// Every release lineage the store knows.
+    pub fn lineages(&self) -> Result<Vec<LineageInfo>, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(LINEAGES)?.iter()? {
+            let (k, v) = entry?;
+            let Some(l) = Lineage::from_key(k.value()) else {
+                continue;
+            };
+            let r = LineageRecord::decode(v.value())
+                .map_err(|e| corrupt(BundleId([0; 32]), "lineage", e))?;
+            out.push(LineageInfo {
+                publisher: hex::encode(l.publisher),
+                name: l.name,
+                installed: r.installed,
+                newest: r.newest,
+                equivocal: r.equivocal,
+                rollback_refused: r.refused,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Notes a refused rollback found at install time (counted like one at arrival).
+    pub fn refuse_rollback(&mut self, id: &BundleId) -> Result<(), StoreError> {
+        let vm = self.manifest(id)?.ok_or(StoreError::UnknownBundle(*id))?;
+        let m = vm.manifest();
+        let lineage = m.release_lineage();
+        let txn = self.begin_write()?;
+        let installed = {
+            let mut lineages = txn.open_table(LINEAGES)?;
+            let key = lineage.key();
+            let mut rec = match lineages.get(key.as_slice())? {
+                Some(v) => {
+                    LineageRecord::decode(v.value()).map_err(|e| corrupt(*id, "lineage", e))?
+                }
+                None => LineageRecord::default(),
+            };
+            rec.refused += 1;
+            lineages.insert(key.as_slice(), rec.encode().as_slice())?;
+            let mut bundles = txn.open_table(BUNDLES)?;
+            if let Some(mut r) = Self::record_in(&bundles, id)? {
+                r.wanted = false;
+                r.superseded = true;
+                bundles.insert(&id.0, r.encode().as_slice())?;
+            }
+            rec.installed
+        };
+        txn.commit()?;
+        self.push_event(ReleaseEvent::RollbackRefused {
+            bundle: *id,
+            release: m.release,
+            installed,
+        });
+        Ok(())
+    }
+
+    /// Replaces the reasons complete bundles wait (the install round's findings).
+    pub fn set_waiting(&mut self, waiting: HashMap<BundleId, String>) {
+        self.waiting = waiting;
     }
 
     fn cache(&mut self, vm: VerifiedManifest) {
@@ -995,6 +1467,10 @@ impl Store {
             .manifest(&id)?
             .ok_or_else(|| corrupt(id, "manifest", "missing"))?;
         let m = vm.manifest();
+        let equivocal = m.is_numbered()
+            && self
+                .lineage_record(&m.release_lineage())?
+                .is_some_and(|r| r.equivocal.contains(&m.release));
         Ok(BundleInfo {
             id,
             name: m.name.clone(),
@@ -1013,6 +1489,10 @@ impl Store {
             dependencies: m.dependencies.clone(),
             export_path: rec.export_path.map(PathBuf::from),
             failure: rec.failure,
+            release: m.release,
+            superseded: rec.superseded,
+            equivocal,
+            waiting: self.waiting.get(&id).cloned(),
         })
     }
 
@@ -1204,13 +1684,14 @@ impl Store {
     }
 
     /// Marks a bundle wanted (to be exported and installed) or not. Only trusted bundles can
-    /// be wanted.
+    /// be wanted; a superseded (or equivocal, or rolled-back-to-older) release stays unwanted
+    /// without an error, so re-evaluating subscriptions may ask for every bundle.
     pub fn set_wanted(&mut self, id: &BundleId, wanted: bool) -> Result<(), StoreError> {
         let r = self.update_record(id, |rec| {
             if wanted && !rec.trusted {
                 return Err(());
             }
-            rec.wanted = wanted;
+            rec.wanted = wanted && !rec.superseded;
             Ok(())
         })?;
         if r.is_err() {
@@ -1473,6 +1954,7 @@ impl Store {
                 r.bytes > 0
                     && !r.published
                     && (expired(r)
+                        || r.superseded
                         || (!r.wanted && (!r.trusted || r.priority >= rec.priority)))
                     // Only untrusted bundles free carry quota; when only the carry quota is
                     // short, evicting a trusted bundle would not help.
@@ -1482,6 +1964,8 @@ impl Store {
         candidates.sort_by_key(|&i| {
             let r = &others[i].1;
             (
+                // Superseded releases go before anything else.
+                !r.superseded,
                 !expired(r),
                 r.trusted,
                 std::cmp::Reverse(r.priority),
@@ -1645,14 +2129,61 @@ impl Store {
         .map(|_| ())
     }
 
-    /// Records that the bundle is installed (export done, on-complete command succeeded).
+    /// Records that the bundle is installed (export done, on-complete command and health
+    /// check succeeded). For a numbered release the lineage's installed release (rollback
+    /// protection) moves up in the same transaction, so a crash cannot separate the two.
     pub fn record_installed(&mut self, id: &BundleId) -> Result<(), StoreError> {
-        self.update_record(id, |rec| {
+        let vm = self.manifest(id)?.ok_or(StoreError::UnknownBundle(*id))?;
+        let m = vm.manifest();
+        let txn = self.begin_write()?;
+        {
+            let mut table = txn.open_table(BUNDLES)?;
+            let mut rec = Self::record_in(&table, id)?.ok_or(StoreError::UnknownBundle(*id))?;
             rec.state = State::Installed;
             rec.failure = None;
+            table.insert(&id.0, rec.encode().as_slice())?;
+            if m.is_numbered() {
+                let mut lineages = txn.open_table(LINEAGES)?;
+                let key = m.release_lineage().key();
+                let mut l = match lineages.get(key.as_slice())? {
+                    Some(v) => {
+                        LineageRecord::decode(v.value()).map_err(|e| corrupt(*id, "lineage", e))?
+                    }
+                    None => LineageRecord::default(),
+                };
+                if m.release > l.installed {
+                    l.installed = m.release;
+                    l.installed_id = Some(*id);
+                    l.installed_export = rec.export_path.clone();
+                    l.newest = l.newest.max(m.release);
+                }
+                lineages.insert(key.as_slice(), l.encode().as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Records that the bundle failed its health check after installing and was rolled back
+    /// (`message` says why and to what). It is not retried automatically.
+    pub fn record_rolled_back(
+        &mut self,
+        id: &BundleId,
+        message: &str,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        let release = self.manifest(id)?.map_or(0, |vm| vm.manifest().release);
+        self.record_failure(id, message, at)?;
+        self.update_record(id, |rec| {
+            rec.state = State::RolledBack;
             Ok::<(), ()>(())
-        })
-        .map(|_| ())
+        })?
+        .ok();
+        self.push_event(ReleaseEvent::RolledBack {
+            bundle: *id,
+            release,
+        });
+        Ok(())
     }
 
     /// Records a failed export or on-complete command at `at` (unix seconds).
@@ -1687,7 +2218,7 @@ impl Store {
     /// Clears a failure so the bundle is retried at once (the operator's explicit trigger).
     pub fn retry(&mut self, id: &BundleId) -> Result<(), StoreError> {
         self.update_record(id, |rec| {
-            if rec.state == State::Failed {
+            if matches!(rec.state, State::Failed | State::RolledBack) {
                 rec.state = State::Complete;
                 if let Some(f) = &mut rec.failure {
                     f.at = 0;
@@ -1908,10 +2439,203 @@ mod tests {
         ));
     }
 
+    /// A numbered release of lineage (key(1), "fw") with `len` bytes of content `seed`.
+    fn release(n: u64, seed: u8, len: usize) -> (VerifiedManifest, Vec<u8>) {
+        let c = content(seed, len);
+        let mut m = manifest_for(&c, PS, &key(1));
+        m.name = "fw".into();
+        m.release = n;
+        (m.sign(&key(1)).unwrap(), c)
+    }
+
+    #[test]
+    fn equivocation_is_refused_at_publish_and_flagged_from_the_network() {
+        let mut f = fixture(1 << 30, 0);
+        let (r1, _) = release(1, 1, 100);
+        let (r1_other, _) = release(1, 2, 100);
+        f.store.insert_manifest(&r1, Origin::Published).unwrap();
+        // Publishing a second bundle with the same lineage and release is refused.
+        assert!(matches!(
+            f.store.insert_manifest(&r1_other, Origin::Published),
+            Err(StoreError::Equivocation { release: 1, existing, .. }) if existing == r1.id()
+        ));
+        // The same bundle again is fine.
+        f.store.insert_manifest(&r1, Origin::Published).unwrap();
+        assert_eq!(
+            f.store
+                .newest_release(&r1.manifest().release_lineage())
+                .unwrap(),
+            1
+        );
+
+        // From the network: stored, both flagged, neither wanted nor installable.
+        let mut g = fixture(1 << 30, 0);
+        g.store.insert_manifest(&r1, Origin::Received).unwrap();
+        g.store.set_wanted(&r1.id(), true).unwrap();
+        assert!(g.store.info(&r1.id()).unwrap().unwrap().wanted);
+        g.store
+            .insert_manifest(&r1_other, Origin::Received)
+            .unwrap();
+        for id in [r1.id(), r1_other.id()] {
+            g.store.set_wanted(&id, true).unwrap();
+            let info = g.store.info(&id).unwrap().unwrap();
+            assert!(info.equivocal && !info.wanted, "{info:?}");
+            assert_eq!(
+                g.store.release_block(&id).unwrap(),
+                Some(Block::Equivocal { release: 1 })
+            );
+        }
+        assert_eq!(
+            g.store.take_release_events(),
+            vec![ReleaseEvent::Equivocation {
+                lineage: r1.manifest().release_lineage(),
+                release: 1,
+                bundles: [r1.id(), r1_other.id()],
+            }]
+        );
+        let l = g.store.lineages().unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(
+            (l[0].name.as_str(), l[0].equivocal.as_slice()),
+            ("fw", &[1][..])
+        );
+        assert_eq!(
+            l[0].publisher,
+            hex::encode(key(1).verifying_key().to_bytes())
+        );
+    }
+
+    #[test]
+    fn newer_release_supersedes_and_older_after_install_is_a_refused_rollback() {
+        let mut f = fixture(1 << 30, 0);
+        let (r1, c1) = release(1, 1, 3 * PS as usize);
+        let (r2, c2) = release(2, 2, 3 * PS as usize);
+        let (r3, _) = release(3, 3, 100);
+        f.store.insert_manifest(&r1, Origin::Received).unwrap();
+        f.store.set_wanted(&r1.id(), true).unwrap();
+        fill(&mut f.store, &r1, &c1);
+        // Release 2's manifest alone supersedes release 1.
+        f.store.insert_manifest(&r2, Origin::Received).unwrap();
+        f.store.set_wanted(&r2.id(), true).unwrap();
+        let i1 = f.store.info(&r1.id()).unwrap().unwrap();
+        assert!(i1.superseded && !i1.wanted);
+        assert_eq!(
+            f.store.release_block(&r1.id()).unwrap(),
+            Some(Block::Superseded {
+                release: 1,
+                newest: 2
+            })
+        );
+        assert_eq!(f.store.release_block(&r2.id()).unwrap(), None);
+        // Re-wanting it (a subscription change) leaves it unwanted, without an error.
+        f.store.set_wanted(&r1.id(), true).unwrap();
+        assert!(!f.store.info(&r1.id()).unwrap().unwrap().wanted);
+
+        fill(&mut f.store, &r2, &c2);
+        f.store
+            .record_export(&r2.id(), Path::new("/x/fw-2"))
+            .unwrap();
+        f.store.record_installed(&r2.id()).unwrap();
+        assert!(f.store.take_release_events().is_empty());
+        // Release 1 again (say, re-published after release 2): a refused rollback, counted.
+        f.store.remove(&r1.id()).unwrap();
+        f.store.insert_manifest(&r1, Origin::Received).unwrap();
+        assert_eq!(
+            f.store.release_block(&r1.id()).unwrap(),
+            Some(Block::Rollback {
+                release: 1,
+                installed: 2
+            })
+        );
+        assert!(matches!(
+            f.store.take_release_events()[..],
+            [ReleaseEvent::RollbackRefused {
+                release: 1,
+                installed: 2,
+                ..
+            }]
+        ));
+        let lineage = r2.manifest().release_lineage();
+        assert_eq!(
+            f.store.installed_release(&lineage).unwrap(),
+            Some((r2.id(), 2, PathBuf::from("/x/fw-2")))
+        );
+        // The installed release survives a reopen (crash-safe: same commit as the record).
+        let dir = f._dir.path().to_owned();
+        drop(f.store);
+        let mut s = Store::open(&dir, options(1 << 30, 0, &f.time)).unwrap();
+        assert_eq!(s.lineages().unwrap()[0].installed, 2);
+        assert_eq!(s.lineages().unwrap()[0].rollback_refused, 1);
+        s.insert_manifest(&r3, Origin::Received).unwrap();
+        assert_eq!(s.release_block(&r3.id()).unwrap(), None);
+        assert!(s.info(&r2.id()).unwrap().unwrap().superseded);
+    }
+
+    #[test]
+    fn superseded_releases_are_evicted_before_anything_else() {
+        // Room for two bundles of 3 pieces.
+        let mut f = fixture(6 * PS as u64, 0);
+        let (old, c_old) = release(1, 1, 3 * PS as usize);
+        let (carried, c_carried) = bundle(9, 3 * PS as usize, 1, Priority::Bulk);
+        f.store.insert_manifest(&old, Origin::Received).unwrap();
+        f.store.set_wanted(&old.id(), true).unwrap();
+        fill(&mut f.store, &old, &c_old);
+        f.store.insert_manifest(&carried, Origin::Received).unwrap();
+        fill(&mut f.store, &carried, &c_carried);
+        // Release 2 arrives: release 1, wanted until now and more urgent than the carried
+        // bulk bundle, goes first.
+        let (new, c_new) = release(2, 2, 3 * PS as usize);
+        f.store.insert_manifest(&new, Origin::Received).unwrap();
+        f.store.set_wanted(&new.id(), true).unwrap();
+        fill(&mut f.store, &new, &c_new);
+        assert_eq!(f.store.take_evicted(), vec![old.id()]);
+        assert!(f.store.info(&carried.id()).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_format_2_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let time = Arc::new(AtomicU64::new(1_700_000_100));
+        let (vm, _) = bundle(4, 100, 1, Priority::Normal);
+        {
+            let mut s = Store::open(dir.path(), options(1 << 30, 0, &time)).unwrap();
+            s.insert_manifest(&vm, Origin::Received).unwrap();
+            // Write it back as format 2 left it: 11-field records, no release tables.
+            let db = s.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(BUNDLES).unwrap();
+                let rec = t.get(&vm.id().0).unwrap().unwrap().value().to_vec();
+                assert_eq!((rec[0], rec[rec.len() - 1]), (0x8c, 0));
+                let mut old = rec[..rec.len() - 1].to_vec();
+                old[0] = 0x8b;
+                t.insert(&vm.id().0, old.as_slice()).unwrap();
+                txn.open_table(META).unwrap().insert("format", 2).unwrap();
+            }
+            txn.delete_table(LINEAGES).unwrap();
+            txn.delete_table(RELEASES).unwrap();
+            txn.commit().unwrap();
+        }
+        let mut s = Store::open(dir.path(), options(1 << 30, 0, &time)).unwrap();
+        let info = s.info(&vm.id()).unwrap().unwrap();
+        assert!(!info.superseded && info.release == 1);
+        s.set_wanted(&vm.id(), true).unwrap();
+        s.verify_all().unwrap();
+        let txn = s.db().unwrap().begin_read().unwrap();
+        let format = txn
+            .open_table(META)
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap()
+            .value();
+        assert_eq!(format, STORE_FORMAT);
+    }
+
     #[test]
     fn other_format_versions_are_refused() {
-        // 1: pieces inside redb (before the data files); 3: from the future.
-        for found in [0u64, 1, 3] {
+        // 1: pieces inside redb (before the data files); 4: from the future. (2 is migrated.)
+        for found in [0u64, 1, 4] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(STORE_FILE_NAME);
             drop(Store::open(dir.path(), StoreOptions::default()).unwrap());

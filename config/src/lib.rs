@@ -39,10 +39,10 @@ use toml::de::DeTable;
 pub use error::{ConfigError, Diagnostic};
 pub use reference::{KEYS, KeyDoc, reference};
 pub use schema::{
-    Carry, Config, Control, Discovery, Log, Metrics, Prediction, Session, Store, Subscriptions,
-    Summary, Trust,
+    Carry, Config, Control, Discovery, Install, Log, Metrics, Prediction, Session, Store,
+    Subscriptions, Summary, Trust,
 };
-pub use types::{LogFormat, PublisherKey, PublisherKeyError};
+pub use types::{InstallWindow, InstallWindowError, LogFormat, PublisherKey, PublisherKeyError};
 pub use validate::{
     BEACON_INTERVAL_CEILING_MS, BEACON_INTERVAL_FLOOR_MS, CHANNEL_NAME_MAX, INTERFACE_NAME_MAX,
     KEEPALIVE_FLOOR_MS, LOCK_WAIT_MAX_MS, MAX_SESSIONS_LIMIT, ON_COMPLETE_TIMEOUT_MAX_S,

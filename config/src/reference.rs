@@ -201,10 +201,38 @@ pub const KEYS: &[KeyDoc] = &[
         "integer, seconds",
         "The on-complete command is killed, and the failure recorded, after this long (1 to 86400).",
     ),
+    optional(
+        "store.health_check",
+        "list of strings (program and arguments)",
+        "Command run after the on-complete command, without a shell, same environment; a non-zero exit or a timeout rolls the release back (`on_rollback` runs, the bundle is recorded `rolled_back`).",
+        "no check",
+    ),
+    key(
+        "store.health_check_timeout_s",
+        "integer, seconds",
+        "The health check is killed, and counts as failed, after this long (1 to 86400).",
+    ),
+    optional(
+        "store.on_rollback",
+        "list of strings (program and arguments)",
+        "Command run when a health check fails, without a shell; the failed bundle's variables plus `MULE_ROLLBACK_PATH` (the previous release's export, empty if none), `MULE_ROLLBACK_ID`, `MULE_ROLLBACK_RELEASE`; killed after `store.on_complete_timeout_s`.",
+        "nothing runs",
+    ),
     key(
         "store.lock_wait_ms",
         "integer, milliseconds",
         "How long `mule run` waits for a CLI verb that has the store open, and a CLI verb for a daemon that is starting or stopping (0 to 600000).",
+    ),
+    optional(
+        "install.window",
+        "string, local time: \"Mon-Fri 01:00-05:00\", \"02:00-04:00\"",
+        "Complete releases are installed only inside this window (days Mon..Sun, single or ranges, comma-separated; an end before the start runs past midnight).",
+        "any time",
+    ),
+    key(
+        "install.hold",
+        "boolean",
+        "Pause every install; bundles still arrive and wait, and `mule status` says why.",
     ),
     key(
         "carry.quota_bytes",

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{LogFormat, PublisherKey};
+use crate::types::{InstallWindow, LogFormat, PublisherKey};
 
 /// 1 KiB, for readable defaults.
 const KIB: u64 = 1024;
@@ -43,6 +43,8 @@ pub struct Config {
     pub trust: Trust,
     /// The local bundle store.
     pub store: Store,
+    /// When this node installs complete releases.
+    pub install: Install,
     /// Room for bundles carried on behalf of others.
     pub carry: Carry,
     /// PRoPHET delivery predictability (RFC 6693).
@@ -284,6 +286,23 @@ pub struct Store {
     /// The on-complete command is killed (and the failure recorded) after
     /// this long, in seconds.
     pub on_complete_timeout_s: u64,
+    /// Command run after the on-complete command succeeded, to tell whether
+    /// the new release works (program and arguments, no shell; the same
+    /// environment as `on_complete`). A non-zero exit or a timeout rolls the
+    /// release back: `on_rollback` runs and the bundle is recorded
+    /// `rolled_back`. Unset: no check, a release is installed once
+    /// `on_complete` succeeds.
+    pub health_check: Option<Vec<String>>,
+    /// The health check is killed, and counts as failed, after this long, in
+    /// seconds.
+    pub health_check_timeout_s: u64,
+    /// Command run when a health check fails (program and arguments, no
+    /// shell), with the failed bundle's variables and `MULE_ROLLBACK_PATH`
+    /// (the export of the previously installed release of the same
+    /// lineage, empty if none), `MULE_ROLLBACK_ID` and
+    /// `MULE_ROLLBACK_RELEASE`; killed after `on_complete_timeout_s`. Unset:
+    /// nothing runs, the failure is recorded.
+    pub on_rollback: Option<Vec<String>>,
     /// How long `mule run` waits for the store when a CLI verb has it open
     /// (no daemon was running), and how long a CLI verb waits for a daemon
     /// that is starting or stopping, in milliseconds. 0: do not wait.
@@ -298,6 +317,9 @@ impl Default for Store {
             export_dir: None,
             on_complete: None,
             on_complete_timeout_s: 300,
+            health_check: None,
+            health_check_timeout_s: 60,
+            on_rollback: None,
             lock_wait_ms: 10_000,
         }
     }
@@ -320,6 +342,25 @@ impl Store {
     pub fn lock_wait(&self) -> Duration {
         Duration::from_millis(self.lock_wait_ms)
     }
+
+    /// `health_check_timeout_s` as a duration.
+    pub fn health_check_timeout(&self) -> Duration {
+        Duration::from_secs(self.health_check_timeout_s)
+    }
+}
+
+/// `[install]`: when complete releases are installed (they are fetched and
+/// carried regardless).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Install {
+    /// Local-time window in which installs run, e.g. `"Mon-Fri 01:00-05:00"`
+    /// or `"02:00-04:00"` (every day). A complete release waits for the
+    /// window. Unset: any time.
+    pub window: Option<InstallWindow>,
+    /// Pause every install (an operator's hold); bundles still arrive and
+    /// wait, and `mule status` says so.
+    pub hold: bool,
 }
 
 /// `[carry]`: bundles carried for others.

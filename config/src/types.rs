@@ -90,21 +90,161 @@ impl<'de> Deserialize<'de> for PublisherKey {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // Parsing inside the visitor lets the TOML deserializer attach the
         // span of this very string (an array element) to the error.
-        deserializer.deserialize_str(KeyVisitor)
+        deserializer.deserialize_str(ParseVisitor::new("64 hex digits (an ed25519 public key)"))
     }
 }
 
-struct KeyVisitor;
+/// Deserializes a string through the type's `FromStr`, so that the error carries the span
+/// of the string it came from.
+struct ParseVisitor<T> {
+    expecting: &'static str,
+    parsed: std::marker::PhantomData<T>,
+}
 
-impl serde::de::Visitor<'_> for KeyVisitor {
-    type Value = PublisherKey;
+impl<T> ParseVisitor<T> {
+    fn new(expecting: &'static str) -> Self {
+        ParseVisitor {
+            expecting,
+            parsed: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: FromStr> serde::de::Visitor<'_> for ParseVisitor<T>
+where
+    T::Err: fmt::Display,
+{
+    type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("64 hex digits (an ed25519 public key)")
+        f.write_str(self.expecting)
     }
 
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PublisherKey, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
         v.parse().map_err(E::custom)
+    }
+}
+
+/// A local-time window in which installs may run, e.g. `"Mon-Fri 01:00-05:00"`,
+/// `"Sat,Sun 00:00-24:00"` or `"02:00-04:00"` (every day). Days are `Mon`..`Sun`, as single
+/// days or ranges, comma-separated; a window whose end is before its start runs past
+/// midnight into the next day (the day names the start).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InstallWindow {
+    /// Bit `d` set: the window opens on weekday `d` (0 = Monday).
+    days: u8,
+    /// Minutes after local midnight when it opens (0..1440).
+    start: u16,
+    /// Minutes after local midnight when it closes (1..=1440).
+    end: u16,
+}
+
+const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+impl InstallWindow {
+    /// Whether local time `weekday` (0 = Monday) at `minute` (after midnight) is inside.
+    pub fn contains(&self, weekday: u8, minute: u16) -> bool {
+        let on = |d: u8| self.days & (1 << (d % 7)) != 0;
+        if self.start < self.end {
+            on(weekday) && (self.start..self.end).contains(&minute)
+        } else {
+            // Past midnight: the evening part belongs to today, the morning to yesterday.
+            (on(weekday) && minute >= self.start) || (on(weekday + 6) && minute < self.end)
+        }
+    }
+}
+
+/// Why a text is not an install window.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} (expected e.g. \"Mon-Fri 01:00-05:00\" or \"02:00-04:00\")")]
+pub struct InstallWindowError(String);
+
+fn parse_minute(t: &str) -> Option<u16> {
+    let (h, m) = t.split_once(':')?;
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (m < 60 && (h < 24 || (h == 24 && m == 0)) && t.len() == 5).then_some(h * 60 + m)
+}
+
+impl FromStr for InstallWindow {
+    type Err = InstallWindowError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |m: String| InstallWindowError(m);
+        let (days_text, times) = match s.trim().rsplit_once(' ') {
+            Some((d, t)) => (Some(d.trim()), t),
+            None => (None, s.trim()),
+        };
+        let day = |n: &str| {
+            DAYS.iter()
+                .position(|d| d.eq_ignore_ascii_case(n.trim()))
+                .ok_or_else(|| err(format!("unknown day {n:?} (use Mon..Sun)")))
+        };
+        let mut days = 0u8;
+        match days_text {
+            None => days = 0x7f,
+            Some(list) => {
+                for part in list.split(',') {
+                    let (a, b) = match part.split_once('-') {
+                        Some((a, b)) => (day(a)?, day(b)?),
+                        None => (day(part)?, day(part)?),
+                    };
+                    let mut d = a;
+                    loop {
+                        days |= 1 << d;
+                        if d == b {
+                            break;
+                        }
+                        d = (d + 1) % 7;
+                    }
+                }
+            }
+        }
+        let (a, b) = times
+            .split_once('-')
+            .ok_or_else(|| err(format!("{times:?} is not HH:MM-HH:MM")))?;
+        let bad_time = |t: &str| err(format!("{t:?} is not a time HH:MM (00:00 to 24:00)"));
+        let start = parse_minute(a)
+            .filter(|&m| m < 1440)
+            .ok_or_else(|| bad_time(a))?;
+        let end = parse_minute(b).ok_or_else(|| bad_time(b))?;
+        if start == end {
+            return Err(err("the window opens and closes at the same time".into()));
+        }
+        Ok(InstallWindow { days, start, end })
+    }
+}
+
+impl fmt::Display for InstallWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.days != 0x7f {
+            let names: Vec<&str> = (0..7)
+                .filter(|d| self.days & (1 << d) != 0)
+                .map(|d| DAYS[d])
+                .collect();
+            write!(f, "{} ", names.join(","))?;
+        }
+        let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        write!(f, "{}-{}", hm(self.start), hm(self.end))
+    }
+}
+
+impl fmt::Debug for InstallWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InstallWindow({self})")
+    }
+}
+
+impl Serialize for InstallWindow {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstallWindow {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(ParseVisitor::new(
+            "an install window such as \"Mon-Fri 01:00-05:00\"",
+        ))
     }
 }
 
@@ -165,5 +305,34 @@ mod tests {
             not_point.parse::<PublisherKey>(),
             Err(PublisherKeyError::NotAPoint)
         );
+    }
+
+    #[test]
+    fn install_windows() {
+        let w: InstallWindow = "Mon-Fri 01:00-05:00".parse().unwrap();
+        assert_eq!(w.to_string(), "Mon,Tue,Wed,Thu,Fri 01:00-05:00");
+        assert_eq!(w.to_string().parse::<InstallWindow>().unwrap(), w);
+        assert!(w.contains(0, 60) && w.contains(4, 299));
+        assert!(!w.contains(0, 59) && !w.contains(0, 300) && !w.contains(5, 120));
+        // Past midnight, and every day.
+        let night: InstallWindow = "Sat,Sun 23:00-02:00".parse().unwrap();
+        assert!(night.contains(5, 23 * 60) && night.contains(6, 60) && night.contains(0, 60));
+        assert!(!night.contains(5, 60) && !night.contains(0, 23 * 60));
+        let daily: InstallWindow = "02:00-24:00".parse().unwrap();
+        assert!((0..7).all(|d| daily.contains(d, 1439) && !daily.contains(d, 119)));
+        assert_eq!(daily.to_string(), "02:00-24:00");
+        let wrap: InstallWindow = "Fri-Mon 01:00-02:00".parse().unwrap();
+        assert!(wrap.contains(6, 90) && wrap.contains(0, 90) && !wrap.contains(1, 90));
+        for bad in [
+            "",
+            "Mon",
+            "Mon 1:00-2:00",
+            "Mon 01:00-01:00",
+            "Xyz 01:00-02:00",
+            "25:00-26:00",
+            "01:00",
+        ] {
+            assert!(bad.parse::<InstallWindow>().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -352,6 +352,10 @@ fn check_quotas(c: &Config) -> Result<(), Problem> {
         ("prediction.time_unit_s", c.prediction.time_unit_s),
         ("prediction.i_typ_s", c.prediction.i_typ_s),
         ("store.on_complete_timeout_s", c.store.on_complete_timeout_s),
+        (
+            "store.health_check_timeout_s",
+            c.store.health_check_timeout_s,
+        ),
     ] {
         if value > i64::MAX as u64 {
             return Err(problem(
@@ -496,17 +500,22 @@ fn check_misc(c: &Config) -> Result<(), Problem> {
             "must not be empty (e.g. \"info\")".into(),
         ));
     }
-    if let Some(command) = &c.store.on_complete {
+    for (key, command) in [
+        ("store.on_complete", &c.store.on_complete),
+        ("store.health_check", &c.store.health_check),
+        ("store.on_rollback", &c.store.on_rollback),
+    ] {
+        let Some(command) = command else { continue };
         match command.first() {
             None => {
                 return Err(problem(
-                    path("store.on_complete"),
+                    path(key),
                     "must name a program (leave the key out to run nothing)".into(),
                 ));
             }
             Some(program) if program.is_empty() => {
                 return Err(problem(
-                    element("store.on_complete", 0),
+                    element(key, 0),
                     "the program name must not be empty".into(),
                 ));
             }
@@ -522,14 +531,19 @@ fn check_misc(c: &Config) -> Result<(), Problem> {
             ),
         ));
     }
-    if !(1..=ON_COMPLETE_TIMEOUT_MAX_S).contains(&c.store.on_complete_timeout_s) {
-        return Err(problem(
-            path("store.on_complete_timeout_s"),
-            format!(
-                "{} s is outside the allowed range 1..={ON_COMPLETE_TIMEOUT_MAX_S} s",
-                c.store.on_complete_timeout_s
-            ),
-        ));
+    for (key, secs) in [
+        ("store.on_complete_timeout_s", c.store.on_complete_timeout_s),
+        (
+            "store.health_check_timeout_s",
+            c.store.health_check_timeout_s,
+        ),
+    ] {
+        if !(1..=ON_COMPLETE_TIMEOUT_MAX_S).contains(&secs) {
+            return Err(problem(
+                path(key),
+                format!("{secs} s is outside the allowed range 1..={ON_COMPLETE_TIMEOUT_MAX_S} s"),
+            ));
+        }
     }
     if c.metrics.enabled && c.metrics.listen.port() == 0 {
         return Err(problem(

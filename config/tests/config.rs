@@ -303,6 +303,8 @@ fn everything_set() -> Config {
          [subscriptions]\nchannels = [\"fw/a b\", \"maps\"]\n\
          [trust]\npublishers = [\"{KEY}\"]\ncarry_untrusted = true\n\
          [store]\nexport_dir = \"/srv/export\"\non_complete = [\"/bin/echo\", \"done\"]\n\
+         health_check = [\"/bin/true\"]\non_rollback = [\"/bin/echo\", \"back\"]\n\
+         [install]\nwindow = \"Mon-Fri 01:00-05:00\"\n\
          [control]\nsocket = \"/run/mule/mule.sock\"\n\
          [log]\nlevel = \"warn,mule=debug\"\nformat = \"json\"\n"
     );

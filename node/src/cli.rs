@@ -40,7 +40,7 @@ pub enum Command {
     Key(KeyCommand),
     /// Cut a file into pieces, sign a manifest and store the bundle (into the
     /// running daemon if there is one, which then spreads it). Prints the id.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
     /// List bundles: id, name, version, priority, pieces have/total, state.
     Bundles(JsonFlag),
     /// Show one bundle's manifest and progress.
@@ -207,6 +207,17 @@ pub struct PublishArgs {
     /// Free-form metadata `KEY=VALUE` (repeatable), e.g. `run=/usr/sbin/apply`.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+    /// Release number within the lineage (this key, `--name`). Default: one more than
+    /// the highest release of the lineage in this node's store. A second, different bundle
+    /// with a release number already used is refused.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub release: Option<u64>,
+    /// Install phase `PERCENT%@DELAY` (repeatable, widening), e.g. `--stage 5%@0 --stage
+    /// 50%@2d --stage 100%@4d`: nodes in the first 5% of cohorts install at once, up to 50%
+    /// after 2 days, everyone after 4. Delays in s, m, h or d after publishing. Default:
+    /// everyone at once.
+    #[arg(long = "stage", value_name = "PCT%@DELAY")]
+    pub stages: Vec<mule_bundle::Stage>,
 }
 
 #[cfg(test)]

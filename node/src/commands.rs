@@ -269,7 +269,7 @@ async fn daemon_only(cfg: &Config, data_dir: &Path, what: &str) -> Result<Client
 
 async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
     match cmd {
-        Command::Publish(args) => publish(args, cfg, data_dir).await,
+        Command::Publish(args) => publish(*args, cfg, data_dir).await,
         Command::Bundles(j) => {
             let list = bundle_list(cfg, data_dir).await?;
             if j.json {
@@ -403,7 +403,8 @@ fn now_secs() -> u64 {
 async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
     let key = keys::read_key_file(&a.key)?;
     let now = now_secs();
-    let mut opts = PublishOptions::new(a.name, a.version, now);
+    let mut opts = PublishOptions::new(a.name.clone(), a.version, now);
+    opts.stages = a.stages.clone();
     opts.priority = a.priority.parse().map_err(|e: String| anyhow!(e))?;
     opts.depends = parse_ids(&a.depends, "--depends")?;
     opts.lineage = parse_ids(&a.replaces, "--replaces")?;
@@ -418,10 +419,20 @@ async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
             .ok_or_else(|| anyhow!("--meta {m:?}: expected KEY=VALUE"))?;
         opts.metadata.insert(k.to_string(), v.to_string());
     }
+    let lineage = mule_bundle::Lineage {
+        publisher: key.verifying_key().to_bytes(),
+        name: a.name,
+    };
+    let mut target = target(cfg, data_dir, Access::Write).await?;
+    opts.release = match a.release {
+        Some(n) => n,
+        None => newest_release(&mut target, &lineage).await? + 1,
+    };
     let vm = mule_bundle::publish_file(&a.file, &opts, &key)
         .with_context(|| format!("publishing {}", a.file.display()))?;
     let id = vm.id();
-    match target(cfg, data_dir, Access::Write).await? {
+    eprintln!("release {} of {}", opts.release, lineage.name);
+    match target {
         Target::Direct(mut s) => {
             s.insert_manifest(&vm, Origin::Published)?;
             let f = std::fs::File::open(&a.file)?;
@@ -476,6 +487,25 @@ async fn publish(a: PublishArgs, cfg: &Config, data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The highest release of `lineage` the publisher's own store knows (0: none).
+async fn newest_release(target: &mut Target, lineage: &mule_bundle::Lineage) -> Result<u64> {
+    Ok(match target {
+        Target::Direct(s) => s.newest_release(lineage)?,
+        Target::Daemon(c) => {
+            let Response::Status(st) = c.call(&Request::Status).await? else {
+                bail!("unexpected answer")
+            };
+            let publisher = hex::encode(lineage.publisher);
+            st.releases
+                .iter()
+                .filter(|r| r.publisher == publisher && r.name == lineage.name)
+                .map(|r| r.newest)
+                .max()
+                .unwrap_or(0)
+        }
+    })
+}
+
 fn parse_ids(v: &[String], flag: &str) -> Result<Vec<BundleId>> {
     v.iter()
         .map(|s| s.parse::<BundleId>().map_err(|e| anyhow!("{flag}: {e}")))
@@ -485,8 +515,20 @@ fn parse_ids(v: &[String], flag: &str) -> Result<Vec<BundleId>> {
 /// The view of a bundle for tables and JSON (`quota_bytes`: the store quota, to tell a
 /// wanted bundle that can never fit from one that is merely incomplete).
 pub fn bundle_view(b: &BundleInfo, quota_bytes: u64) -> view::Bundle {
+    use mule_bundle::store::State;
     let state = match &b.failure {
-        Some(f) if b.state == mule_bundle::store::State::Failed => format!("failed: {}", f.message),
+        Some(f) if b.state == State::Failed => format!("failed: {}", f.message),
+        Some(f) if b.state == State::RolledBack => format!("rolled_back: {}", f.message),
+        _ if b.equivocal => {
+            "equivocal: the publisher signed another bundle with this release; not installed"
+                .to_string()
+        }
+        _ if b.superseded && b.state != State::Installed => {
+            "superseded: a newer release is known; not installed".to_string()
+        }
+        _ if b.waiting.is_some() && b.state == State::Complete => {
+            format!("waiting: {}", b.waiting.as_deref().unwrap_or_default())
+        }
         _ if b.wanted
             && b.state == mule_bundle::store::State::Incomplete
             && b.content_len > quota_bytes =>
@@ -507,6 +549,7 @@ pub fn bundle_view(b: &BundleInfo, quota_bytes: u64) -> view::Bundle {
         pieces_total: b.pieces_total,
         size: b.content_len,
         state,
+        release: b.release,
         wanted: b.wanted,
         published: b.published,
         trusted: b.trusted,
@@ -593,6 +636,8 @@ async fn inspect(id: &str, json: bool, cfg: &Config, data_dir: &Path) -> Result<
         "pieces": vm.piece_count(),
         "content_hash": hex::encode(m.content_hash),
         "metadata": m.metadata.iter().collect::<BTreeMap<_, _>>(),
+        "release": m.release,
+        "stages": m.stages.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         "manifest_bytes": vm.as_bytes().len(),
         "pieces_have": info.pieces_have,
         "state": info.state,
@@ -798,6 +843,42 @@ fn print_status(st: &view::Status) {
     print_neighbours(&st.neighbours);
     println!();
     print_bundles(&st.bundles);
+    print_releases(st);
+}
+
+fn print_releases(st: &view::Status) {
+    if st.releases.is_empty() {
+        return;
+    }
+    println!();
+    println!("releases (name, publisher, installed / newest known):");
+    for r in &st.releases {
+        let flag = if r.equivocal.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  PUBLISHER KEY FLAGGED: equivocated on release(s) {:?}",
+                r.equivocal
+            )
+        };
+        let refused = if r.rollback_refused > 0 {
+            format!("  {} rollback(s) refused", r.rollback_refused)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<16} {}  {} / {}{refused}{flag}",
+            r.name,
+            &r.publisher[..16.min(r.publisher.len())],
+            r.installed,
+            r.newest
+        );
+    }
+    let c = &st.release_events;
+    println!(
+        "since start: {} rollback(s) refused, {} equivocation(s), {} rolled back",
+        c.rollback_refused, c.equivocations, c.rolled_back
+    );
 }
 
 async fn media_verb(cmd: MediaCommand, cfg: &Config, data_dir: &Path) -> Result<()> {

@@ -47,6 +47,9 @@
 //! | `mule_store_full` | gauge (0 or 1) | |
 //! | `mule_pieces_corrupt_total` | counter | |
 //! | `mule_bundles` | gauge | `state` ([`BundleState`]) |
+//! | `mule_rollback_refused_total` | counter | |
+//! | `mule_equivocations_total` | counter | |
+//! | `mule_rollbacks_total` | counter | |
 //! | `mule_beacons_sent_total`, `mule_beacons_accepted_total` | counter | |
 //! | `mule_beacons_dropped_total` | counter | `reason` (from the beacon source) |
 //!
@@ -190,7 +193,8 @@ impl From<mule_bundle::store::State> for BundleState {
             State::Incomplete => BundleState::Incomplete,
             State::Complete => BundleState::Complete,
             State::Installed => BundleState::Installed,
-            State::Failed => BundleState::Failed,
+            // A rollback is a failed install of that release.
+            State::Failed | State::RolledBack => BundleState::Failed,
         }
     }
 }
@@ -255,6 +259,10 @@ pub struct Metrics {
     store_quota_bytes: AtomicU64,
     store_full: AtomicU64,
     pieces_corrupt: AtomicU64,
+    /// Release events: refused rollbacks, equivocations, health-check rollbacks.
+    rollback_refused: AtomicU64,
+    equivocations: AtomicU64,
+    rollbacks: AtomicU64,
     bundles: Family<4>,
     /// Set once at start-up and read per scrape, never on a hot path.
     beacons: RwLock<Option<BeaconSource>>,
@@ -303,6 +311,9 @@ impl Metrics {
             store_quota_bytes: AtomicU64::new(0),
             store_full: AtomicU64::new(0),
             pieces_corrupt: AtomicU64::new(0),
+            rollback_refused: AtomicU64::new(0),
+            equivocations: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
             bundles: Family::new(),
             beacons: RwLock::new(None),
         }
@@ -391,6 +402,26 @@ impl Metrics {
     /// Counts one stored piece that failed its hash when read back and was dropped.
     pub fn inc_pieces_corrupt(&self) {
         self.pieces_corrupt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a release event of the store (refused rollback, equivocation, rollback).
+    pub fn inc_release_event(&self, e: &mule_bundle::store::ReleaseEvent) {
+        use mule_bundle::store::ReleaseEvent as E;
+        let c = match e {
+            E::RollbackRefused { .. } => &self.rollback_refused,
+            E::Equivocation { .. } => &self.equivocations,
+            E::RolledBack { .. } => &self.rollbacks,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The release event counters, for `mule status`.
+    pub fn release_counts(&self) -> crate::view::ReleaseCounts {
+        crate::view::ReleaseCounts {
+            rollback_refused: self.rollback_refused.load(Ordering::Relaxed),
+            equivocations: self.equivocations.load(Ordering::Relaxed),
+            rolled_back: self.rollbacks.load(Ordering::Relaxed),
+        }
     }
 
     /// The current value of `mule_pieces_corrupt_total`.
@@ -581,6 +612,25 @@ impl Metrics {
             "Stored pieces that failed their hash when read back (dropped, fetched again).",
             self.pieces_corrupt.load(Ordering::Relaxed),
         );
+        for (name, help, c) in [
+            (
+                "mule_rollback_refused_total",
+                "Releases refused because a newer release of their lineage is installed.",
+                &self.rollback_refused,
+            ),
+            (
+                "mule_equivocations_total",
+                "Two different bundles seen with the same lineage and release (neither installed).",
+                &self.equivocations,
+            ),
+            (
+                "mule_rollbacks_total",
+                "Releases that failed their health check and were rolled back.",
+                &self.rollbacks,
+            ),
+        ] {
+            o.scalar(name, "counter", help, c.load(Ordering::Relaxed));
+        }
         o.family(
             "mule_bundles",
             "gauge",
@@ -1098,6 +1148,9 @@ mod tests {
             "mule_store_quota_bytes",
             "mule_store_full",
             "mule_pieces_corrupt_total",
+            "mule_rollback_refused_total",
+            "mule_equivocations_total",
+            "mule_rollbacks_total",
         ] {
             assert_eq!(value(&s, name), 0.0);
         }
@@ -1119,8 +1172,8 @@ mod tests {
                 "{fam}"
             );
         }
-        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 10 plain, build info and uptime.
-        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 10 + 2);
+        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 13 plain, build info and uptime.
+        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 13 + 2);
     }
 
     #[test]

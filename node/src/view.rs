@@ -27,6 +27,24 @@ pub struct Status {
     pub subscriptions: Vec<String>,
     /// Sessions currently open.
     pub sessions: usize,
+    /// Release lineages this node knows: installed and newest release, equivocations
+    /// (the publisher's key is flagged), refused rollbacks.
+    #[serde(default)]
+    pub releases: Vec<mule_bundle::LineageInfo>,
+    /// Refused rollbacks, equivocations and rollbacks since the daemon started.
+    #[serde(default)]
+    pub release_events: ReleaseCounts,
+}
+
+/// Counters of release events since the daemon started (the metrics of the same names).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReleaseCounts {
+    /// `mule_rollback_refused_total`.
+    pub rollback_refused: u64,
+    /// `mule_equivocations_total`.
+    pub equivocations: u64,
+    /// `mule_rollbacks_total`.
+    pub rolled_back: u64,
 }
 
 /// A neighbour as the node sees it now.
@@ -63,9 +81,14 @@ pub struct Bundle {
     pub pieces_total: u32,
     /// Content length in bytes.
     pub size: u64,
-    /// Lifecycle state (`incomplete`, `complete`, `installed`, `failed: …`, or
-    /// `too large: …` for a wanted bundle that cannot fit in the store quota at all).
+    /// Lifecycle state (`incomplete`, `complete`, `installed`, `failed: …`,
+    /// `rolled_back: …`, `superseded`, `equivocal`, `waiting: …` for a complete bundle the
+    /// install policy defers, or `too large: …` for a wanted bundle that cannot fit in the
+    /// store quota at all).
     pub state: String,
+    /// Release number within its lineage (0: unnumbered, format 1 manifest).
+    #[serde(default)]
+    pub release: u64,
     /// Whether this node wants it (subscribed) or only carries it.
     pub wanted: bool,
     /// Whether this node published it.

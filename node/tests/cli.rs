@@ -22,26 +22,15 @@ fn is_hex64(s: &str) -> bool {
 
 /// Publishes `data` into `node` (through the daemon when one runs) and returns the id.
 fn publish(node: &Node, key: &std::path::Path, name: &str, data: &[u8]) -> String {
-    let file = node.path(&format!("{name}.bin"));
-    std::fs::write(&file, data).expect("write content");
-    let out = node.ok(&[
-        "publish",
-        file.to_str().expect("path"),
-        "--name",
+    let id = support::publish(
+        node,
+        key,
         name,
-        "--version",
         "2.1",
-        "--key",
-        key.to_str().expect("path"),
-        "--audience",
-        "fw",
-        "--piece-size",
-        "16384",
-        "--meta",
-        "run=/usr/sbin/apply",
-    ]);
-    let id = out.trim().to_string();
-    assert!(is_hex64(&id), "publish printed {out:?}, not a bundle id");
+        data,
+        &["--meta", "run=/usr/sbin/apply"],
+    );
+    assert!(is_hex64(&id), "publish printed {id:?}, not a bundle id");
     id
 }
 

@@ -18,6 +18,7 @@
 mod admission;
 mod ble;
 mod conn;
+mod install;
 mod media;
 mod progress;
 mod session;
@@ -305,6 +306,7 @@ impl Ctx {
     pub(crate) async fn status(&self) -> Result<v::Status, store::CallError> {
         let bundles = self.store.bundles().await?;
         let usage = self.store.usage().await?;
+        let releases = self.store.lineages().await?;
         let sh = self.shared.lock().expect("shared state");
         let mut neighbours: Vec<v::Neighbour> = sh
             .neighbours
@@ -361,6 +363,8 @@ impl Ctx {
             store_quota_bytes: self.cfg.store.quota_bytes,
             subscriptions: sh.channels.clone(),
             sessions: sh.sessions.len(),
+            releases,
+            release_events: self.metrics.release_counts(),
         })
     }
 }
@@ -577,16 +581,10 @@ pub async fn run_locked(
 
     let store_opts = store_options(&cfg);
     let store = open_store(&data_dir, store_opts, lock_deadline).await?;
-    let completion = Completion {
-        export_dir: cfg.store.export_dir_in(&data_dir),
-        hook: cfg.store.on_complete.as_ref().and_then(|cmd| {
-            let (program, args) = cmd.split_first()?;
-            Some(mule_bundle::complete::Hook {
-                program: PathBuf::from(program),
-                args: args.to_vec(),
-                timeout: cfg.store.on_complete_timeout(),
-            })
-        }),
+    let mut completion = Completion {
+        installer: install::installer(&cfg, &data_dir, *node.as_bytes()),
+        install: cfg.install.clone(),
+        on_release: Box::new(|_| {}),
     };
     // The ring is allocated up front (slots of ~70 bytes): 2048 notices are ~0.4 s of pieces
     // at 300 MB/s, and a session that lags further only misses some Have updates.
@@ -604,6 +602,11 @@ pub async fn run_locked(
                 }));
             }
         })
+    };
+    completion.on_release = {
+        let metrics = metrics.clone();
+        // The store logged each event; count it.
+        Box::new(move |events| events.iter().for_each(|e| metrics.inc_release_event(e)))
     };
     let (store_handle, store_thread) = StoreHandle::spawn(store, completion, on_dropped);
 
@@ -869,18 +872,27 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(states);
 }
 
-/// Installs completed bundles whenever a piece completes one (or on start).
+/// Installs completed bundles whenever a piece completes one (or on start), every minute
+/// (install windows, retries), and when a waiting release's stage opens.
 async fn installer(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
+    let mut wait = Duration::from_secs(60);
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = ctx.install.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = Duration::from_secs(60);
         match ctx.store.install_pending().await {
-            Ok(done) => {
-                for (id, r) in done {
+            Ok(round) => {
+                if let Some(at) = round.next_wake {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    wait = wait.min(Duration::from_secs(at.saturating_sub(now)));
+                }
+                for (id, r) in round.done {
                     match r {
                         Ok(path) => {
                             tracing::info!(bundle = %id.short(), path = %path.display(), "bundle complete and installed")

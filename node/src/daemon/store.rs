@@ -11,13 +11,15 @@
 //! answered [`PutOutcome::DiskFull`], not as a store failure, so sessions refuse politely
 //! and stop requesting; after an I/O error that leaves redb refusing every call, the thread
 //! reopens the database. Pieces the store drops as bad (a hash mismatch on reading) are
-//! reported to the `on_dropped` callback given at [`StoreHandle::spawn`].
+//! reported to the `on_dropped` callback given at [`StoreHandle::spawn`], release events
+//! (equivocation, refused rollbacks, rollbacks) to `on_release`.
 
 use std::path::PathBuf;
 
-use mule_bundle::complete::{self, Hook};
+use mule_bundle::complete::{self, Installer};
 use mule_bundle::store::{
-    BadPiece, BundleInfo, Inserted, Origin, Put, PutError, Store, StoreError, Usage,
+    BadPiece, BundleInfo, Inserted, LineageInfo, Origin, Put, PutError, ReleaseEvent, Store,
+    StoreError, Usage,
 };
 
 /// What became of one piece handed to the store.
@@ -66,8 +68,15 @@ pub const MAX_BATCH_BYTES: usize = 8 << 20;
 type Reply<T> = oneshot::Sender<T>;
 /// Every bundle's manifest, bitfield and bookkeeping (a session's starting view).
 pub type SnapshotRows = Vec<(VerifiedManifest, Bitfield, BundleInfo)>;
-/// Each bundle installed (or the error that stopped it).
-pub type InstallResults = Vec<(BundleId, Result<PathBuf, String>)>;
+/// What an install round did: each bundle installed (or the error that stopped it), and the
+/// earliest time (unix seconds) a deferred bundle's stage opens.
+#[derive(Debug, Default)]
+pub struct InstallResults {
+    /// Each attempt's outcome.
+    pub done: Vec<(BundleId, Result<PathBuf, String>)>,
+    /// When to look again for a staged bundle, if one waits for its stage.
+    pub next_wake: Option<u64>,
+}
 
 /// A request to the store thread.
 pub enum Cmd {
@@ -88,6 +97,8 @@ pub enum Cmd {
     ),
     /// Every bundle's bookkeeping.
     Bundles(Reply<Result<Vec<BundleInfo>, StoreError>>),
+    /// Every release lineage's bookkeeping.
+    Lineages(Reply<Result<Vec<LineageInfo>, StoreError>>),
     /// Manifests and bitfields of every bundle (a session's starting view).
     Snapshot(Reply<Result<SnapshotRows, StoreError>>),
     /// Mark a bundle wanted or not.
@@ -106,6 +117,8 @@ pub enum Cmd {
 
 /// Told about pieces the store dropped as bad (on the store thread: keep it quick).
 pub type OnDropped = Box<dyn Fn(Vec<BadPiece>) + Send>;
+/// Told about release events (on the store thread: keep it quick).
+pub type OnRelease = Box<dyn Fn(Vec<ReleaseEvent>) + Send>;
 
 /// Handle to the store thread; cheap to clone.
 #[derive(Clone)]
@@ -129,13 +142,14 @@ pub enum CallError {
     Store(#[from] StoreError),
 }
 
-/// Where completed bundles go and what runs then.
-#[derive(Clone, Debug)]
+/// Where completed bundles go, what runs then, and when installs may run.
 pub struct Completion {
-    /// Export directory.
-    pub export_dir: PathBuf,
-    /// The on-complete command.
-    pub hook: Option<Hook>,
+    /// Export directory, hooks and node id.
+    pub installer: Installer,
+    /// `install.hold` and `install.window`.
+    pub install: mule_config::Install,
+    /// Told about release events.
+    pub on_release: OnRelease,
 }
 
 impl StoreHandle {
@@ -203,6 +217,11 @@ impl StoreHandle {
         Ok(self.call(Cmd::Bundles).await??)
     }
 
+    /// Every release lineage's bookkeeping.
+    pub async fn lineages(&self) -> Result<Vec<LineageInfo>, CallError> {
+        Ok(self.call(Cmd::Lineages).await??)
+    }
+
     /// Manifests and bitfields of every bundle.
     pub async fn snapshot(&self) -> Result<SnapshotRows, CallError> {
         Ok(self.call(Cmd::Snapshot).await??)
@@ -253,6 +272,10 @@ fn actor(
         let dropped = store.take_dropped();
         if !dropped.is_empty() {
             on_dropped(dropped);
+        }
+        let events = store.take_release_events();
+        if !events.is_empty() {
+            (completion.on_release)(events);
         }
         let cmd = match deferred.take() {
             Some(c) => c,
@@ -350,6 +373,9 @@ fn handle(store: &mut Store, cmd: Cmd, completion: &Completion) {
         Cmd::Bundles(r) => {
             let _ = r.send(store.bundles());
         }
+        Cmd::Lineages(r) => {
+            let _ = r.send(store.lineages());
+        }
         Cmd::Snapshot(r) => {
             let _ = r.send(snapshot(store));
         }
@@ -361,17 +387,18 @@ fn handle(store: &mut Store, cmd: Cmd, completion: &Completion) {
         }
         Cmd::InstallPending(r) => {
             let now = (store.options().clock)();
-            let result = complete::install_pending(
-                store,
-                &completion.export_dir,
-                completion.hook.as_ref(),
-                now,
-            )
-            .map(|v| {
-                v.into_iter()
-                    .map(|(id, res)| (id, res.map_err(|e| e.to_string())))
-                    .collect()
-            });
+            let gate = super::install::gate(&completion.install, now);
+            let result =
+                complete::install_pending(store, &completion.installer, &gate, now).map(|round| {
+                    InstallResults {
+                        next_wake: round.next_wake(),
+                        done: round
+                            .outcomes
+                            .into_iter()
+                            .map(|(id, res)| (id, res.map_err(|e| e.to_string())))
+                            .collect(),
+                    }
+                });
             let _ = r.send(result);
         }
         Cmd::Verify(id, repair, r) => {

@@ -409,6 +409,36 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Publishes `data` as `name` `version` for channel `fw` into `node` (through its daemon
+/// when one runs) with 16 KiB pieces and the `extra` flags; returns the printed bundle id.
+pub fn publish(
+    node: &Node,
+    key: &Path,
+    name: &str,
+    version: &str,
+    data: &[u8],
+    extra: &[&str],
+) -> String {
+    let file = node.path(&format!("{name}-{version}.bin"));
+    std::fs::write(&file, data).expect("write content");
+    let mut args = vec![
+        "publish",
+        file.to_str().expect("path"),
+        "--name",
+        name,
+        "--version",
+        version,
+        "--key",
+        key.to_str().expect("path"),
+        "--audience",
+        "fw",
+        "--piece-size",
+        "16384",
+    ];
+    args.extend_from_slice(extra);
+    node.ok(&args).trim().to_string()
+}
+
 /// A publisher key written to `dir/name` (mode 0600), and its public hex.
 pub fn publisher_key(dir: &Path, name: &str) -> (SigningKey, PathBuf, String) {
     let key = mule_bundle::keys::generate().expect("key");
