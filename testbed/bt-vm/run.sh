@@ -18,6 +18,7 @@
 #   MULE_BTVM_ACCEL   auto|kvm|tcg (auto: KVM only with a writable /dev/kvm AND vmx/svm)
 #   MULE_BTVM_TIMEOUT whole-VM limit in seconds (default 420)
 #   MULE_BTVM_BIG_KIB size of the resume bundle in KiB (default 2048)
+#   MULE_BTVM_KDEBUG  1: the guest kernel's Bluetooth debug messages go to kdebug.txt
 #   MULE_BTVM_REQUIRE steps that decide the exit status, comma-separated (default: all;
 #                     CI names the discovery, session and 256 KiB bundle steps)
 set -euo pipefail
@@ -58,7 +59,7 @@ SHARE=$CACHE/share
 rm -rf "$SHARE"; mkdir -p "$SHARE/out"
 cp "$HERE"/guest/stage2.sh "$HERE"/guest/scenario.py "$SHARE/"
 cp "$BIN" "$SHARE/mule"
-printf 'BIG_KIB=%s\n' "$BIG_KIB" > "$SHARE/env"
+printf 'BIG_KIB=%s\nKDEBUG=%s\n' "$BIG_KIB" "${MULE_BTVM_KDEBUG:-0}" > "$SHARE/env"
 
 if [ "$ACCEL" = auto ]; then
     if [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then ACCEL=kvm; else ACCEL=tcg; fi
