@@ -24,9 +24,10 @@
 //! which tells it the asker's id, and probes only if it has not learnt the id by then. So two
 //! nodes do not open LE connections to each other at the same moment. That matters on Linux
 //! 6.12: when a node's own connection attempt to a device is pending and the device connects
-//! to it, the kernel keeps the pending attempt as a second connection object (it matches a
-//! new link to a pending attempt by role as well as by address), and the L2CAP channel
-//! waiting on that attempt never completes; 6.1 merged the two.
+//! to it, the kernel makes the incoming link a second connection object next to the pending
+//! attempt (upstream now matches a new link to a pending attempt by role as well as by
+//! address), and the L2CAP channel waiting on that attempt never completes. The same race
+//! passed on 6.1. See `testbed/bt-vm/README.md`, pitfall 14.
 //!
 //! # One adapter per node
 //! The identity listener, the session listener ([`BleListener::bind_on`]) and the connector
