@@ -12,9 +12,22 @@
 //! to a full [`NodeId`] learnt from beacons, mDNS or an earlier session with that device.
 //! Sightings that cannot be resolved yet are kept (bounded) and reported by
 //! [`IdMap::unresolved`]. To resolve them without any other transport, every node also runs
-//! a tiny identity listener on [`id_psm`] (the session PSM + 1) that sends its 32-byte node id
-//! and nothing else: the scanner connects there, checks the id against the advertised short
-//! id, and only then reports the peer. The id is a hint; the session handshake proves it.
+//! a tiny identity listener on [`id_psm`] (the session PSM + 1): the scanner connects there,
+//! sends its own 32-byte node id, reads the listener's ([`ask_identity`], [`answer_identity`]),
+//! checks it against the advertised short id, and only then reports the peer; the listener
+//! binds the asker's device address to the id it was told ([`IdMap::learn_claim`]). The ids are
+//! hints; the session handshake proves them.
+//!
+//! # Who probes
+//! Only the node with the smaller short id probes at once ([`probes_first`], the same order in
+//! which the smaller node id dials sessions); the other waits [`PROBE_DEFER`] for that probe,
+//! which tells it the asker's id, and probes only if it has not learnt the id by then. So two
+//! nodes do not open LE connections to each other at the same moment. That matters on Linux
+//! 6.12: when a node's own connection attempt to a device is pending and the device connects
+//! to it, the kernel makes the incoming link a second connection object next to the pending
+//! attempt (upstream now matches a new link to a pending attempt by role as well as by
+//! address), and the L2CAP channel waiting on that attempt never completes. The same race
+//! passed on 6.1. See `testbed/bt-vm/README.md`, pitfall 14.
 //!
 //! # One adapter per node
 //! The identity listener, the session listener ([`BleListener::bind_on`]) and the connector
@@ -38,6 +51,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::NodeId;
 use crate::neighbours::BleAddr;
@@ -149,6 +166,48 @@ pub fn id_psm(psm: u16) -> u16 {
     if psm >= 0xff { 0xfe } else { psm.max(0x80) + 1 }
 }
 
+/// How long the node with the larger short id waits before probing a peer's identity itself:
+/// longer than the peer needs to see our advertisement (re-registered every 8 s) and probe us.
+pub const PROBE_DEFER: Duration = Duration::from_secs(12);
+
+/// Whether node `own` probes a device advertising short id `peer` at once (`true`: ours is
+/// the smaller one) or waits [`PROBE_DEFER`] for that device to probe it first (see the
+/// module docs, "Who probes").
+pub fn probes_first(own: &NodeId, peer: BleShortId) -> bool {
+    BleShortId::of(own) < peer
+}
+
+/// The asking side of an identity probe on a connected stream: sends our node id, then reads
+/// the 32-byte id of the node that answers.
+pub async fn ask_identity<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    own: &NodeId,
+) -> io::Result<NodeId> {
+    s.write_all(&own.0).await?;
+    let mut id = [0u8; 32];
+    s.read_exact(&mut id).await?;
+    Ok(NodeId(id))
+}
+
+/// The answering side: sends our node id, reads the asker's (`None` if it sends none within
+/// `wait`: an older asker only reads), then waits up to `wait` for the asker to close (closing
+/// first could drop the bytes not sent yet).
+pub async fn answer_identity<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    own: &NodeId,
+    wait: Duration,
+) -> Option<NodeId> {
+    s.write_all(&own.0).await.ok()?;
+    let mut id = [0u8; 32];
+    let told = tokio::time::timeout(wait, s.read_exact(&mut id)).await;
+    let asker = matches!(told, Ok(Ok(_))).then_some(NodeId(id));
+    if asker.is_some() {
+        let mut b = [0u8; 16];
+        let _ = tokio::time::timeout(wait, s.read(&mut b)).await;
+    }
+    asker
+}
+
 /// Maps Bluetooth sightings (address + short id) to full node ids. Bounded: at most
 /// `cap` known ids, `cap` address bindings and `cap` unresolved sightings (oldest first out).
 #[derive(Debug)]
@@ -196,6 +255,24 @@ impl IdMap {
         addr: BleAddr,
     ) -> Vec<(BleAddr, AdvPayload, NodeId)> {
         let mut out = self.learn_id(node);
+        self.bind_addr(node, addr);
+        out.extend(self.take_resolved());
+        out
+    }
+
+    /// A device that probed us said it is `node`: binds `addr` to it (without learning `node`
+    /// as the holder of its short id, since nobody asked). Returns sightings it resolves: only
+    /// those of `addr` whose advertised short id matches `node`.
+    pub fn learn_claim(
+        &mut self,
+        node: NodeId,
+        addr: BleAddr,
+    ) -> Vec<(BleAddr, AdvPayload, NodeId)> {
+        self.bind_addr(node, addr);
+        self.take_resolved()
+    }
+
+    fn bind_addr(&mut self, node: NodeId, addr: BleAddr) {
         if self.by_addr.insert(addr, node).is_none() {
             self.addr_order.push_back(addr);
             if self.addr_order.len() > self.cap
@@ -204,18 +281,20 @@ impl IdMap {
                 self.by_addr.remove(&old);
             }
         }
-        out.extend(self.take_resolved());
-        out
+    }
+
+    /// The node a sighting resolves to, if known (nothing is remembered).
+    pub fn find(&self, addr: BleAddr, p: AdvPayload) -> Option<NodeId> {
+        self.by_addr
+            .get(&addr)
+            .filter(|n| p.short.matches(n))
+            .or_else(|| self.by_short.get(&p.short))
+            .copied()
     }
 
     /// Resolves a sighting, or remembers it as unresolved.
     pub fn resolve(&mut self, addr: BleAddr, p: AdvPayload) -> Option<NodeId> {
-        let found = self
-            .by_addr
-            .get(&addr)
-            .filter(|n| p.short.matches(n))
-            .or_else(|| self.by_short.get(&p.short))
-            .copied();
+        let found = self.find(addr, p);
         if found.is_none() {
             self.unresolved.retain(|(a, _)| *a != addr);
             self.unresolved.push_back((addr, p));
@@ -235,13 +314,7 @@ impl IdMap {
         let mut out = Vec::new();
         let mut keep = VecDeque::new();
         while let Some((a, p)) = self.unresolved.pop_front() {
-            let hit = self
-                .by_addr
-                .get(&a)
-                .filter(|n| p.short.matches(n))
-                .or_else(|| self.by_short.get(&p.short))
-                .copied();
-            match hit {
+            match self.find(a, p) {
                 Some(n) => out.push((a, p, n)),
                 None => keep.push_back((a, p)),
             }
@@ -256,15 +329,13 @@ pub use radio::*;
 
 #[cfg(feature = "bluetooth")]
 mod radio {
+    use std::collections::hash_map::Entry;
     use std::collections::{BTreeMap, HashMap};
-    use std::io;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
 
     use bluer::l2cap::{Socket, SocketAddr as L2Addr, StreamListener};
     use bluer::{Address, AddressType};
     use futures_util::StreamExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
     use tokio::task::{JoinHandle, JoinSet};
     use tokio::time::Instant;
@@ -289,6 +360,8 @@ mod radio {
     const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
     /// Identity probes running at once.
     const MAX_PROBES: usize = 4;
+    /// How long an identity answer waits for the asker's id, and then for it to close.
+    const ANSWER_WAIT: Duration = Duration::from_secs(5);
     /// Longest wait for scanning to be on before advertising anyway.
     const DISCOVERING_WAIT: Duration = Duration::from_secs(5);
 
@@ -468,26 +541,9 @@ mod radio {
         // below never leaves probes waiting (bluer's `bind` has a backlog of 1, too small).
         let id_sock = Socket::new_stream()?;
         id_sock.bind(L2Addr::new(local, local_kind, id_psm(psm)))?;
-        let id_listener = id_sock.listen(8)?;
         let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut answers = JoinSet::new();
-            loop {
-                tokio::select! {
-                    r = id_listener.accept() => match r {
-                        Ok((s, peer)) => {
-                            tracing::debug!(device = %peer.addr, "Bluetooth identity asked");
-                            answers.spawn(answer(s, own));
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "Bluetooth identity accept failed");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    },
-                    Some(_) = answers.join_next() => {}
-                }
-            }
-        });
+        let id_listener = id_sock.listen(8)?;
+        tasks.spawn(answer_loop(id_listener, own, ids.clone(), input.clone()));
         let _ = adapter
             .set_discovery_filter(bluer::DiscoveryFilter {
                 transport: bluer::DiscoveryTransport::Le,
@@ -504,24 +560,16 @@ mod radio {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let uuid = bluer::Uuid::from_u128(SERVICE_UUID);
-        let adv = bluer::adv::Advertisement {
-            service_data: BTreeMap::from([(uuid, AdvPayload::new(&own, psm).encode().to_vec())]),
-            discoverable: Some(true),
-            ..Default::default()
-        };
+        let adv = advertisement(uuid, &own, psm);
         let mut adv_handle = Some(adapter.advertise(adv.clone()).await?);
-        if std::mem::take(lost) {
-            tracing::info!(adapter = adapter.name(), address = %local, psm, "Bluetooth back: advertising and scanning");
-        } else {
-            tracing::info!(adapter = adapter.name(), address = %local, psm, "Bluetooth advertising and scanning");
-        }
+        let back = if std::mem::take(lost) { "back: " } else { "" };
+        tracing::info!(adapter = adapter.name(), address = %local, psm, "Bluetooth {back}advertising and scanning");
         let mut readvertise =
             tokio::time::interval_at(Instant::now() + READVERTISE_EVERY, READVERTISE_EVERY);
         let mut health = tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
-        let mut probed: HashMap<Address, Instant> = HashMap::new();
-        let mut probing = 0usize;
-        let (probe_done_tx, mut probe_done) = mpsc::channel::<Address>(MAX_PROBES * 2);
+        let mut prober = Prober::new(own, (local, local_kind), ids.clone(), input.clone());
         loop {
+            let next_due = prober.next_due();
             tokio::select! {
                 ev = events.next() => {
                     let Some(ev) = ev else { return Ok(End::AdapterOff) };
@@ -536,28 +584,14 @@ mod radio {
                         if input.send(Input::Observation(observation(node, baddr, p.psm))).await.is_err() {
                             return Ok(End::InputClosed);
                         }
-                    } else if probing < MAX_PROBES
-                        && probed.get(&addr).is_none_or(|t| t.elapsed() >= PROBE_AGAIN_AFTER)
-                    {
-                        probed.insert(addr, Instant::now());
-                        probing += 1;
-                        let (ids, input, done) = (ids.clone(), input.clone(), probe_done_tx.clone());
-                        tasks.spawn(async move {
-                            match tokio::time::timeout(PROBE_TIMEOUT, probe(local, local_kind, addr, kind, id_psm(p.psm))).await {
-                                Ok(Ok(node)) if p.short.matches(&node) => {
-                                    tracing::debug!(peer = %node.short(), device = %addr, "Bluetooth identity learnt");
-                                    let resolved = ids.lock().map(|mut m| m.learn_addr(node, baddr)).unwrap_or_default();
-                                    emit(&input, resolved);
-                                }
-                                Ok(Ok(node)) => tracing::debug!(device = %addr, claimed = %node.short(), "Bluetooth identity does not match the advertised short id"),
-                                Ok(Err(e)) => tracing::debug!(device = %addr, error = %e, "Bluetooth identity probe failed"),
-                                Err(_) => tracing::debug!(device = %addr, "Bluetooth identity probe timed out"),
-                            }
-                            let _ = done.send(addr).await;
-                        });
+                    } else {
+                        prober.sighted(addr, kind, p, &mut tasks);
                     }
                 }
-                Some(_) = probe_done.recv() => probing = probing.saturating_sub(1),
+                Some(_) = prober.done.recv() => prober.probing = prober.probing.saturating_sub(1),
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                    prober.run_due(&mut tasks);
+                }
                 _ = readvertise.tick() => {
                     drop(adv_handle.take());
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -579,6 +613,168 @@ mod radio {
         }
     }
 
+    /// Our advertisement: the Mule service data under `uuid`.
+    fn advertisement(uuid: bluer::Uuid, own: &NodeId, psm: u16) -> bluer::adv::Advertisement {
+        bluer::adv::Advertisement {
+            service_data: BTreeMap::from([(uuid, AdvPayload::new(own, psm).encode().to_vec())]),
+            discoverable: Some(true),
+            ..Default::default()
+        }
+    }
+
+    /// Answers identity probes on `listener` until the task is dropped, and binds each asker's
+    /// device address to the id it told us (resolving its sightings).
+    async fn answer_loop(
+        listener: bluer::l2cap::StreamListener,
+        own: NodeId,
+        ids: Arc<Mutex<IdMap>>,
+        input: mpsc::Sender<Input>,
+    ) {
+        let mut answers = JoinSet::new();
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((mut s, peer)) => {
+                        tracing::debug!(device = %peer.addr, "Bluetooth identity asked");
+                        let (ids, input) = (ids.clone(), input.clone());
+                        answers.spawn(async move {
+                            let asker = answer_identity(&mut s, &own, ANSWER_WAIT).await;
+                            let Some(node) = asker.filter(|n| *n != own) else { return };
+                            tracing::debug!(peer = %node.short(), device = %peer.addr, "Bluetooth identity told by the asker");
+                            let resolved = ids.lock().map(|mut m| m.learn_claim(node, BleAddr(peer.addr.0))).unwrap_or_default();
+                            emit(&input, resolved);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Bluetooth identity accept failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                Some(_) = answers.join_next() => {}
+            }
+        }
+    }
+
+    /// Identity probes of one discovery round: who was probed when, probes deferred for the
+    /// peer to probe first ([`probes_first`]), and how many run.
+    struct Prober {
+        own: NodeId,
+        local: (Address, AddressType),
+        ids: Arc<Mutex<IdMap>>,
+        input: mpsc::Sender<Input>,
+        probed: HashMap<Address, Instant>,
+        deferred: HashMap<Address, (Instant, AddressType, AdvPayload)>,
+        probing: usize,
+        done_tx: mpsc::Sender<Address>,
+        done: mpsc::Receiver<Address>,
+    }
+
+    impl Prober {
+        fn new(
+            own: NodeId,
+            local: (Address, AddressType),
+            ids: Arc<Mutex<IdMap>>,
+            input: mpsc::Sender<Input>,
+        ) -> Prober {
+            let (done_tx, done) = mpsc::channel(MAX_PROBES * 2);
+            Prober {
+                own,
+                local,
+                ids,
+                input,
+                probed: HashMap::new(),
+                deferred: HashMap::new(),
+                probing: 0,
+                done_tx,
+                done,
+            }
+        }
+
+        /// An unresolved Mule device was seen: probe it now, or later if it should go first.
+        fn sighted(
+            &mut self,
+            addr: Address,
+            kind: AddressType,
+            p: AdvPayload,
+            tasks: &mut JoinSet<()>,
+        ) {
+            if probes_first(&self.own, p.short) {
+                self.start(addr, kind, p, tasks);
+            } else if let Entry::Vacant(e) = self.deferred.entry(addr) {
+                tracing::debug!(device = %addr, "Bluetooth identity probe deferred: the peer probes first");
+                e.insert((Instant::now() + PROBE_DEFER, kind, p));
+            }
+        }
+
+        fn next_due(&self) -> Option<Instant> {
+            self.deferred.values().map(|(t, ..)| *t).min()
+        }
+
+        /// Probes the deferred devices that are due and still unresolved.
+        fn run_due(&mut self, tasks: &mut JoinSet<()>) {
+            let now = Instant::now();
+            let due: Vec<Address> = self
+                .deferred
+                .iter()
+                .filter(|(_, (t, ..))| *t <= now)
+                .map(|(a, _)| *a)
+                .collect();
+            for addr in due {
+                let Some((_, kind, p)) = self.deferred.remove(&addr) else {
+                    continue;
+                };
+                let known = self
+                    .ids
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.find(BleAddr(addr.0), p));
+                if known.is_none() {
+                    self.start(addr, kind, p, tasks);
+                }
+            }
+        }
+
+        fn start(
+            &mut self,
+            addr: Address,
+            kind: AddressType,
+            p: AdvPayload,
+            tasks: &mut JoinSet<()>,
+        ) {
+            if self.probing >= MAX_PROBES
+                || self
+                    .probed
+                    .get(&addr)
+                    .is_some_and(|t| t.elapsed() < PROBE_AGAIN_AFTER)
+            {
+                return;
+            }
+            self.probed.insert(addr, Instant::now());
+            self.probing += 1;
+            let (ids, input, done, own, local) = (
+                self.ids.clone(),
+                self.input.clone(),
+                self.done_tx.clone(),
+                self.own,
+                self.local,
+            );
+            let baddr = BleAddr(addr.0);
+            tasks.spawn(async move {
+                match tokio::time::timeout(PROBE_TIMEOUT, probe(local, addr, kind, id_psm(p.psm), own)).await {
+                    Ok(Ok(node)) if p.short.matches(&node) => {
+                        tracing::debug!(peer = %node.short(), device = %addr, "Bluetooth identity learnt");
+                        let resolved = ids.lock().map(|mut m| m.learn_addr(node, baddr)).unwrap_or_default();
+                        emit(&input, resolved);
+                    }
+                    Ok(Ok(node)) => tracing::debug!(device = %addr, claimed = %node.short(), "Bluetooth identity does not match the advertised short id"),
+                    Ok(Err(e)) => tracing::debug!(device = %addr, error = %e, "Bluetooth identity probe failed"),
+                    Err(_) => tracing::debug!(device = %addr, "Bluetooth identity probe timed out"),
+                }
+                let _ = done.send(addr).await;
+            });
+        }
+    }
+
     /// The Mule payload and address type of a device, if it advertises one.
     async fn sighting(
         adapter: &bluer::Adapter,
@@ -592,31 +788,20 @@ mod radio {
         Some((p, kind))
     }
 
-    /// Asks the device's identity listener for its full node id.
+    /// Asks the device's identity listener for its full node id (telling it ours).
     async fn probe(
-        local: Address,
-        local_kind: AddressType,
+        local: (Address, AddressType),
         peer: Address,
         kind: AddressType,
         psm: u16,
+        own: NodeId,
     ) -> io::Result<NodeId> {
         let policy = RetryPolicy {
             attempts: 3,
             ..Default::default()
         };
-        let mut s = connect_stream(Some((local, local_kind)), peer, kind, psm, policy).await?;
-        let mut id = [0u8; 32];
-        s.read_exact(&mut id).await?;
-        Ok(NodeId(id))
-    }
-
-    /// Answers an identity probe: our 32-byte node id, then waits for the asker to close
-    /// (closing first could drop the unsent bytes).
-    async fn answer(mut s: bluer::l2cap::Stream, own: NodeId) {
-        if s.write_all(&own.0).await.is_ok() {
-            let mut b = [0u8; 16];
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
-        }
+        let mut s = connect_stream(Some(local), peer, kind, psm, policy).await?;
+        ask_identity(&mut s, &own).await
     }
 
     /// Connects an L2CAP LE stream from `local` (when given) to `peer`/`psm`, retrying
@@ -771,6 +956,72 @@ mod tests {
             Some(node(2)),
             "stale binding with other short id is ignored"
         );
+    }
+
+    #[test]
+    fn of_two_nodes_exactly_one_probes_first() {
+        let (a, b) = (node(1), node(2));
+        assert!(probes_first(&a, BleShortId::of(&b)));
+        assert!(!probes_first(&b, BleShortId::of(&a)));
+        // the same order as the session dial rule (smaller node id first)
+        assert_eq!(probes_first(&a, BleShortId::of(&b)), a < b);
+    }
+
+    #[tokio::test]
+    async fn identity_probe_tells_both_sides() {
+        let (mut asker, mut answerer) = tokio::io::duplex(256);
+        let (a, b) = (node(1), node(2));
+        let wait = Duration::from_secs(5);
+        let ask = async {
+            let got = ask_identity(&mut asker, &a).await;
+            drop(asker);
+            got
+        };
+        let (got, told) = tokio::join!(ask, answer_identity(&mut answerer, &b, wait));
+        assert_eq!(got.unwrap(), b);
+        assert_eq!(told, Some(a), "the answerer learns the asker's id");
+    }
+
+    #[tokio::test]
+    async fn identity_answer_serves_an_asker_that_only_reads() {
+        let (mut asker, mut answerer) = tokio::io::duplex(256);
+        let b = node(2);
+        let ask = async {
+            let mut id = [0u8; 32];
+            asker.read_exact(&mut id).await.unwrap();
+            drop(asker);
+            NodeId(id)
+        };
+        let (got, told) = tokio::join!(
+            ask,
+            answer_identity(&mut answerer, &b, Duration::from_secs(5))
+        );
+        assert_eq!(got, b);
+        assert_eq!(told, None);
+    }
+
+    #[test]
+    fn a_claim_binds_only_the_askers_address() {
+        let mut m = IdMap::new(4);
+        let a: BleAddr = "00:AA:01:00:00:00".parse().unwrap();
+        let other: BleAddr = "00:AA:01:00:00:07".parse().unwrap();
+        let p = AdvPayload::new(&node(1), 0x85);
+        assert_eq!(m.resolve(a, p), None);
+        assert_eq!(m.resolve(other, p), None);
+        assert_eq!(m.learn_claim(node(1), a), vec![(a, p, node(1))]);
+        assert_eq!(m.find(a, p), Some(node(1)));
+        assert_eq!(
+            m.find(other, p),
+            None,
+            "the claim is not learnt as the short id's holder"
+        );
+        assert_eq!(m.unresolved(), vec![(other, p)]);
+        // a claim that does not match what the address advertises resolves nothing
+        let c: BleAddr = "00:AA:01:00:00:08".parse().unwrap();
+        let pc = AdvPayload::new(&node(3), 0x85);
+        assert_eq!(m.resolve(c, pc), None);
+        assert!(m.learn_claim(node(4), c).is_empty());
+        assert_eq!(m.find(c, pc), None);
     }
 
     #[test]

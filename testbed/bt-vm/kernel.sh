@@ -3,14 +3,13 @@
 # directory) and $CACHE. Sets KPKG, KV, VMLINUX and INITRD (btvm_kernel); btvm_host_packages
 # installs what the host lacks.
 #
-# Kernel: MULE_BTVM_KERNEL=stable (default) takes the release's own `linux-image-amd64` (6.1
-# on bookworm); MULE_BTVM_KERNEL=backports takes Debian's backports kernel (6.12 on bookworm),
-# tried because 6.1 oopses now and then on L2CAP teardown (`list_del corruption` in
-# `hci_chan_del`). It is not the default: on 6.12 the Bluetooth scenario's `ble_discovery`
-# step failed in 4 of 4 runs (see README.md, "Kernel 6.12"). The kernel is only downloaded
-# (`apt-get download`), never installed; for backports the script writes a sources.list.d
-# entry for `<codename>-backports` on the mirror this host already uses for `<codename>`
-# (read from /etc/apt), so it works on a fresh Debian CI machine.
+# Kernel: MULE_BTVM_KERNEL=stable (the default here and in powercut.sh) takes the release's
+# own `linux-image-amd64` (6.1 on bookworm); MULE_BTVM_KERNEL=backports (run.sh's default)
+# takes Debian's backports kernel (6.12 on bookworm), because 6.1 oopses now and then on
+# L2CAP teardown (`list_del corruption` in `hci_chan_del`; see README.md, "Kernel 6.12").
+# The kernel is only downloaded (`apt-get download`), never installed; for backports the
+# script writes a sources.list.d entry for `<codename>-backports` on the mirror this host
+# already uses for `<codename>` (read from /etc/apt), so it works on a fresh Debian CI machine.
 #
 # Cache: $CACHE/<kernel package>/ keeps vmlinux (uncompressed, booted through the PVH entry),
 # the kernel .deb (to build a new initramfs without downloading again) and one initramfs per

@@ -16,7 +16,8 @@
 #   MULE_PC_MAX_DELAY  cuts fall 1.5 s to this many seconds after the ingest starts (default 6:
 #                      the 16 MiB arrive in about 2-6 s on a loaded TCG guest)
 #   MULE_PC_SEED       random seed for the cut times (default: random, printed)
-#   MULE_BTVM_CACHE, MULE_BTVM_ACCEL, MULE_BTVM_KERNEL as for run.sh
+#   MULE_BTVM_CACHE, MULE_BTVM_ACCEL as for run.sh; MULE_BTVM_KERNEL as for run.sh but
+#                      the default here is stable (6.1; the soak's figures are from it)
 #   MULE_PC_OUT        results and logs (default $MULE_BTVM_CACHE/powercut-out)
 #   MULE_PC_WORK       share + disk image, deleted at the start (default $MULE_BTVM_CACHE/powercut)
 set -euo pipefail

@@ -13,6 +13,11 @@ ln -sfn /run /var/run
 [ -e /dev/vhci ] || fail "/dev/vhci missing (hci_vhci not loaded)"
 dbus-daemon --system --fork || fail "dbus-daemon did not start"
 btmon -w $OUT/hci.btsnoop >/dev/null 2>&1 &
+# MULE_BTVM_KDEBUG=1: the kernel's Bluetooth debug messages (dynamic debug), streamed to kdebug.txt
+if grep -qx 'KDEBUG=1' /mule/env; then
+    echo 'module bluetooth +pft' > /sys/kernel/debug/dynamic_debug/control || echo "mule-btvm: no dynamic debug"
+    dmesg -w > $OUT/kdebug.txt 2>&1 &
+fi
 # Two controllers in ONE btvirt process (only those see each other). The kernel resets a new
 # vhci controller at once with a 2 s timeout; a slow guest's btvirt can miss it and the
 # controller stays stuck in setup, so count usable controllers and restart btvirt if needed.
