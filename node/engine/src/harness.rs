@@ -448,6 +448,9 @@ pub struct World {
     pub log: Vec<Record>,
     /// Steps taken (moments at which links were driven), a cost figure.
     pub steps: u64,
+    /// Mixed into every session's challenge and summary salt (a simulation's seed); 0
+    /// keeps the derivation from the link counter alone.
+    pub seed: u64,
     /// Links not finished yet.
     open: Vec<usize>,
     /// Per node: its unfinished links.
@@ -478,6 +481,7 @@ impl World {
             record: false,
             log: Vec::new(),
             steps: 0,
+            seed: 0,
             open: Vec::new(),
             node_links: Vec::new(),
             seq: 0,
@@ -528,9 +532,10 @@ impl World {
 
     fn new_end(&mut self, n: usize, role: Role) -> End {
         self.seq += 1;
+        let mix = self.seq ^ self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let seed = SessionSeed {
-            challenge: *blake3::hash(&self.seq.to_le_bytes()).as_bytes(),
-            salt: blake3::hash(&(self.seq + 1_000_000).to_le_bytes()).as_bytes()[..16]
+            challenge: *blake3::hash(&mix.to_le_bytes()).as_bytes(),
+            salt: blake3::hash(&(mix.wrapping_add(1_000_000)).to_le_bytes()).as_bytes()[..16]
                 .try_into()
                 .expect("16 bytes"),
         };
@@ -738,7 +743,10 @@ impl World {
             }
             let now = self.now;
             let link = &mut self.links[li];
-            while link.in_flight[from].front().is_some_and(|(at, _)| *at <= now) {
+            while link.in_flight[from]
+                .front()
+                .is_some_and(|(at, _)| *at <= now)
+            {
                 let (_, bytes) = link.in_flight[from].pop_front().expect("checked");
                 link.ends[to].session.handle_bytes(now, &bytes);
                 moved = true;

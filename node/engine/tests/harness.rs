@@ -90,5 +90,9 @@ fn a_disconnected_link_finishes_releases_claims_and_can_be_forgotten() {
     w.run_for(1_000);
     assert!(w.nodes[1].complete(&e.meta.id), "held {held} before");
     assert!(w.links[l2].ends[0].session.stats().pieces_received > 0);
-    assert_eq!(w.nodes[1].received.values().max(), Some(&1), "no piece twice");
+    assert_eq!(
+        w.nodes[1].received.values().max(),
+        Some(&1),
+        "no piece twice"
+    );
 }

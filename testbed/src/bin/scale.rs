@@ -36,6 +36,8 @@ fn args(trace: PathBuf, nodes: Option<u32>) -> SimulateArgs {
         ],
         prediction: true,
         radio: mule_testbed::sim::Radio::PerContact,
+        model: mule_testbed::sim::Model::Sessions,
+        latency_ms: 0,
     }
 }
 
