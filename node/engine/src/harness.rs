@@ -25,7 +25,8 @@
 //! session ever opened. Verified pieces share the [`Catalog`]'s copy of their bytes, so a
 //! thousand nodes holding one bundle hold it once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
@@ -453,6 +454,9 @@ pub struct World {
     pub seed: u64,
     /// Links not finished yet.
     open: Vec<usize>,
+    /// When each link may next be due, earliest first (entries may be stale: checked
+    /// against [`Link::next_due`] when taken; [`resync`](Self::resync) rebuilds it).
+    due: BinaryHeap<Reverse<(u64, usize)>>,
     /// Per node: its unfinished links.
     node_links: Vec<Vec<usize>>,
     seq: u64,
@@ -483,6 +487,7 @@ impl World {
             steps: 0,
             seed: 0,
             open: Vec::new(),
+            due: BinaryHeap::new(),
             node_links: Vec::new(),
             seq: 0,
         }
@@ -525,6 +530,7 @@ impl World {
             requests_seen: HashMap::new(),
         }));
         self.open.push(li);
+        self.due.push(Reverse((self.now, li)));
         self.node_links[a].push(li);
         self.node_links[b].push(li);
         li
@@ -574,7 +580,7 @@ impl World {
                 .handle_transport_closed(now);
             self.drive(link, side);
         }
-        self.retire_finished();
+        self.retire(&[link]);
     }
 
     /// Drops a finished link (see [`Link::finished`]) and returns it; `None` if it is not
@@ -583,7 +589,7 @@ impl World {
         if !self.links.get(link)?.finished() {
             return None;
         }
-        self.retire_finished();
+        self.retire(&[link]);
         self.links.0[link].take()
     }
 
@@ -608,7 +614,8 @@ impl World {
                 progress |= self.deliver(li, budget);
             }
             if !progress {
-                self.retire_finished();
+                self.retire(&self.open.clone());
+                self.resync();
                 return;
             }
         }
@@ -624,6 +631,7 @@ impl World {
     /// held.
     pub fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&World) -> bool) -> bool {
         let end = self.now + max_ms;
+        self.resync();
         while self.now < end {
             if done(self) {
                 return true;
@@ -638,6 +646,7 @@ impl World {
     /// opened), then jumps from one due moment to the next, doing what is due at each.
     /// Idle links cost one step per session timer (keep-alive), not one per ms.
     pub fn advance_to(&mut self, t: u64) {
+        self.resync();
         if self.now <= t {
             self.step();
         }
@@ -650,12 +659,38 @@ impl World {
 
     /// The earliest moment something is due on an open link (timers, bytes arriving,
     /// queued bytes on a rate-limited link), if any.
-    pub fn next_due(&self) -> Option<u64> {
+    pub fn next_due(&mut self) -> Option<u64> {
         let now = self.now;
-        self.open
-            .iter()
-            .filter_map(|&li| self.links[li].next_due(now))
-            .min()
+        while let Some(&Reverse((t, li))) = self.due.peek() {
+            let actual = self
+                .links
+                .get(li)
+                .filter(|l| !l.finished())
+                .and_then(|l| l.next_due(now));
+            match actual {
+                Some(a) if a <= t => return Some(a),
+                Some(a) => {
+                    self.due.pop();
+                    self.due.push(Reverse((a, li)));
+                }
+                None => {
+                    self.due.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Rebuilds the due queue from every open link (a test may have changed a link or
+    /// called a session directly since the last step).
+    fn resync(&mut self) {
+        let now = self.now;
+        self.due.clear();
+        for &li in &self.open {
+            if let Some(t) = self.links[li].next_due(now) {
+                self.due.push(Reverse((t, li)));
+            }
+        }
     }
 
     /// One moment: on each open link with something due, timers fire, sessions are driven,
@@ -664,44 +699,77 @@ impl World {
     fn step(&mut self) {
         self.steps += 1;
         let now = self.now;
+        let mut touched = Vec::new();
         for _ in 0..1_000 {
-            let due: Vec<usize> = self
-                .open
-                .iter()
-                .copied()
-                .filter(|&li| self.links[li].next_due(now).is_some_and(|t| t <= now))
-                .collect();
-            if due.is_empty() {
+            let mut due = Vec::new();
+            while let Some(&Reverse((t, li))) = self.due.peek() {
+                if t > now {
+                    break;
+                }
+                self.due.pop();
+                due.push(li);
+            }
+            due.sort_unstable();
+            due.dedup();
+            let mut any = false;
+            for &li in &due {
+                let Some(l) = self.links.get(li) else {
+                    continue;
+                };
+                if l.finished() || l.next_due(now).is_none_or(|t| t > now) {
+                    continue;
+                }
+                any = true;
+                self.drive_link(li);
+            }
+            for &li in &due {
+                if let Some(t) = self.links.get(li).and_then(|l| l.next_due(now)) {
+                    self.due.push(Reverse((t, li)));
+                }
+            }
+            touched.extend(due);
+            if !any {
                 break;
             }
-            for li in due {
-                self.links[li].dirty = false;
-                for side in 0..2 {
-                    let end = &mut self.links[li].ends[side];
-                    if end.session.poll_timeout().is_some_and(|t| t <= now) {
-                        end.session.handle_timeout(now);
-                    }
-                    self.drive(li, side);
-                }
-                self.deliver(li, Budget::Rate);
-                for side in 0..2 {
-                    self.drive(li, side);
-                }
-            }
         }
-        self.retire_finished();
+        touched.sort_unstable();
+        touched.dedup();
+        self.retire(&touched);
     }
 
-    /// Removes finished links from the open lists.
-    fn retire_finished(&mut self) {
-        let links = &self.links;
-        let finished = |li: &usize| links.get(*li).is_none_or(Link::finished);
-        if !self.open.iter().any(finished) {
+    /// Timers, driver work, delivery at the link's rate, driver work: one link at one moment.
+    fn drive_link(&mut self, li: usize) {
+        let now = self.now;
+        self.links[li].dirty = false;
+        for side in 0..2 {
+            let end = &mut self.links[li].ends[side];
+            if end.session.poll_timeout().is_some_and(|t| t <= now) {
+                end.session.handle_timeout(now);
+            }
+            self.drive(li, side);
+        }
+        self.deliver(li, Budget::Rate);
+        for side in 0..2 {
+            self.drive(li, side);
+        }
+    }
+
+    /// Removes those of `links` that finished from the open lists.
+    fn retire(&mut self, links: &[usize]) {
+        let done: Vec<usize> = links
+            .iter()
+            .copied()
+            .filter(|&li| self.links.get(li).is_some_and(Link::finished))
+            .collect();
+        if done.is_empty() {
             return;
         }
-        self.open.retain(|li| !finished(li));
-        for v in &mut self.node_links {
-            v.retain(|li| !finished(li));
+        self.open.retain(|li| !done.contains(li));
+        for &li in &done {
+            let l = &self.links[li];
+            for n in [l.ends[0].node, l.ends[1].node] {
+                self.node_links[n].retain(|x| *x != li);
+            }
         }
     }
 
@@ -840,6 +908,7 @@ impl World {
                 if l.ends[side].node == n && l.ends[side].closed.is_none() {
                     out.push((li, side));
                     l.dirty = true;
+                    self.due.push(Reverse((self.now, li)));
                 }
             }
         }
