@@ -350,24 +350,23 @@ impl<'a> Fleet<'a> {
 mod tests {
     use super::*;
     use crate::mule_strategy::Mule;
-    use crate::sim::{Overheads, Radio};
     use crate::trace::{Format, Options as TraceOptions};
-    use crate::units::Rate;
 
+    /// The piece model's test scenario with an unlimited carry quota.
     fn scenario(trace: &Trace, bundle: u64, publish_at: f64, fraction: f64) -> Scenario {
         Scenario {
-            rate: Rate(1e6),
-            bundle,
-            piece_size: 64 * 1024,
-            origin: 0,
-            publish_at,
-            audience: Scenario::pick_audience(trace.nodes, 0, fraction, 7),
             carry_quota_pieces: 1 << 20,
-            fpr: 0.01,
-            overheads: Overheads::mule(64 * 1024),
-            radio: Radio::PerContact,
-            seed: 42,
+            ..crate::sim::tests::scenario(trace, bundle, publish_at, fraction)
         }
+    }
+
+    /// A CSV trace with contacts kept as given (no minimum length).
+    fn csv(text: &str) -> Trace {
+        let opts = TraceOptions {
+            min_contact: 0.0,
+            ..TraceOptions::default()
+        };
+        Trace::parse(text, Format::Csv, &opts).unwrap()
     }
 
     const MULE: Options = Options {
@@ -382,11 +381,7 @@ mod tests {
     #[test]
     fn a_bundle_relays_along_a_line_through_real_sessions() {
         // 0 meets 1 for 10 s, then 1 meets 2: a 2 MB bundle at 1 MB/s takes a bit over 2 s.
-        let opts = TraceOptions {
-            min_contact: 0.0,
-            ..TraceOptions::default()
-        };
-        let t = Trace::parse("0,10,0,1\n20,30,1,2\n", Format::Csv, &opts).unwrap();
+        let t = csv("0,10,0,1\n20,30,1,2\n");
         let sc = scenario(&t, 2_000_000, 0.0, 1.0);
         let out = run(&t, &sc, MULE);
         let c1 = out.nodes[1].complete_at.expect("node 1 completes");
@@ -403,11 +398,7 @@ mod tests {
     #[test]
     fn a_contact_cut_short_leaves_a_partial_bundle_that_resumes() {
         // Half a second at 1 MB/s: about 7 of 31 pieces; the next contact finishes it.
-        let opts = TraceOptions {
-            min_contact: 0.0,
-            ..TraceOptions::default()
-        };
-        let t = Trace::parse("0,0.5,0,1\n10,20,0,1\n", Format::Csv, &opts).unwrap();
+        let t = csv("0,0.5,0,1\n10,20,0,1\n");
         let sc = scenario(&t, 2_000_000, 0.0, 1.0);
         let out = run(&t, &sc, MULE);
         let c = out.nodes[1]

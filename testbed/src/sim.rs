@@ -814,14 +814,15 @@ pub fn simulate(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::mule_strategy::Mule;
     use crate::oracle::Oracle;
     use crate::strategy::{ClientServer, Epidemic};
     use crate::trace::{Format, Options};
 
-    fn scenario(trace: &Trace, bundle: u64, publish_at: f64, fraction: f64) -> Scenario {
+    /// A test scenario: 1 MB/s, 64 KiB pieces, origin 0, carry quota of 8 pieces, seed 42.
+    pub(crate) fn scenario(trace: &Trace, bundle: u64, publish_at: f64, fraction: f64) -> Scenario {
         Scenario {
             rate: Rate(1e6),
             bundle,

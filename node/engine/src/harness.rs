@@ -1023,29 +1023,22 @@ impl World {
         } else {
             None
         };
-        if let Some(why) = why {
-            self.links[li].ends[side]
-                .session
-                .handle_piece_rejected(piece, why);
-            let outcome = PieceOutcome::Rejected(why);
-            self.log(|| Record::Piece {
-                at,
-                node: n,
-                from,
-                piece,
-                outcome,
-            });
-            return;
-        }
-        let bytes = self.catalog.content(piece).unwrap_or_else(|| data.into());
-        let outcome = match node.store.insert(piece, bytes) {
-            None => PieceOutcome::Stored,
-            Some(_) => PieceOutcome::Duplicate,
+        let outcome = match why {
+            Some(why) => PieceOutcome::Rejected(why),
+            None => {
+                let bytes = self.catalog.content(piece).unwrap_or_else(|| data.into());
+                let held = node.store.insert(piece, bytes).is_some();
+                node.claims.complete(piece);
+                if let Some(b) = node.view.bundles.get_mut(&piece.bundle) {
+                    b.have.set(piece.index);
+                }
+                if held {
+                    PieceOutcome::Duplicate
+                } else {
+                    PieceOutcome::Stored
+                }
+            }
         };
-        node.claims.complete(piece);
-        if let Some(b) = node.view.bundles.get_mut(&piece.bundle) {
-            b.have.set(piece.index);
-        }
         self.log(|| Record::Piece {
             at,
             node: n,
@@ -1053,6 +1046,12 @@ impl World {
             piece,
             outcome,
         });
+        if let PieceOutcome::Rejected(why) = outcome {
+            self.links[li].ends[side]
+                .session
+                .handle_piece_rejected(piece, why);
+            return;
+        }
         for (l, s) in self.sessions_of(n) {
             self.links[l].ends[s].session.note_piece_stored(piece);
         }
