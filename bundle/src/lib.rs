@@ -6,7 +6,9 @@
 //! - [`store`]: the redb piece store ([`Store`]): verified, batched, durable puts; quota with
 //!   eviction; trust.
 //! - [`complete`]: atomic export and the on-complete command, in dependency order.
-//! - [`keys`], [`trust`], [`bitfield`]: key files, the trust list, piece sets.
+//! - [`keys`], [`trust`]: key files, the trust list.
+//! - [`id`], [`bitfield`]: the ids, [`Priority`] and piece sets, defined in `mule-proto` (the
+//!   protocol's leaf crate) and re-exported here at their old paths.
 //!
 //! ```
 //! use mule_bundle::{complete, keys, store::{Origin, Store, StoreOptions}, PublishOptions};
@@ -36,23 +38,30 @@
 //! assert_eq!(std::fs::read(done[0].1.as_ref().unwrap()).unwrap(), content);
 //! ```
 
-pub mod bitfield;
-mod cbor;
 pub mod complete;
-pub mod id;
 pub mod keys;
 pub mod manifest;
 pub mod publish;
 pub mod store;
 pub mod trust;
 
+/// Piece sets; defined in `mule-proto`.
+pub mod bitfield {
+    pub use mule_proto::bitfield::{Bitfield, BitfieldError};
+}
+
+/// Bundle ids, piece indices and priority classes; defined in `mule-proto`.
+pub mod id {
+    pub use mule_proto::id::{BundleId, ParseIdError, PieceIndex, PieceRef, Priority};
+}
+
 pub use bitfield::{Bitfield, BitfieldError};
-pub use cbor::CborError;
 pub use id::{BundleId, ParseIdError, PieceIndex, PieceRef, Priority};
 pub use manifest::{
     DEFAULT_PIECE_SIZE, MAX_MANIFEST_BYTES, MAX_PIECE_SIZE, MIN_PIECE_SIZE, Manifest,
     ManifestError, PieceError, VerifiedManifest, verify_piece,
 };
+pub use mule_proto::CborError;
 pub use publish::{
     PieceReader, PublishError, PublishOptions, publish, publish_file, publish_to_store,
 };

@@ -54,8 +54,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use mule_proto::cbor::{self, CborError, Reader};
 
-use crate::cbor::{CborError, Dec, Enc};
 use crate::id::{BundleId, PieceIndex, Priority};
 
 /// The only manifest format version this build understands.
@@ -328,66 +328,71 @@ impl Manifest {
 
     /// The canonical encoding of the body (what is signed).
     pub fn encode_body(&self) -> Vec<u8> {
-        let mut e = Enc::new();
-        e.array(BODY_FIELDS);
-        e.uint(self.format_version);
-        e.text(&self.name);
-        e.text(&self.version);
-        e.array(self.lineage.len());
+        let mut e = Vec::new();
+        cbor::array(&mut e, BODY_FIELDS);
+        cbor::uint(&mut e, self.format_version);
+        cbor::text(&mut e, &self.name);
+        cbor::text(&mut e, &self.version);
+        cbor::array(&mut e, self.lineage.len());
         for id in &self.lineage {
-            e.bytes(&id.0);
+            cbor::bytes(&mut e, &id.0);
         }
-        e.bytes(&self.publisher);
-        e.uint(self.created);
-        e.opt_uint(self.expires);
-        e.uint(priority_code(self.priority));
-        e.array(self.dependencies.len());
+        cbor::bytes(&mut e, &self.publisher);
+        cbor::uint(&mut e, self.created);
+        cbor::opt_uint(&mut e, self.expires);
+        cbor::uint(&mut e, priority_code(self.priority));
+        cbor::array(&mut e, self.dependencies.len());
         for id in &self.dependencies {
-            e.bytes(&id.0);
+            cbor::bytes(&mut e, &id.0);
         }
-        e.array(self.audience.len());
+        cbor::array(&mut e, self.audience.len());
         for a in &self.audience {
-            e.text(a);
+            cbor::text(&mut e, a);
         }
-        e.uint(self.content_len);
-        e.uint(u64::from(self.piece_size));
-        e.bytes(self.piece_hashes.as_flattened());
-        e.bytes(&self.content_hash);
-        e.map(self.metadata.len());
+        cbor::uint(&mut e, self.content_len);
+        cbor::uint(&mut e, u64::from(self.piece_size));
+        cbor::bytes(&mut e, self.piece_hashes.as_flattened());
+        cbor::bytes(&mut e, &self.content_hash);
+        cbor::map(&mut e, self.metadata.len());
         for (k, v) in &self.metadata {
-            e.text(k);
-            e.text(v);
+            cbor::text(&mut e, k);
+            cbor::text(&mut e, v);
         }
-        e.into_bytes()
+        e
     }
 
-    /// Decodes a body, checking the format version first; not yet checked for canonical form.
+    /// Decodes a body, checking the format version first. Every head is checked for canonical
+    /// form on the way; the whole (map key order) only by the caller's re-encoding.
     fn decode_body(body: &[u8]) -> Result<Manifest, ManifestError> {
-        let mut d = Dec::new(body);
-        let fields = d.array("manifest body")?;
+        Manifest::read_body(body).map_err(spelled_twice("body"))
+    }
+
+    fn read_body(body: &[u8]) -> Result<Manifest, ManifestError> {
+        let mut d = Reader::new(body);
+        let fields = d.array("manifest body", ANY)?;
         // The version comes first so that a future format with other fields is reported as
         // such, not as a structural error.
-        let format_version = d.uint("format version")?;
+        let format_version = d.uint("format version", u64::MAX)?;
         if format_version != FORMAT_VERSION {
             return Err(ManifestError::UnknownVersion {
                 found: format_version,
             });
         }
         if fields != BODY_FIELDS {
-            return Err(CborError::WrongLength {
+            return Err(CborError::ArrayLength {
                 what: "manifest body",
-                expected: BODY_FIELDS,
-                found: fields,
+                expected: BODY_FIELDS as u64,
+                found: fields as u64,
             }
             .into());
         }
-        let name = d.text("name")?.to_owned();
-        let version = d.text("version label")?.to_owned();
+        let name = d.text("name", ANY)?.to_owned();
+        let version = d.text("version label", ANY)?.to_owned();
         let lineage = decode_ids(&mut d, "lineage")?;
-        let publisher = d.bytes_n::<32>("publisher key")?;
-        let created = d.uint("created")?;
-        let expires = d.opt_uint("expires")?;
-        let priority = match d.uint("priority")? {
+        let publisher = d.fixed::<32>("publisher key")?;
+        let created = d.uint("created", u64::MAX)?;
+        let expires = d.opt_uint("expires", u64::MAX)?;
+        let priority = match d.uint("priority", u64::MAX)? {
             0 => Priority::Critical,
             1 => Priority::High,
             2 => Priority::Normal,
@@ -399,15 +404,15 @@ impl Manifest {
             }
         };
         let dependencies = decode_ids(&mut d, "dependencies")?;
-        let n = bounded_len(d.array("audience")?, "audience")?;
+        let n = bounded_len(d.array("audience", ANY)?, "audience")?;
         let mut audience = Vec::with_capacity(n);
         for _ in 0..n {
-            audience.push(d.text("audience entry")?.to_owned());
+            audience.push(d.text("audience entry", ANY)?.to_owned());
         }
-        let content_len = d.uint("content length")?;
-        let piece_size = u32::try_from(d.uint("piece size")?)
+        let content_len = d.uint("content length", u64::MAX)?;
+        let piece_size = u32::try_from(d.uint("piece size", u64::MAX)?)
             .map_err(|_| ManifestError::Invalid("piece size does not fit 32 bits".into()))?;
-        let hashes = d.bytes("piece hashes")?;
+        let hashes = d.bytes("piece hashes", ANY)?;
         if hashes.len() % 32 != 0 {
             return Err(ManifestError::Invalid(format!(
                 "piece hash list is {} bytes, not a multiple of 32",
@@ -418,12 +423,12 @@ impl Manifest {
             .chunks_exact(32)
             .map(|c| c.try_into().expect("chunks_exact(32) yields 32 bytes"))
             .collect();
-        let content_hash = d.bytes_n::<32>("content hash")?;
-        let n = bounded_len(d.map("metadata")?, "metadata")?;
+        let content_hash = d.fixed::<32>("content hash")?;
+        let n = bounded_len(d.map("metadata", ANY)?, "metadata")?;
         let mut metadata = BTreeMap::new();
         for _ in 0..n {
-            let k = d.text("metadata key")?.to_owned();
-            let v = d.text("metadata value")?.to_owned();
+            let k = d.text("metadata key", ANY)?.to_owned();
+            let v = d.text("metadata value", ANY)?.to_owned();
             if metadata.insert(k, v).is_some() {
                 return Err(ManifestError::NonCanonical("duplicate metadata key"));
             }
@@ -481,6 +486,10 @@ fn priority_code(p: Priority) -> u64 {
     }
 }
 
+/// No bound of the reader's own on a length: every length is bounded by the input (at most
+/// [`MAX_MANIFEST_BYTES`]), and list lengths are checked by [`bounded_len`] with a precise error.
+const ANY: usize = usize::MAX;
+
 fn bounded_len(n: usize, what: &'static str) -> Result<usize, ManifestError> {
     if n > MAX_LIST_ENTRIES {
         return Err(ManifestError::Invalid(format!(
@@ -490,13 +499,42 @@ fn bounded_len(n: usize, what: &'static str) -> Result<usize, ManifestError> {
     Ok(n)
 }
 
-fn decode_ids(d: &mut Dec<'_>, what: &'static str) -> Result<Vec<BundleId>, ManifestError> {
-    let n = bounded_len(d.array(what)?, what)?;
+fn decode_ids(d: &mut Reader<'_>, what: &'static str) -> Result<Vec<BundleId>, ManifestError> {
+    let n = bounded_len(d.array(what, ANY)?, what)?;
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        ids.push(BundleId(d.bytes_n::<32>(what)?));
+        ids.push(BundleId(d.fixed::<32>(what)?));
     }
     Ok(ids)
+}
+
+/// The envelope's body and signature, its heads checked for canonical form.
+fn read_envelope(bytes: &[u8]) -> Result<(&[u8], [u8; 64]), ManifestError> {
+    let read = || {
+        let mut d = Reader::new(bytes);
+        d.array_exact("signed manifest envelope", 2)?;
+        let body = d.bytes("manifest body", ANY)?;
+        let signature = d.fixed::<64>("signature")?;
+        if d.remaining() != 0 {
+            return Err(ManifestError::TrailingBytes {
+                what: "signed manifest",
+                count: d.remaining(),
+            });
+        }
+        Ok((body, signature))
+    };
+    read().map_err(spelled_twice("envelope"))
+}
+
+/// A non-canonical head (the reader's error) is a second spelling of a manifest: reported as
+/// [`ManifestError::NonCanonical`], like what the re-encoding catches.
+fn spelled_twice(part: &'static str) -> impl Fn(ManifestError) -> ManifestError {
+    move |e| match e {
+        ManifestError::Malformed(CborError::NonCanonical { .. }) => {
+            ManifestError::NonCanonical(part)
+        }
+        e => e,
+    }
 }
 
 fn signing_message(body: &[u8]) -> Vec<u8> {
@@ -507,11 +545,11 @@ fn signing_message(body: &[u8]) -> Vec<u8> {
 }
 
 fn encode_envelope(body: &[u8], signature: &[u8; 64]) -> Vec<u8> {
-    let mut e = Enc::new();
-    e.array(2);
-    e.bytes(body);
-    e.bytes(signature);
-    e.into_bytes()
+    let mut e = Vec::new();
+    cbor::array(&mut e, 2);
+    cbor::bytes(&mut e, body);
+    cbor::bytes(&mut e, signature);
+    e
 }
 
 /// A manifest whose encoding, fields and signature have been checked.
@@ -548,16 +586,7 @@ impl VerifiedManifest {
                 max: MAX_MANIFEST_BYTES,
             });
         }
-        let mut d = Dec::new(bytes);
-        d.array_of("signed manifest envelope", 2)?;
-        let body = d.bytes("manifest body")?;
-        let signature = d.bytes_n::<64>("signature")?;
-        if d.remaining() != 0 {
-            return Err(ManifestError::TrailingBytes {
-                what: "signed manifest",
-                count: d.remaining(),
-            });
-        }
+        let (body, signature) = read_envelope(bytes)?;
         let manifest = Manifest::decode_body(body)?;
         if manifest.encode_body() != body {
             return Err(ManifestError::NonCanonical("body"));
@@ -578,16 +607,7 @@ impl VerifiedManifest {
     /// for bytes read back from our own store (which only verified manifests enter); a full
     /// re-verification is [`crate::store::Store::verify_all`]'s job.
     pub(crate) fn decode_stored(bytes: &[u8], id: BundleId) -> Result<Self, ManifestError> {
-        let mut d = Dec::new(bytes);
-        d.array_of("signed manifest envelope", 2)?;
-        let body = d.bytes("manifest body")?;
-        d.bytes_n::<64>("signature")?;
-        if d.remaining() != 0 {
-            return Err(ManifestError::TrailingBytes {
-                what: "signed manifest",
-                count: d.remaining(),
-            });
-        }
+        let (body, _signature) = read_envelope(bytes)?;
         let manifest = Manifest::decode_body(body)?;
         manifest.validate()?;
         Ok(VerifiedManifest(Arc::new(Inner {
@@ -874,7 +894,7 @@ pub(crate) mod tests {
         indef.push(0xff);
         assert!(matches!(
             VerifiedManifest::decode(&envelope_with_body(&indef, &k)),
-            Err(ManifestError::Malformed(CborError::Indefinite(_)))
+            Err(ManifestError::NonCanonical("body"))
         ));
 
         // Unsorted metadata keys.
@@ -913,7 +933,7 @@ pub(crate) mod tests {
         for cut in 0..bytes.len() {
             let e = VerifiedManifest::decode(&bytes[..cut]).unwrap_err();
             assert!(
-                matches!(e, ManifestError::Malformed(CborError::Truncated(_))),
+                matches!(e, ManifestError::Malformed(CborError::Truncated)),
                 "cut at {cut}: {e}"
             );
         }

@@ -54,13 +54,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mule_proto::cbor::{self, CborError, Reader};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
 };
 
 use crate::bitfield::Bitfield;
-use crate::cbor::{CborError, Dec, Enc};
 use crate::id::{BundleId, PieceIndex, Priority};
 use crate::manifest::{PieceError, VerifiedManifest, verify_piece};
 use crate::publish::PieceReader;
@@ -475,72 +475,73 @@ impl Record {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::new();
-        e.array(11);
-        e.uint(self.state.code());
-        e.uint(u64::from(self.wanted));
-        e.uint(u64::from(self.published));
-        e.uint(u64::from(self.trusted));
-        e.uint(self.received_at);
-        e.uint(self.bytes);
-        e.uint(u64::from(self.have));
+        let mut e = Vec::new();
+        cbor::array(&mut e, 11);
+        cbor::uint(&mut e, self.state.code());
+        cbor::uint(&mut e, u64::from(self.wanted));
+        cbor::uint(&mut e, u64::from(self.published));
+        cbor::uint(&mut e, u64::from(self.trusted));
+        cbor::uint(&mut e, self.received_at);
+        cbor::uint(&mut e, self.bytes);
+        cbor::uint(&mut e, u64::from(self.have));
         match &self.export_path {
-            Some(p) => e.text(p),
-            None => e.null(),
+            Some(p) => cbor::text(&mut e, p),
+            None => cbor::null(&mut e),
         }
         match &self.failure {
             Some(f) => {
-                e.array(3);
-                e.uint(f.at);
-                e.uint(u64::from(f.attempts));
-                e.text(&f.message);
+                cbor::array(&mut e, 3);
+                cbor::uint(&mut e, f.at);
+                cbor::uint(&mut e, u64::from(f.attempts));
+                cbor::text(&mut e, &f.message);
             }
-            None => e.null(),
+            None => cbor::null(&mut e),
         }
-        e.uint(
+        cbor::uint(
+            &mut e,
             Priority::ALL
                 .iter()
                 .position(|p| *p == self.priority)
                 .unwrap_or(2) as u64,
         );
-        e.opt_uint(self.expires);
-        e.into_bytes()
+        cbor::opt_uint(&mut e, self.expires);
+        e
     }
 
     fn decode(bytes: &[u8]) -> Result<Record, CborError> {
-        let mut d = Dec::new(bytes);
-        d.array_of("record", 11)?;
-        let bad = |what: &'static str| CborError::Malformed {
-            what,
-            detail: "value out of range".into(),
-        };
-        let state = State::from_code(d.uint("state")?).ok_or(bad("state"))?;
-        let wanted = d.uint("wanted")? != 0;
-        let published = d.uint("published")? != 0;
-        let trusted = d.uint("trusted")? != 0;
-        let received_at = d.uint("received_at")?;
-        let bytes_ = d.uint("bytes")?;
-        let have = u32::try_from(d.uint("have")?).map_err(|_| bad("have"))?;
+        // Lengths are bounded by the record itself, which the store wrote.
+        const ANY: usize = usize::MAX;
+        let mut d = Reader::new(bytes);
+        d.array_exact("record", 11)?;
+        let bad = |field, value, max| CborError::OutOfRange { field, value, max };
+        let state = d.uint("state", 3)?;
+        let state = State::from_code(state).ok_or(bad("state", state, 3))?;
+        let wanted = d.uint("wanted", 1)? != 0;
+        let published = d.uint("published", 1)? != 0;
+        let trusted = d.uint("trusted", 1)? != 0;
+        let received_at = d.uint("received_at", u64::MAX)?;
+        let bytes_ = d.uint("bytes", u64::MAX)?;
+        let have = d.uint("have", u32::MAX.into())? as u32;
         let export_path = if d.null()? {
             None
         } else {
-            Some(d.text("export_path")?.to_owned())
+            Some(d.text("export_path", ANY)?.to_owned())
         };
         let failure = if d.null()? {
             None
         } else {
-            d.array_of("failure", 3)?;
+            d.array_exact("failure", 3)?;
             Some(Failure {
-                at: d.uint("failure.at")?,
-                attempts: u32::try_from(d.uint("failure.attempts")?)
-                    .map_err(|_| bad("failure.attempts"))?,
-                message: d.text("failure.message")?.to_owned(),
+                at: d.uint("failure.at", u64::MAX)?,
+                attempts: d.uint("failure.attempts", u32::MAX.into())? as u32,
+                message: d.text("failure.message", ANY)?.to_owned(),
             })
         };
+        let priority = d.uint("priority", 3)?;
         let priority = *Priority::ALL
-            .get(d.uint("priority")? as usize)
-            .ok_or(bad("priority"))?;
-        let expires = d.opt_uint("expires")?;
+            .get(priority as usize)
+            .ok_or(bad("priority", priority, 3))?;
+        let expires = d.opt_uint("expires", u64::MAX)?;
         Ok(Record {
             state,
             wanted,

@@ -70,6 +70,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signature, VerifyingKey};
+use mule_proto::cbor::serde::encode;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -200,12 +201,8 @@ impl Serialize for Bytes<'_> {
 
 /// Decodes one CBOR item filling the whole of `buf` (trailing bytes are an error).
 fn decode_exact<'a, T: Deserialize<'a>>(buf: &'a [u8], what: &str) -> Result<T, BeaconError> {
-    crate::cbor_decode_exact(buf).map_err(|e| BeaconError::Malformed(format!("{what}: {e}")))
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Writing to a Vec cannot fail except on allocation failure.
-    cbor4ii::serde::to_vec(Vec::with_capacity(160), v).expect("encoding into a Vec")
+    mule_proto::cbor::serde::decode_exact(buf)
+        .map_err(|e| BeaconError::Malformed(format!("{what}: {e}")))
 }
 
 impl Beacon {

@@ -11,13 +11,21 @@ pub mod beacon;
 pub mod bluetooth;
 pub mod discovery;
 pub mod history;
-pub mod id;
 pub mod identity;
 pub mod iface;
 pub mod neighbours;
 pub mod prediction;
 pub mod stream;
-pub mod time;
+
+/// Node ids; defined in `mule-proto`.
+pub mod id {
+    pub use mule_proto::NodeId;
+}
+
+/// Wall-clock time as a plain value; [`mule_proto::Millis`] under its old name here.
+pub mod time {
+    pub use mule_proto::Millis as Timestamp;
+}
 
 pub use discovery::{CountersSnapshot, Discovery, DiscoveryConfig, DiscoveryError};
 pub use id::NodeId;
@@ -27,15 +35,6 @@ pub use prediction::{Prophet, ProphetParams};
 pub use stream::{AsyncReadWrite, SessionStream};
 pub use time::Timestamp;
 
-/// Decodes one CBOR item (cbor4ii's serde layer) that must fill the whole of `buf`; trailing
-/// bytes are an error. The error is the decoder's message.
-pub fn cbor_decode_exact<'a, T: serde::Deserialize<'a>>(buf: &'a [u8]) -> Result<T, String> {
-    use cbor4ii::core::dec::Read as _;
-    let mut de = cbor4ii::serde::Deserializer::new(cbor4ii::core::utils::SliceReader::new(buf));
-    let v = T::deserialize(&mut de).map_err(|e| e.to_string())?;
-    let mut rest = de.into_inner();
-    match rest.fill(1) {
-        Ok(r) if r.as_ref().is_empty() => Ok(v),
-        _ => Err("trailing bytes".into()),
-    }
-}
+/// Decodes one CBOR item (cbor4ii's serde layer) that must fill the whole of `buf`; defined in
+/// `mule-proto` ([`mule_proto::cbor::serde::decode_exact`]).
+pub use mule_proto::cbor::serde::decode_exact as cbor_decode_exact;

@@ -503,10 +503,8 @@ mod tests {
 
     #[test]
     fn params_parse_from_toml_like_json() {
-        let p: ProphetParams = cbor4ii::serde::from_slice(
-            &cbor4ii::serde::to_vec(Vec::new(), &ProphetParams::default()).unwrap(),
-        )
-        .unwrap();
+        let bytes = mule_proto::cbor::serde::encode(&ProphetParams::default());
+        let p: ProphetParams = mule_proto::cbor::serde::decode_exact(&bytes).unwrap();
         assert_eq!(p, ProphetParams::default());
     }
 

@@ -4,7 +4,7 @@
 # reports the bytes that crossed the link against the content delivered (target <= 1.10 x
 # after TCP/IP headers) and any integrity failure. Needs root. Not part of CI.
 #
-#   testbed/soak/kill-soak.sh [--kills N] [--size BYTES] [--seed N] [--rate TC_RATE]
+#   testbed/soak/kill-soak.sh [--kills N] [--size BYTES] [--seed N] [--rate TC_RATE] [--recycle ROUNDS]
 #
 # Exit status 0 only with zero lost pieces, zero verify failures and the byte target met.
 set -eu

@@ -13,8 +13,8 @@
 
 use std::time::Instant;
 
-use mule_bundle::Priority;
 use mule_engine::harness::{Catalog, MemNode, World, payload};
+use mule_proto::Priority;
 
 /// Like [`loopback`], but the transport hands over at most 64 KiB per read, so frames are
 /// split across `handle_bytes` calls (the decoder's buffered path).
@@ -37,8 +37,8 @@ fn loopback_chunked(len: usize) -> f64 {
 
 /// The frame decoder alone: 64 MiB of piece frames pushed in 64 KiB reads.
 fn decoder_only() -> f64 {
-    use mule_bundle::{BundleId, PieceRef};
     use mule_engine::frame::{FrameDecoder, Message, encode_piece};
+    use mule_proto::{BundleId, PieceRef};
     let data = payload(256 * 1024, 9);
     let mut wire = Vec::new();
     for index in 0..256 {
@@ -121,9 +121,9 @@ fn contact(len: usize, contact_ms: u64, latency_ms: u64) -> (f64, u64, u64, f64)
 
 /// Bytes of a summary frame for `partial` pieces of partly held bundles at 1 % FPR.
 fn summary_bytes(partial: u32) -> usize {
-    use mule_bundle::{BundleId, PieceRef};
     use mule_engine::frame::Message;
     use mule_engine::summary::{BloomFilter, Summary};
+    use mule_proto::{BundleId, PieceRef};
     let mut filter = BloomFilter::for_items([1; 16], partial as usize, 0.01);
     for index in 0..partial {
         filter.insert(PieceRef {
@@ -174,8 +174,8 @@ fn main() {
         summary_bytes(80),
         summary_bytes(10_000),
         mule_engine::frame::piece_overhead(
-            mule_bundle::PieceRef {
-                bundle: mule_bundle::BundleId([0; 32]),
+            mule_proto::PieceRef {
+                bundle: mule_proto::BundleId([0; 32]),
                 index: 1000
             },
             256 * 1024

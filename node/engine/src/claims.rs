@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use mule_bundle::PieceRef;
+use mule_proto::PieceRef;
 
 /// Identifies a session as the owner of claims (the driver assigns unique values).
 pub type ClaimOwner = u64;
@@ -124,7 +124,7 @@ impl PieceClaims {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mule_bundle::BundleId;
+    use mule_proto::BundleId;
     use proptest::prelude::*;
 
     proptest! {

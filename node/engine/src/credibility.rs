@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use mule_contacts::NodeId;
+use mule_proto::NodeId;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Record {

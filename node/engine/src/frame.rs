@@ -22,10 +22,11 @@
 //! A `Piece` frame's payload is encoded as a CBOR byte-string head followed by the raw data,
 //! written with one copy ([`encode_piece`]) and never passed through serde.
 
-use mule_bundle::{BundleId, PieceRef};
-use mule_contacts::NodeId;
+use mule_proto::{
+    BundleId, NodeId, PieceRef,
+    cbor::{self, CborError, Reader},
+};
 
-use crate::cbor::{self, CborError, Reader};
 use crate::summary::{Summary, SummaryError};
 
 /// Protocol version spoken by this implementation.

@@ -30,10 +30,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use mule_bundle::{BundleId, PieceRef, Priority};
-use mule_contacts::NodeId;
+use mule_proto::{Bitfield, BundleId, NodeId, PieceRef, Priority};
 
-use crate::bitfield::Bitfield;
 use crate::claims::PieceClaims;
 use crate::credibility::CredibilityBook;
 use crate::frame::{self, Message};

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use mule_contacts::NodeId;
+use mule_proto::NodeId;
 
 /// How bad the end of a session was, as decided by the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

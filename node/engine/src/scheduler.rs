@@ -27,10 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
-use mule_bundle::{BundleId, PieceIndex, PieceRef, Priority};
-use mule_contacts::NodeId;
-
-use crate::Bitfield;
+use mule_proto::{Bitfield, BundleId, NodeId, PieceIndex, PieceRef, Priority};
 
 /// What the scheduler needs to know about a bundle (from its verified manifest).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,11 +34,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use mule_bundle::{BundleId, PieceRef};
-use mule_contacts::NodeId;
+use mule_proto::{Bitfield, BundleId, NodeId, PieceRef};
 
 use crate::RarityTracker;
-use crate::bitfield::Bitfield;
 use crate::claims::{ClaimOwner, PieceClaims};
 use crate::frame::{
     self, ByeCode, FrameDecoder, FrameError, Hello, MAX_MANIFEST_FRAME, MAX_PIECE_BYTES,
@@ -1407,7 +1405,7 @@ impl Session {
                 complete.push(b.meta.id);
             } else {
                 manifests.push(b.meta.id);
-                for index in b.have.iter() {
+                for index in b.have.iter_present() {
                     filter.insert(PieceRef {
                         bundle: b.meta.id,
                         index,

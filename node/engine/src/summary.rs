@@ -36,10 +36,10 @@ use std::hash::{Hash, Hasher};
 use growable_bloom_filter::{GrowableBloom, GrowableBloomBuilder};
 use serde::Deserialize;
 
-use mule_bundle::{BundleId, PieceRef};
-use mule_contacts::{NodeId, cbor_decode_exact};
-
-use crate::cbor::{self, CborError, Reader};
+use mule_proto::{
+    BundleId, NodeId, PieceRef,
+    cbor::{self, CborError, Reader},
+};
 
 /// Most filter bit-array bytes accepted or produced, summed over stages (16 Mi bits).
 pub const MAX_FILTER_BYTES: usize = 2 << 20;
@@ -254,9 +254,11 @@ impl BloomFilter {
         if bytes.len() > MAX_FILTER_ENCODED {
             return Err(SummaryError::FilterTooLarge(bytes.len()));
         }
-        let wire: WireFilter = cbor_decode_exact(bytes).map_err(SummaryError::FilterLayout)?;
+        let wire: WireFilter =
+            cbor::serde::decode_exact(bytes).map_err(SummaryError::FilterLayout)?;
         wire.check()?;
-        let inner: GrowableBloom = cbor_decode_exact(bytes).map_err(SummaryError::FilterLayout)?;
+        let inner: GrowableBloom =
+            cbor::serde::decode_exact(bytes).map_err(SummaryError::FilterLayout)?;
         Ok(BloomFilter {
             salt,
             max_items: inner.len(),
@@ -266,7 +268,7 @@ impl BloomFilter {
 
     /// The serialised filter, as carried in a summary.
     pub fn encode(&self) -> Vec<u8> {
-        cbor4ii::serde::to_vec(Vec::new(), &self.inner).expect("a Vec never fails to grow")
+        cbor::serde::encode(&self.inner)
     }
 
     /// The salt.
@@ -662,7 +664,7 @@ mod tests {
             }
         }
         fn bytes(&self) -> Vec<u8> {
-            cbor4ii::serde::to_vec(Vec::new(), self).unwrap()
+            cbor::serde::encode(self)
         }
     }
 
@@ -680,7 +682,7 @@ mod tests {
                 let p = piece((x >> 8) as u8, x as u32);
                 let mut one = BloomFilter::for_items(salt, n, 0.01);
                 one.insert(p);
-                let w: WireFilter = cbor_decode_exact(&one.encode()).unwrap();
+                let w: WireFilter = cbor::serde::decode_exact(&one.encode()).unwrap();
                 assert_eq!(w.b.0.len(), 1);
                 let stage = &w.b.0[0];
                 let set: Vec<u64> = (0..stage.b.len() as u64 * 8)
@@ -700,7 +702,7 @@ mod tests {
         let p = piece(1, 7);
         let mut f = BloomFilter::for_items([0; 16], 10, 0.01);
         f.insert(p);
-        let w: WireFilter = cbor_decode_exact(&f.encode()).unwrap();
+        let w: WireFilter = cbor::serde::decode_exact(&f.encode()).unwrap();
         assert_eq!((w.b.0.len(), w.b.0[0].b.len(), w.b.0[0].k), (1, 14, 7));
         assert_eq!(
             documented_hashes(&[0; 16], p),
@@ -732,7 +734,7 @@ mod tests {
         // A stage with fewer bits than hashes: the crate divides by zero in `contains`.
         let short = HostileFilter::one(1, 9);
         assert_eq!(dec(&short), Err(SummaryError::BadHashCount(9)));
-        let raw: GrowableBloom = cbor_decode_exact(&short.bytes()).unwrap();
+        let raw: GrowableBloom = cbor::serde::decode_exact(&short.bytes()).unwrap();
         let crashed =
             std::panic::catch_unwind(|| raw.contains(FilterKey::new(&[0; 16], piece(1, 1))));
         assert!(

@@ -2,7 +2,6 @@
 //! authentication, and neighbours that lie about what they hold. Every scenario runs in
 //! virtual time; nothing here reads a clock.
 
-use mule_bundle::{PieceRef, Priority};
 use mule_engine::frame::{self, ByeCode, Message, MessageType};
 use mule_engine::harness::{Catalog, CatalogEntry, MemNode, payload};
 use mule_engine::penalty::Penalty;
@@ -10,6 +9,7 @@ use mule_engine::session::{
     Event, LocalView, MAX_COPIES_PER_PIECE, MAX_REPEATED_REQUESTS, Role, Session, SessionConfig,
     SessionSeed,
 };
+use mule_proto::{PieceRef, Priority};
 
 const PIECE: u32 = 64 * 1024;
 
@@ -304,7 +304,7 @@ fn carry_world(local_p: f32, claimed: f32) -> (mule_engine::harness::World, Cata
     let mut catalog = Catalog::default();
     let data = payload(300_000, 23);
     let e = catalog.publish("fw-7", "fw", Priority::Normal, vec![], &data, PIECE);
-    let target = mule_contacts::NodeId([0x77; 32]);
+    let target = mule_proto::NodeId([0x77; 32]);
     let e = catalog.set_audience(e.meta.id, vec![target]).unwrap();
     let mut w = mule_engine::harness::World::new(catalog);
     let mut a = MemNode::new(1, &[]);
@@ -330,10 +330,7 @@ fn an_advertised_predictability_above_the_model_is_clamped() {
         "a claim of 1.0 attracted the bundle"
     );
     let peer = w.links[l].ends[0].session.peer_holdings().expect("summary");
-    assert_eq!(
-        peer.predictability(&mule_contacts::NodeId([0x77; 32])),
-        0.99
-    );
+    assert_eq!(peer.predictability(&mule_proto::NodeId([0x77; 32])), 0.99);
     let (mut w, e) = carry_world(0.5, 0.9);
     w.connect(0, 1, Some(1000));
     w.run_for(1_000);
@@ -377,7 +374,7 @@ fn a_peer_whose_claims_did_not_hold_is_believed_less() {
         .session
         .peer_holdings()
         .expect("summary")
-        .predictability(&mule_contacts::NodeId([0x77; 32]));
+        .predictability(&mule_proto::NodeId([0x77; 32]));
     assert!(believed < 0.5, "believed {believed}");
     assert!(
         !w.nodes[1].view.bundles.contains_key(&carry.meta.id),

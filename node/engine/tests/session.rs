@@ -2,11 +2,11 @@
 
 use std::collections::HashSet;
 
-use mule_bundle::{BundleId, PieceRef, Priority};
 use mule_engine::frame::{ByeCode, Hello, Message};
 use mule_engine::harness::{Catalog, CatalogEntry, MemNode, World, payload};
 use mule_engine::penalty::{Penalty, Verdict};
 use mule_engine::session::{Event, LocalView, Role, Session, SessionConfig, SessionSeed};
+use mule_proto::{BundleId, PieceRef, Priority};
 
 const PIECE: u32 = 64 * 1024;
 
@@ -81,7 +81,7 @@ fn closed_event(s: &mut Session) -> Option<(ByeCode, Penalty)> {
 fn wrong_signature_is_rejected() {
     let mut victim = raw_session(1);
     let impostor = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-    let claimed = mule_contacts::NodeId(
+    let claimed = mule_proto::NodeId(
         ed25519_dalek::SigningKey::from_bytes(&[3; 32])
             .verifying_key()
             .to_bytes(),
@@ -538,7 +538,7 @@ fn a_peer_that_authenticates_but_never_summarises_is_dropped() {
     // send keep-alives.
     let mut victim = raw_session(1);
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let id = mule_contacts::NodeId(key.verifying_key().to_bytes());
+    let id = mule_proto::NodeId(key.verifying_key().to_bytes());
     let victim_id = victim.local_id();
     let mut wire = Vec::new();
     Message::Hello(Hello {
@@ -709,7 +709,7 @@ fn carry_goes_only_to_a_peer_that_predicts_the_audience_better() {
     let mut catalog = Catalog::default();
     let data = payload(300_000, 23);
     let e = catalog.publish("fw-7", "fw", Priority::Normal, vec![], &data, PIECE);
-    let target = mule_contacts::NodeId([0x77; 32]);
+    let target = mule_proto::NodeId([0x77; 32]);
     let e = catalog.set_audience(e.meta.id, vec![target]).unwrap();
     let mut w = World::new(catalog);
     let mut a = MemNode::new(1, &[]);

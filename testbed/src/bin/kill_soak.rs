@@ -13,7 +13,10 @@
 //! fetches it and is killed each time it has gained a random 25–75 % of a bundle's size
 //! since its last start. When a bundle is complete the next round starts. After each
 //! restart: pieces held ≥ pieces held just before the kill (an acknowledged piece lost is
-//! an integrity failure), then `mule verify` through the daemon must pass.
+//! an integrity failure), then `mule verify` through the daemon must pass. Every
+//! `--recycle` rounds (default 4) both stores are emptied between rounds (daemons stopped,
+//! store deleted, started again with the same keys), so disk use and the time of each
+//! `mule verify` stay bounded over 1,000 kills.
 //!
 //! Not run in CI (it takes a long time); see testbed/README.md. Run as root:
 //! `testbed/soak/kill-soak.sh [--kills N] [--size BYTES]`.
@@ -30,6 +33,8 @@ struct Args {
     size: usize,
     seed: u64,
     rate: String,
+    /// Rounds between store recycles (see `Daemon::recycle_store`).
+    recycle: u32,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         mule: PathBuf::from("target/debug/mule"),
         kills: 1000,
         size: 64 << 20,
+        recycle: 4,
         seed: 1,
         rate: "80mbit".into(),
     };
@@ -49,10 +55,16 @@ fn parse_args() -> Result<Args, String> {
             "--size" => a.size = v()?.parse().map_err(|e| format!("--size: {e}"))?,
             "--seed" => a.seed = v()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--rate" => a.rate = v()?,
+            "--recycle" => {
+                a.recycle = v()?.parse().map_err(|e| format!("--recycle: {e}"))?;
+                if a.recycle == 0 {
+                    return Err("--recycle must be at least 1".into());
+                }
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: mule-kill-soak [--mule PATH] [--kills N] [--size BYTES] \
-                            [--seed N] [--rate TC_RATE]"
+                            [--seed N] [--rate TC_RATE] [--recycle ROUNDS]"
                         .into(),
                 );
             }
@@ -142,6 +154,23 @@ impl Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Between rounds: stops the daemon, deletes its store (manifests, pieces, export
+    /// directory) and starts it again, keeping its key and contact history. Without this
+    /// both stores grow by a bundle per round: 1,000 kills of 32 MiB bundles would need
+    /// ~80 GB, and `mule verify` after each kill would read all of it.
+    fn recycle_store(&mut self) {
+        self.kill();
+        for e in std::fs::read_dir(self.data()).expect("data dir").flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("store") || name == "export" {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
+        self.start();
     }
 
     fn pieces(&self, id: &str) -> Option<(u64, u64)> {
@@ -252,6 +281,10 @@ fn main() {
     let (mut kills, mut rounds, mut delivered) = (0u32, 0u32, 0u64);
     let (mut lost, mut verify_failures) = (0u32, 0u32);
     'rounds: while kills < args.kills {
+        if rounds > 0 && rounds % args.recycle == 0 {
+            b.recycle_store();
+            a.recycle_store();
+        }
         rounds += 1;
         let file = tmp.path().join("content.bin");
         write_random(&file, args.size, &mut rng);

@@ -1,37 +1,71 @@
-//! Identifiers shared by every layer: bundle ids, piece indices and priority classes.
+//! Identifiers shared by every layer: node ids, bundle ids, piece indices and priority classes.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A bundle's identity: the BLAKE3 hash of its canonical signed manifest.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct BundleId(pub [u8; 32]);
+/// Defines a 32-byte id: the raw bytes, hex `Display`, a short `Debug` of the first eight hex
+/// digits, and serde as the bare array.
+macro_rules! id32 {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub [u8; 32]);
 
-impl BundleId {
-    /// The raw 32 bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
+        impl $name {
+            /// The raw 32 bytes.
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
 
-    /// The first eight hex digits, for log lines and tables.
-    pub fn short(&self) -> String {
-        hex::encode(&self.0[..4])
+            /// The first eight hex digits, for log lines and tables.
+            pub fn short(&self) -> String {
+                hex::encode(&self.0[..4])
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.short())
+            }
+        }
+    };
+}
+
+/// 64 hex digits (surrounding whitespace ignored) as 32 bytes.
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out).ok()?;
+    Some(out)
+}
+
+id32! {
+    /// A node's identity: its ed25519 public key (32 bytes). Being the key itself,
+    /// it lets any peer verify what the node signs without a lookup.
+    NodeId
+}
+
+impl FromStr for NodeId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_hex32(s)
+            .map(NodeId)
+            .ok_or_else(|| format!("a node id is 64 hex digits, got {s:?}"))
     }
 }
 
-impl fmt::Display for BundleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for BundleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BundleId({})", self.short())
-    }
+id32! {
+    /// A bundle's identity: the BLAKE3 hash of its canonical signed manifest.
+    BundleId
 }
 
 /// Why a string is not a bundle id.
@@ -43,9 +77,9 @@ impl FromStr for BundleId {
     type Err = ParseIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).map_err(|_| ParseIdError(s.to_owned()))?;
-        Ok(BundleId(out))
+        parse_hex32(s)
+            .map(BundleId)
+            .ok_or_else(|| ParseIdError(s.to_owned()))
     }
 }
 
@@ -120,6 +154,14 @@ impl FromStr for Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_id_hex_round_trip() {
+        let id = NodeId([0x5c; 32]);
+        assert_eq!(id.to_string().parse::<NodeId>().unwrap(), id);
+        assert!("5c5c".parse::<NodeId>().is_err());
+        assert_eq!(format!("{id:?}"), "NodeId(5c5c5c5c)");
+    }
 
     #[test]
     fn bundle_id_hex_round_trip() {

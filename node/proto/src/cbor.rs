@@ -1,16 +1,26 @@
-//! A minimal, strict CBOR (RFC 8949) writer and reader for the session frames.
+//! Canonical CBOR (RFC 8949): the one writer and strict reader for everything Mule signs,
+//! hashes or frames — session frames and summaries (`mule-engine`), manifests and store
+//! records (`mule-bundle`).
 //!
-//! Only the subset the protocol uses: unsigned integers (major 0), byte strings (2),
-//! text strings (3), arrays (4), and from major 7 `false`, `true`, `null` and
-//! single-precision floats. The reader accepts **only the canonical form** the writer
-//! produces: shortest-form heads, definite lengths, no tags, no maps. Anything else is a
-//! typed [`CborError`], never a panic, so a peer cannot make two different byte strings
-//! mean the same frame and cannot make the decoder allocate more than the frame holds.
+//! Only the subset the protocol uses: unsigned integers (major 0), byte strings (2), text
+//! strings (3), arrays (4), maps (5), and from major 7 `null` and single-precision floats.
+//! The writer always produces the canonical form of RFC 8949 §4.2.1 (shortest-form heads,
+//! definite lengths). The reader accepts **only** that form: shortest-form heads, definite
+//! lengths, no tags, every length bounded by the caller. Anything else is a typed
+//! [`CborError`], never a panic, so a peer cannot make two different byte strings mean the
+//! same value and cannot make the decoder allocate more than the input holds. What the
+//! reader cannot see item by item (map keys sorted and unique) is the caller's to check;
+//! `mule-bundle` does it for manifests by re-encoding and comparing bytes.
 //!
-//! Why not `cbor4ii` + serde: it accepts trailing bytes and non-canonical input, its serde
-//! form of `Vec<u8>` is an array of integers (5–9 % larger than a byte string unless an
-//! extra crate is added), and a piece's payload would be copied through serde. This
+//! Why not `cbor4ii` + serde for these: it accepts trailing bytes and non-canonical input,
+//! its serde form of `Vec<u8>` is an array of integers (5–9 % larger than a byte string
+//! unless an extra crate is added), and a piece's payload would be copied through serde. This
 //! module lets the piece frame be a hand-written head followed by the raw payload bytes.
+//!
+//! The [`self::serde`] submodule is the one bridge to cbor4ii's serde layer, for the
+//! payloads that are serde types by nature (the third-party Bloom filter in a summary, the
+//! discovery beacon): same rule of one item and no trailing bytes, but not canonical by
+//! construction, so nothing is signed or hashed through it.
 
 use std::fmt;
 
@@ -80,10 +90,11 @@ const UINT: u8 = 0;
 const BYTES: u8 = 2;
 const TEXT: u8 = 3;
 const ARRAY: u8 = 4;
+const MAP: u8 = 5;
 const SIMPLE: u8 = 7;
 
 /// Appends a canonical (shortest-form) head.
-pub(crate) fn head(out: &mut Vec<u8>, major: u8, value: u64) {
+fn head(out: &mut Vec<u8>, major: u8, value: u64) {
     let m = major << 5;
     if value < 24 {
         out.push(m | value as u8);
@@ -103,45 +114,59 @@ pub(crate) fn head(out: &mut Vec<u8>, major: u8, value: u64) {
 }
 
 /// Appends an unsigned integer.
-pub(crate) fn uint(out: &mut Vec<u8>, v: u64) {
+pub fn uint(out: &mut Vec<u8>, v: u64) {
     head(out, UINT, v);
 }
 
 /// Appends a byte string.
-pub(crate) fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub fn bytes(out: &mut Vec<u8>, b: &[u8]) {
     head(out, BYTES, b.len() as u64);
     out.extend_from_slice(b);
 }
 
 /// Appends only the head of a byte string of `len` bytes; the caller appends the bytes.
-pub(crate) fn bytes_head(out: &mut Vec<u8>, len: usize) {
+pub fn bytes_head(out: &mut Vec<u8>, len: usize) {
     head(out, BYTES, len as u64);
 }
 
 /// Appends a text string.
-pub(crate) fn text(out: &mut Vec<u8>, s: &str) {
+pub fn text(out: &mut Vec<u8>, s: &str) {
     head(out, TEXT, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
 /// Appends an array head of `len` items.
-pub(crate) fn array(out: &mut Vec<u8>, len: usize) {
+pub fn array(out: &mut Vec<u8>, len: usize) {
     head(out, ARRAY, len as u64);
 }
 
+/// Appends a map head of `len` entries; the caller appends key, value, key, value, ... with the
+/// keys in canonical (bytewise sorted) order.
+pub fn map(out: &mut Vec<u8>, len: usize) {
+    head(out, MAP, len as u64);
+}
+
+/// Appends an unsigned integer, or `null` for `None`.
+pub fn opt_uint(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => uint(out, v),
+        None => null(out),
+    }
+}
+
 /// Appends a single-precision float.
-pub(crate) fn f32(out: &mut Vec<u8>, v: f32) {
+pub fn f32(out: &mut Vec<u8>, v: f32) {
     out.push((SIMPLE << 5) | 26);
     out.extend_from_slice(&v.to_bits().to_be_bytes());
 }
 
 /// Appends `null`.
-pub(crate) fn null(out: &mut Vec<u8>) {
+pub fn null(out: &mut Vec<u8>) {
     out.push((SIMPLE << 5) | 22);
 }
 
 /// Reads canonical CBOR items from a borrowed slice.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
@@ -154,7 +179,7 @@ impl fmt::Debug for Reader<'_> {
 
 impl<'a> Reader<'a> {
     /// A reader over `buf`.
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
+    pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
@@ -214,37 +239,34 @@ impl<'a> Reader<'a> {
         Ok(value)
     }
 
-    /// Reads an unsigned integer no larger than `max`.
-    pub(crate) fn uint(&mut self, field: &'static str, max: u64) -> Result<u64, CborError> {
-        let v = self.head(UINT, "unsigned integer")?;
-        if v > max {
-            return Err(CborError::OutOfRange {
-                field,
-                value: v,
-                max,
-            });
+    /// Reads a head of the given major type whose value is at most `max`.
+    fn bounded(
+        &mut self,
+        major: u8,
+        expected: &'static str,
+        field: &'static str,
+        max: u64,
+    ) -> Result<u64, CborError> {
+        let value = self.head(major, expected)?;
+        if value > max {
+            return Err(CborError::OutOfRange { field, value, max });
         }
-        Ok(v)
+        Ok(value)
+    }
+
+    /// Reads an unsigned integer no larger than `max`.
+    pub fn uint(&mut self, field: &'static str, max: u64) -> Result<u64, CborError> {
+        self.bounded(UINT, "unsigned integer", field, max)
     }
 
     /// Reads a byte string of at most `max` bytes, borrowed from the input.
-    pub(crate) fn bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], CborError> {
-        let len = self.head(BYTES, "byte string")?;
-        if len > max as u64 {
-            return Err(CborError::OutOfRange {
-                field,
-                value: len,
-                max: max as u64,
-            });
-        }
+    pub fn bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], CborError> {
+        let len = self.bounded(BYTES, "byte string", field, max as u64)?;
         self.take(len as usize)
     }
 
     /// Reads a byte string of exactly `N` bytes.
-    pub(crate) fn fixed<const N: usize>(
-        &mut self,
-        field: &'static str,
-    ) -> Result<[u8; N], CborError> {
+    pub fn fixed<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], CborError> {
         let len = self.head(BYTES, "byte string")?;
         if len != N as u64 {
             return Err(CborError::FixedLength {
@@ -259,33 +281,18 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a UTF-8 text string of at most `max` bytes.
-    pub(crate) fn text(&mut self, field: &'static str, max: usize) -> Result<&'a str, CborError> {
-        let len = self.head(TEXT, "text string")?;
-        if len > max as u64 {
-            return Err(CborError::OutOfRange {
-                field,
-                value: len,
-                max: max as u64,
-            });
-        }
+    pub fn text(&mut self, field: &'static str, max: usize) -> Result<&'a str, CborError> {
+        let len = self.bounded(TEXT, "text string", field, max as u64)?;
         std::str::from_utf8(self.take(len as usize)?).map_err(|_| CborError::Utf8)
     }
 
     /// Reads an array head with at most `max` items and returns the count.
-    pub(crate) fn array(&mut self, field: &'static str, max: usize) -> Result<usize, CborError> {
-        let len = self.head(ARRAY, "array")?;
-        if len > max as u64 {
-            return Err(CborError::OutOfRange {
-                field,
-                value: len,
-                max: max as u64,
-            });
-        }
-        Ok(len as usize)
+    pub fn array(&mut self, field: &'static str, max: usize) -> Result<usize, CborError> {
+        Ok(self.bounded(ARRAY, "array", field, max as u64)? as usize)
     }
 
     /// Reads an array head that must have exactly `n` items.
-    pub(crate) fn array_exact(&mut self, what: &'static str, n: u64) -> Result<(), CborError> {
+    pub fn array_exact(&mut self, what: &'static str, n: u64) -> Result<(), CborError> {
         let len = self.head(ARRAY, "array")?;
         if len != n {
             return Err(CborError::ArrayLength {
@@ -297,8 +304,21 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Reads a map head with at most `max` entries and returns the count.
+    pub fn map(&mut self, field: &'static str, max: usize) -> Result<usize, CborError> {
+        Ok(self.bounded(MAP, "map", field, max as u64)? as usize)
+    }
+
+    /// Reads an unsigned integer no larger than `max`, or `null` as `None`.
+    pub fn opt_uint(&mut self, field: &'static str, max: u64) -> Result<Option<u64>, CborError> {
+        if self.null()? {
+            return Ok(None);
+        }
+        self.uint(field, max).map(Some)
+    }
+
     /// Reads a single-precision float.
-    pub(crate) fn f32(&mut self) -> Result<f32, CborError> {
+    pub fn f32(&mut self) -> Result<f32, CborError> {
         let b = self.byte()?;
         if b != (SIMPLE << 5) | 26 {
             return Err(CborError::UnexpectedType {
@@ -312,7 +332,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes a `null` if one is next and says whether it did.
-    pub(crate) fn null(&mut self) -> Result<bool, CborError> {
+    pub fn null(&mut self) -> Result<bool, CborError> {
         if self.peek()? == (SIMPLE << 5) | 22 {
             self.pos += 1;
             Ok(true)
@@ -321,11 +341,39 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Bytes not consumed yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     /// Fails unless every byte was consumed.
-    pub(crate) fn finish(&self) -> Result<(), CborError> {
-        match self.buf.len() - self.pos {
+    pub fn finish(&self) -> Result<(), CborError> {
+        match self.remaining() {
             0 => Ok(()),
             n => Err(CborError::Trailing(n)),
+        }
+    }
+}
+
+/// The bridge to cbor4ii's serde layer, for payloads that are serde types (see the module doc).
+pub mod serde {
+    use cbor4ii::core::dec::Read as _;
+
+    /// Encodes `v` with cbor4ii's serde layer.
+    pub fn encode<T: ::serde::Serialize>(v: &T) -> Vec<u8> {
+        // The writer is a Vec: it can fail only by running out of memory, which aborts anyway.
+        cbor4ii::serde::to_vec(Vec::new(), v).expect("a Vec never fails to grow")
+    }
+
+    /// Decodes one item that must fill the whole of `buf`; trailing bytes are an error. The
+    /// error is the decoder's message.
+    pub fn decode_exact<'a, T: ::serde::Deserialize<'a>>(buf: &'a [u8]) -> Result<T, String> {
+        let mut de = cbor4ii::serde::Deserializer::new(cbor4ii::core::utils::SliceReader::new(buf));
+        let v = T::deserialize(&mut de).map_err(|e| e.to_string())?;
+        let mut rest = de.into_inner();
+        match rest.fill(1) {
+            Ok(r) if r.as_ref().is_empty() => Ok(v),
+            _ => Err("trailing bytes".into()),
         }
     }
 }
@@ -389,5 +437,42 @@ mod tests {
         let mut r = Reader::new(&out);
         r.bytes("b", 3).unwrap();
         assert_eq!(r.finish(), Err(CborError::Trailing(1)));
+    }
+
+    #[test]
+    fn maps_and_optional_integers_round_trip() {
+        let mut out = Vec::new();
+        map(&mut out, 1);
+        text(&mut out, "k");
+        opt_uint(&mut out, None);
+        opt_uint(&mut out, Some(300));
+        assert_eq!(out, [0xa1, 0x61, b'k', 0xf6, 0x19, 0x01, 0x2c]);
+        let mut r = Reader::new(&out);
+        assert_eq!(r.map("m", 1).unwrap(), 1);
+        assert_eq!(r.text("k", 1).unwrap(), "k");
+        assert_eq!(r.opt_uint("a", 0).unwrap(), None);
+        assert_eq!(r.remaining(), 3);
+        assert!(matches!(
+            r.opt_uint("b", 299),
+            Err(CborError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            Reader::new(&out).map("m", 0),
+            Err(CborError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn serde_bridge_rejects_trailing_bytes() {
+        let mut bytes = serde::encode(&(7u32, "x"));
+        assert_eq!(
+            serde::decode_exact::<(u32, String)>(&bytes).unwrap(),
+            (7, "x".into())
+        );
+        bytes.push(0);
+        assert_eq!(
+            serde::decode_exact::<(u32, String)>(&bytes).unwrap_err(),
+            "trailing bytes"
+        );
     }
 }

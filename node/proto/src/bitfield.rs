@@ -1,16 +1,28 @@
-//! A fixed-length set of piece indices: which pieces of a bundle a node has.
+//! A fixed-length set of piece indices: which pieces of one bundle a node holds.
 //!
-//! Stored in the piece store next to the pieces (one write transaction changes both) and sent to
-//! peers in summaries. Bit `i` is bit `i % 8` (least significant first) of byte `i / 8`; bits past
-//! the length are zero, so equal sets have equal bytes.
+//! One type for both users: the store keeps it next to the pieces (one write transaction
+//! changes both) and the engine keeps one per bundle and per peer for scheduling. Bit `i` is
+//! bit `i % 8` (least significant first) of byte `i / 8`; bits past the length are zero, so
+//! equal sets have equal bytes. The count of present pieces is kept alongside, because the
+//! scheduler asks for it on every plan.
+
+use std::fmt;
 
 use crate::id::PieceIndex;
 
 /// Which of `len` pieces are present.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Bitfield {
     len: u32,
+    /// Pieces present (the number of ones in `bits`).
+    ones: u32,
     bits: Vec<u8>,
+}
+
+impl fmt::Debug for Bitfield {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bitfield({}/{})", self.ones, self.len)
+    }
 }
 
 /// Why bytes are not a bitfield of the given length.
@@ -39,6 +51,7 @@ impl Bitfield {
     pub fn new(len: u32) -> Self {
         Bitfield {
             len,
+            ones: 0,
             bits: vec![0; (len as usize).div_ceil(8)],
         }
     }
@@ -68,6 +81,7 @@ impl Bitfield {
         }
         Ok(Bitfield {
             len,
+            ones: bytes.iter().map(|b| b.count_ones()).sum(),
             bits: bytes.to_vec(),
         })
     }
@@ -94,24 +108,27 @@ impl Bitfield {
 
     /// Marks piece `i` present; returns whether it was absent. Ignores indices past the end.
     pub fn set(&mut self, i: PieceIndex) -> bool {
-        if i >= self.len {
+        if i >= self.len || self.get(i) {
             return false;
         }
-        let was = self.get(i);
         self.bits[(i / 8) as usize] |= 1 << (i % 8);
-        !was
+        self.ones += 1;
+        true
     }
 
-    /// Marks piece `i` absent.
-    pub fn clear(&mut self, i: PieceIndex) {
-        if i < self.len {
-            self.bits[(i / 8) as usize] &= !(1 << (i % 8));
+    /// Marks piece `i` absent; returns whether it was present.
+    pub fn clear(&mut self, i: PieceIndex) -> bool {
+        if !self.get(i) {
+            return false;
         }
+        self.bits[(i / 8) as usize] &= !(1 << (i % 8));
+        self.ones -= 1;
+        true
     }
 
     /// Number of pieces present.
     pub fn count(&self) -> u32 {
-        self.bits.iter().map(|b| b.count_ones()).sum()
+        self.ones
     }
 
     /// Whether every piece is present.
@@ -160,5 +177,20 @@ mod tests {
             Bitfield::from_bytes(11, &[0, 0b1000_0000]),
             Err(BitfieldError::PaddingSet { len: 11 })
         );
+    }
+
+    #[test]
+    fn count_follows_set_and_clear_across_bytes() {
+        let mut b = Bitfield::new(130);
+        assert!(b.set(0) && b.set(64) && b.set(129));
+        assert!(!b.set(129) && !b.set(130));
+        assert_eq!(b.count(), 3);
+        assert!(b.get(64) && !b.get(65) && !b.get(1000));
+        assert_eq!(b.iter_present().collect::<Vec<_>>(), [0, 64, 129]);
+        assert!(b.clear(64) && !b.clear(64) && !b.clear(1000));
+        assert_eq!(b.count(), 2);
+        let back = Bitfield::from_bytes(130, b.as_bytes()).unwrap();
+        assert_eq!((back.count(), &back), (2, &b));
+        assert!(Bitfield::full(70).is_complete());
     }
 }
