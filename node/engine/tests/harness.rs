@@ -1,7 +1,7 @@
 //! The harness as a simulator needs it: event-driven time, exact fractional rates,
 //! latency, disconnects, forgetting finished links, and the record log.
 
-use mule_bundle::Priority;
+use mule_proto::Priority;
 use mule_engine::harness::{Catalog, LinkSpec, MemNode, PieceOutcome, Record, World, payload};
 
 fn pair(len: usize) -> (World, mule_engine::harness::CatalogEntry) {
