@@ -243,7 +243,7 @@ impl<'a> Fleet<'a> {
     /// Node `v`'s vector as its summary would carry it (the top entries).
     fn advertised(&self, v: usize) -> Vec<(NodeId, f64)> {
         let mut top = self.prophets[v].top(MAX_PREDICTABILITIES);
-        top.sort_by(|x, y| x.0.cmp(&y.0));
+        top.sort_by_key(|x| x.0);
         top
     }
 

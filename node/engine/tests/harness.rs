@@ -1,8 +1,8 @@
 //! The harness as a simulator needs it: event-driven time, exact fractional rates,
 //! latency, disconnects, forgetting finished links, and the record log.
 
-use mule_proto::Priority;
 use mule_engine::harness::{Catalog, LinkSpec, MemNode, PieceOutcome, Record, World, payload};
+use mule_proto::Priority;
 
 fn pair(len: usize) -> (World, mule_engine::harness::CatalogEntry) {
     let mut cat = Catalog::default();
