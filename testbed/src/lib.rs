@@ -4,8 +4,10 @@
 //!
 //! - [`trace`]: parsing and normalising contact traces (CSV and The ONE format);
 //! - [`oracle`]: a lower bound on every node's completion time, from the trace alone;
-//! - [`sim`]: a deterministic discrete-event simulator of a fleet in virtual time,
-//!   with pluggable [`strategy`] implementations (Mule and the baselines);
+//! - [`fleet`]: the fleet simulation through real engine sessions over harness links
+//!   ("model: real sessions", the default for Mule and rarest-first);
+//! - [`sim`]: the piece-level discrete-event model ("model: piece-level"), with pluggable
+//!   [`strategy`] implementations (the baselines, and Mule for comparison);
 //! - [`report`]: JSON/CSV results, a Markdown summary and plots;
 //! - [`sweep`]: the spread of the headline figures across several seeds.
 //!
@@ -14,6 +16,7 @@
 //! same per-node [`report::NodeResult`] rows from the daemons' metrics.
 
 pub mod emulate;
+pub mod fleet;
 pub mod mule_strategy;
 pub mod oracle;
 pub mod pieces;

@@ -99,6 +99,14 @@ enum Cmd {
         /// the oracle assumes) or `shared` (a node's contacts share one transmitter).
         #[arg(long, default_value = "per-contact")]
         radio: mule_testbed::sim::Radio,
+        /// What runs mule and rarest: `sessions` (the engine's real sessions over virtual
+        /// links) or `pieces` (the faster piece-level model). Epidemic, client-server and
+        /// mule-strict are always piece-level, and so is everything with `--radio shared`.
+        #[arg(long, default_value = "sessions")]
+        model: mule_testbed::sim::Model,
+        /// One-way link latency of the real-session model, ms.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
         /// Output directory for results.json, nodes.csv, contacts.csv, summary.md, plots.
         #[arg(long)]
         out: PathBuf,
@@ -168,6 +176,8 @@ fn real_main() -> Result<()> {
             strategies,
             no_prediction,
             radio,
+            model,
+            latency_ms,
             out,
             seeds,
         } => {
@@ -188,6 +198,8 @@ fn real_main() -> Result<()> {
                 strategies,
                 prediction: !no_prediction,
                 radio,
+                model,
+                latency_ms,
             };
             let t0 = Instant::now();
             let mut last = Instant::now();

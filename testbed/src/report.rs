@@ -117,6 +117,9 @@ impl Milestones {
 pub struct Headline {
     /// Strategy name.
     pub strategy: String,
+    /// Which simulation produced it (`None`: not a simulation, e.g. the emulation).
+    #[serde(default)]
+    pub model: Option<crate::sim::Model>,
     /// Times to 50/90/100 % of the audience.
     pub times: Milestones,
     /// The same divided by the oracle's (`None` if either is never).
@@ -193,6 +196,7 @@ impl Report {
                 let useful = from_origin + from_others;
                 Headline {
                     strategy: o.strategy.clone(),
+                    model: None,
                     times,
                     ratio_to_oracle: ratio,
                     completed: t.iter().flatten().count(),
@@ -223,6 +227,13 @@ impl Report {
             oracle_reachable,
             headline,
             outcomes,
+        }
+    }
+
+    /// Names the model of each headline row, in the order run.
+    pub fn label_models(&mut self, models: &[crate::sim::Model]) {
+        for (h, m) in self.headline.iter_mut().zip(models) {
+            h.model = Some(*m);
         }
     }
 
@@ -383,14 +394,14 @@ impl Report {
     /// The headline table alone (Markdown).
     pub fn headline_table(&self) -> String {
         let mut s = String::from(
-            "| strategy | 50% | 90% | 100% | 50% ×oracle | 90% ×oracle | 100% ×oracle | complete | bytes/delivery | offload | duplicates | carried |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| strategy | model | 50% | 90% | 100% | 50% ×oracle | 90% ×oracle | 100% ×oracle | complete | bytes/delivery | offload | duplicates | carried |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         let t = |x: Option<f64>| x.map(fmt_secs).unwrap_or_else(|| "never".into());
         let r = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
         let o = &self.oracle_times;
         let _ = writeln!(
             s,
-            "| oracle (bound) | {} | {} | {} | 1 | 1 | 1 | {}/{} | – | – | – | – |",
+            "| oracle (bound) | – | {} | {} | {} | 1 | 1 | 1 | {}/{} | – | – | – | – |",
             t(o.t50),
             t(o.t90),
             t(o.t100),
@@ -400,8 +411,9 @@ impl Report {
         for h in &self.headline {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.2} | {:.1}% | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.2} | {:.1}% | {} | {} |",
                 h.strategy,
+                h.model.map_or("–", crate::sim::Model::label),
                 t(h.times.t50),
                 t(h.times.t90),
                 t(h.times.t100),

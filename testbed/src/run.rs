@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::mule_strategy::Mule;
 use crate::oracle::Oracle;
 use crate::report::{Report, ReportError, RunInfo};
-use crate::sim::{Overheads, Radio, Scenario, simulate};
+use crate::sim::{Model, Outcome, Overheads, Radio, Scenario, simulate};
 use crate::strategy::{ClientServer, Epidemic, Strategy};
 use crate::trace::{self, Format, NodeIx, Trace, TraceError};
 use crate::units::{Rate, Size, UnitError};
@@ -228,6 +228,10 @@ pub struct SimulateArgs {
     pub prediction: bool,
     /// How a node's simultaneous contacts share capacity.
     pub radio: Radio,
+    /// Which simulation runs Mule and rarest-first (the baselines are always piece-level).
+    pub model: Model,
+    /// One-way link latency of the real-session model, ms.
+    pub latency_ms: u64,
 }
 
 /// Loads the trace and builds the scenario for `args`.
@@ -291,7 +295,23 @@ pub fn prepare(args: &SimulateArgs) -> Result<(Trace, Scenario), RunError> {
     Ok((trace, sc))
 }
 
-/// Builds the strategy objects for a run.
+/// Builds the piece-level strategy object of `kind`.
+pub fn strategy(
+    kind: StrategyKind,
+    sc: &Scenario,
+    nodes: u32,
+    prediction: bool,
+) -> Box<dyn Strategy> {
+    match kind {
+        StrategyKind::Mule => Box::new(Mule::new(sc, nodes, prediction)),
+        StrategyKind::Rarest => Box::new(Mule::rarest(sc, nodes)),
+        StrategyKind::MuleStrict => Box::new(Mule::strict(sc, nodes)),
+        StrategyKind::Epidemic => Box::new(Epidemic),
+        StrategyKind::ClientServer => Box::new(ClientServer),
+    }
+}
+
+/// Builds the piece-level strategy objects for a run.
 pub fn strategies(
     kinds: &[StrategyKind],
     sc: &Scenario,
@@ -300,16 +320,72 @@ pub fn strategies(
 ) -> Vec<Box<dyn Strategy>> {
     kinds
         .iter()
-        .map(|k| -> Box<dyn Strategy> {
-            match k {
-                StrategyKind::Mule => Box::new(Mule::new(sc, nodes, prediction)),
-                StrategyKind::Rarest => Box::new(Mule::rarest(sc, nodes)),
-                StrategyKind::MuleStrict => Box::new(Mule::strict(sc, nodes)),
-                StrategyKind::Epidemic => Box::new(Epidemic),
-                StrategyKind::ClientServer => Box::new(ClientServer),
-            }
-        })
+        .map(|&k| strategy(k, sc, nodes, prediction))
         .collect()
+}
+
+/// The model `kind` runs on: Mule and rarest-first through real sessions when `args.model`
+/// asks for them and the radio is per contact; everything else piece-level (epidemic,
+/// client-server and `mule-strict` are not Mule's session).
+pub fn model_of(kind: StrategyKind, args: &SimulateArgs) -> Model {
+    let session_kind = matches!(kind, StrategyKind::Mule | StrategyKind::Rarest);
+    if session_kind && args.model == Model::Sessions && args.radio == Radio::PerContact {
+        Model::Sessions
+    } else {
+        Model::Pieces
+    }
+}
+
+/// Runs one strategy on its model.
+pub fn run_strategy(
+    kind: StrategyKind,
+    args: &SimulateArgs,
+    trace: &Trace,
+    sc: &Scenario,
+    progress: &mut dyn FnMut(&str, f64),
+) -> Outcome {
+    let mut s = strategy(kind, sc, trace.nodes, args.prediction);
+    let name = s.name().to_owned();
+    match model_of(kind, args) {
+        Model::Sessions => {
+            let opts = crate::fleet::Options {
+                latency_ms: args.latency_ms,
+                prediction: kind == StrategyKind::Mule && args.prediction,
+            };
+            crate::fleet::simulate(trace, sc, &name, opts, &mut |f| progress(&name, f))
+        }
+        Model::Pieces => simulate(trace, sc, s.as_mut(), &mut |f| progress(&name, f)),
+    }
+}
+
+/// The report's note on which model ran which strategy.
+fn models_note(outcomes: &[Outcome], models: &[Model]) -> Vec<String> {
+    let names = |m: Model| -> Vec<String> {
+        outcomes
+            .iter()
+            .zip(models)
+            .filter(|(_, x)| **x == m)
+            .map(|(o, _)| o.strategy.clone())
+            .collect()
+    };
+    let mut notes = Vec::new();
+    let sessions = names(Model::Sessions);
+    if !sessions.is_empty() {
+        notes.push(format!(
+            "{} ({}).",
+            crate::fleet::STATUS,
+            sessions.join(", ")
+        ));
+    }
+    let pieces = names(Model::Pieces);
+    if !pieces.is_empty() {
+        notes.push(format!(
+            "model: piece-level ({}): {}",
+            pieces.join(", "),
+            crate::mule_strategy::STATUS
+        ));
+    }
+    notes
 }
 
 /// Runs the simulation and returns the report (not yet written). `progress(name,
@@ -321,10 +397,10 @@ pub fn simulate_run(
     let (trace, sc) = prepare(args)?;
     let oracle = Oracle::compute(&trace, sc.origin, sc.publish_at, sc.bundle, sc.rate);
     let mut outcomes = Vec::new();
-    for mut s in strategies(&args.strategies, &sc, trace.nodes, args.prediction) {
-        let name = s.name().to_owned();
-        let out = simulate(&trace, &sc, s.as_mut(), &mut |f| progress(&name, f));
-        outcomes.push(out);
+    let mut models = Vec::new();
+    for &kind in &args.strategies {
+        outcomes.push(run_strategy(kind, args, &trace, &sc, progress));
+        models.push(model_of(kind, args));
     }
     let name = args
         .trace
@@ -340,7 +416,7 @@ pub fn simulate_run(
         "Contacts shorter than {} s were extended to {} s (not dropped); overlapping contacts of a pair were merged.",
         trace.min_contact, trace.min_contact
     )];
-    notes.push(crate::mule_strategy::STATUS.to_owned());
+    notes.extend(models_note(&outcomes, &models));
     if let Some(w) = isolated_origin(&trace, sc.origin, sc.publish_at) {
         progress_warning(&w);
         notes.push(format!("Warning: {w}"));
@@ -358,7 +434,8 @@ pub fn simulate_run(
         prediction: args.prediction,
         notes,
     };
-    let report = Report::build(info, oracle, outcomes);
+    let mut report = Report::build(info, oracle, outcomes);
+    report.label_models(&models);
     Ok((trace, report))
 }
 

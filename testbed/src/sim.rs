@@ -1,4 +1,10 @@
-//! Deterministic discrete-event simulation of a fleet replaying a contact trace.
+//! The piece-level model ("model: piece-level"): a deterministic discrete-event
+//! simulation of a fleet replaying a contact trace, with the session re-modelled around
+//! the engine's scheduler, summaries and prediction. Mule and rarest-first run through the
+//! engine's real sessions by default ([`crate::fleet`]); this model remains for the
+//! baselines that are not Mule's session (epidemic, client-server, the `mule-strict`
+//! what-if), for `--radio shared`, for `--model pieces`, and as the cross-check of the
+//! real-session model.
 //!
 //! ## What is simulated
 //! Nodes track **which pieces** they hold (a bitset), never the bytes. A bundle of
@@ -141,6 +147,41 @@ impl std::str::FromStr for Radio {
             _ => Err(format!(
                 "unknown radio model {s:?} (expected per-contact or shared)"
             )),
+        }
+    }
+}
+
+/// Which simulation ran a strategy; every report names it per strategy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Model {
+    /// The engine's real sessions over harness links ([`crate::fleet`]): Mule and
+    /// rarest-first.
+    #[default]
+    Sessions,
+    /// This module's piece-level model: pieces as bitsets, frames as byte costs, the
+    /// session re-modelled (claims, a fixed request window, summaries, `Have`/`Refuse`).
+    Pieces,
+}
+
+impl Model {
+    /// The label reports print: `real sessions` or `piece-level`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Model::Sessions => "real sessions",
+            Model::Pieces => "piece-level",
+        }
+    }
+}
+
+impl std::str::FromStr for Model {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sessions" | "real-sessions" => Ok(Model::Sessions),
+            "pieces" | "piece-level" => Ok(Model::Pieces),
+            _ => Err(format!("unknown model {s:?} (expected sessions or pieces)")),
         }
     }
 }
@@ -773,14 +814,15 @@ pub fn simulate(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::mule_strategy::Mule;
     use crate::oracle::Oracle;
     use crate::strategy::{ClientServer, Epidemic};
     use crate::trace::{Format, Options};
 
-    fn scenario(trace: &Trace, bundle: u64, publish_at: f64, fraction: f64) -> Scenario {
+    /// A test scenario: 1 MB/s, 64 KiB pieces, origin 0, carry quota of 8 pieces, seed 42.
+    pub(crate) fn scenario(trace: &Trace, bundle: u64, publish_at: f64, fraction: f64) -> Scenario {
         Scenario {
             rate: Rate(1e6),
             bundle,

@@ -30,7 +30,7 @@ fn assembled(node: &MemNode, e: &CatalogEntry) -> Vec<u8> {
                 bundle: e.meta.id,
                 index: i,
             }]
-                .clone()
+                .to_vec()
         })
         .collect()
 }
@@ -741,13 +741,13 @@ fn requests_shed_when_the_link_slows_are_made_again() {
     let (mut w, e, data) = pair(2_000_000);
     let l = w.connect(1, 0, Some(1000));
     w.run_for(400);
-    w.links[l].rate_bytes_per_ms = Some(20);
+    w.links[l].rate_bytes_per_s = Some(20_000);
     w.run_for(4_000);
     assert!(
         !w.nodes[1].complete(&e.meta.id),
         "finished before the slow phase ended"
     );
-    w.links[l].rate_bytes_per_ms = Some(1000);
+    w.links[l].rate_bytes_per_s = Some(1_000_000);
     assert!(
         w.run_until(10_000, |w| w.nodes[1].complete(&e.meta.id)),
         "stalled with {} of {} pieces",

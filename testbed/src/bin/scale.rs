@@ -1,7 +1,7 @@
 //! Scale figures for the simulator (not a pass/fail test): wall time of a full
 //! `simulate` (oracle + mule, rarest, epidemic, client-server) on the real traces and on
 //! synthetic fleets of 100 and 1,000 nodes. Prints the median of `MULE_BENCH_RUNS`
-//! (default 3) runs. Run with
+//! (default 3) runs, on the piece-level model unless `MULE_SCALE_MODEL=sessions`. Run with
 //! `cargo run --release -p mule-testbed --bin mule-testbed-scale`.
 
 use std::path::PathBuf;
@@ -36,6 +36,13 @@ fn args(trace: PathBuf, nodes: Option<u32>) -> SimulateArgs {
         ],
         prediction: true,
         radio: mule_testbed::sim::Radio::PerContact,
+        // The README's scale table is the piece-level model's; `MULE_SCALE_MODEL=sessions`
+        // measures the real-session model instead.
+        model: std::env::var("MULE_SCALE_MODEL")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(mule_testbed::sim::Model::Pieces),
+        latency_ms: 0,
     }
 }
 
