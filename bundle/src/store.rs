@@ -1801,22 +1801,7 @@ impl Store {
         pieces: &[(BundleId, PieceIndex, &[u8])],
     ) -> Result<Vec<Result<Put, PutError>>, StoreError> {
         // Verify outside the transaction.
-        let mut results: Vec<Result<Put, PutError>> = Vec::with_capacity(pieces.len());
-        let mut batch: HashMap<BundleId, VerifiedManifest> = HashMap::new();
-        for (id, index, data) in pieces {
-            let vm = match batch.get(id) {
-                Some(vm) => Some(vm.clone()),
-                None => self.manifest(id)?,
-            };
-            results.push(match vm {
-                None => Err(PutError::UnknownBundle(*id)),
-                Some(vm) => {
-                    let r = verify_piece(&vm, *index, data).map(|()| Put::Stored);
-                    batch.insert(*id, vm);
-                    r.map_err(PutError::from)
-                }
-            });
-        }
+        let (mut results, batch) = self.verify_batch(pieces)?;
         if !results.iter().any(|r| r.is_ok()) {
             return Ok(results);
         }
@@ -1824,19 +1809,7 @@ impl Store {
         let txn = self.begin_write()?;
         let mut evicted = Vec::new();
         let usage = {
-            let mut state: HashMap<BundleId, (Record, Bitfield)> = HashMap::new();
-            {
-                let bundles = txn.open_table(BUNDLES)?;
-                let bitfields = txn.open_table(BITFIELDS)?;
-                for (id, vm) in &batch {
-                    // A bundle can vanish between verification and here only if evicted
-                    // earlier; treat it as unknown.
-                    if let Some(rec) = Self::record_in(&bundles, id)? {
-                        let bf = Self::bitfield_in(&bitfields, id, vm.piece_count())?;
-                        state.insert(*id, (rec, bf));
-                    }
-                }
-            }
+            let mut state = Self::batch_state(&txn, &batch)?;
             let mut usage = match self.usage_cache {
                 Some(u) => u,
                 None => usage_of(&Self::all_records(&txn.open_table(BUNDLES)?)?),
@@ -1905,6 +1878,57 @@ impl Store {
         };
         txn.commit()?;
         self.usage_cache = Some(usage);
+        self.forget_evicted(evicted)?;
+        Ok(results)
+    }
+
+    /// Verifies each piece against its bundle's manifest (read once per bundle): one result
+    /// per piece, and the manifests of the bundles named.
+    fn verify_batch(
+        &mut self,
+        pieces: &[(BundleId, PieceIndex, &[u8])],
+    ) -> Result<VerifiedBatch, StoreError> {
+        let mut results: Vec<Result<Put, PutError>> = Vec::with_capacity(pieces.len());
+        let mut batch: HashMap<BundleId, VerifiedManifest> = HashMap::new();
+        for (id, index, data) in pieces {
+            let vm = match batch.get(id) {
+                Some(vm) => Some(vm.clone()),
+                None => self.manifest(id)?,
+            };
+            results.push(match vm {
+                None => Err(PutError::UnknownBundle(*id)),
+                Some(vm) => {
+                    let r = verify_piece(&vm, *index, data).map(|()| Put::Stored);
+                    batch.insert(*id, vm);
+                    r.map_err(PutError::from)
+                }
+            });
+        }
+        Ok((results, batch))
+    }
+
+    /// The record and bitfield, in this transaction, of every bundle of a batch.
+    fn batch_state(
+        txn: &WriteTransaction,
+        batch: &HashMap<BundleId, VerifiedManifest>,
+    ) -> Result<HashMap<BundleId, (Record, Bitfield)>, StoreError> {
+        let mut state = HashMap::new();
+        let bundles = txn.open_table(BUNDLES)?;
+        let bitfields = txn.open_table(BITFIELDS)?;
+        for (id, vm) in batch {
+            // A bundle can vanish between verification and here only if evicted
+            // earlier; treat it as unknown.
+            if let Some(rec) = Self::record_in(&bundles, id)? {
+                let bf = Self::bitfield_in(&bitfields, id, vm.piece_count())?;
+                state.insert(*id, (rec, bf));
+            }
+        }
+        Ok(state)
+    }
+
+    /// After the commit that evicted them: deletes the bundles' data files and forgets
+    /// their manifests (remembering a bounded number of evicted ids).
+    fn forget_evicted(&mut self, evicted: Vec<BundleId>) -> Result<(), StoreError> {
         self.delete_data(&evicted)?;
         for id in evicted {
             self.manifests.remove(&id);
@@ -1913,7 +1937,7 @@ impl Store {
                 self.evicted.push(id);
             }
         }
-        Ok(results)
+        Ok(())
     }
 
     /// Evicts bundles from `others` (in this transaction) until `need` more bytes fit for a
@@ -2243,6 +2267,12 @@ fn usage_of(recs: &[(BundleId, Record)]) -> Usage {
     }
     u
 }
+
+/// One verification result per piece of a batch, and the manifests of its bundles.
+type VerifiedBatch = (
+    Vec<Result<Put, PutError>>,
+    HashMap<BundleId, VerifiedManifest>,
+);
 
 #[cfg(test)]
 mod tests {

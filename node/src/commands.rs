@@ -281,116 +281,124 @@ async fn verb(cmd: Command, cfg: &Config, data_dir: &Path) -> Result<()> {
         }
         Command::Inspect { id, json } => inspect(&id, json, cfg, data_dir).await,
         Command::Export { id, out } => export(&id, &out, cfg, data_dir).await,
-        Command::Manifest { id, out } => {
-            let vm = manifest_of(&id, cfg, data_dir).await?;
-            write_atomic(&out, vm.as_bytes())?;
-            eprintln!(
-                "wrote the signed manifest of {} to {}",
-                vm.id(),
-                out.display()
-            );
-            Ok(())
-        }
-        Command::ImportManifest { file } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let vm = VerifiedManifest::decode(&bytes)
-                .with_context(|| format!("{} is not a valid signed manifest", file.display()))?;
-            match target(cfg, data_dir, Access::Write).await? {
-                Target::Daemon(mut c) => {
-                    c.call(&Request::ImportManifest {
-                        manifest: bytes,
-                        published: false,
-                    })
-                    .await?;
-                }
-                Target::Direct(mut s) => {
-                    s.insert_manifest(&vm, Origin::Received)?;
-                }
-            }
-            println!("{}", vm.id());
-            Ok(())
-        }
-        Command::Status(j) => {
-            let mut c = daemon_only(cfg, data_dir, "status").await?;
-            let Response::Status(st) = c.call(&Request::Status).await? else {
-                bail!("unexpected answer")
-            };
-            if j.json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
-            } else {
-                print_status(&st);
-            }
-            Ok(())
-        }
-        Command::Peers(j) => {
-            let mut c = daemon_only(cfg, data_dir, "peers").await?;
-            let Response::Status(st) = c.call(&Request::Status).await? else {
-                bail!("unexpected answer")
-            };
-            if j.json {
-                println!("{}", serde_json::to_string_pretty(&st.neighbours)?);
-            } else {
-                print_neighbours(&st.neighbours);
-            }
-            Ok(())
-        }
-        Command::Contacts(j) => {
-            let mut c = daemon_only(cfg, data_dir, "contacts").await?;
-            let Response::Contacts(list) = c.call(&Request::Contacts).await? else {
-                bail!("unexpected answer")
-            };
-            if j.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!(
-                    "{:<16} {:>8} {:>14} {:>14} {:>14} {:>10} {:>6}",
-                    "PEER", "CONTACTS", "MEDIAN", "INTERCONTACT", "LAST_SEEN", "BYTES", "P"
-                );
-                let d = |s: f64| human::duration(std::time::Duration::from_secs_f64(s.max(0.0)));
-                for p in list {
-                    println!(
-                        "{:<16} {:>8} {:>14} {:>14} {:>14} {:>10} {:>6.3}",
-                        &p.node_id[..16],
-                        p.contacts,
-                        d(p.median_contact_s),
-                        if p.contacts > 1 {
-                            d(p.median_intercontact_s)
-                        } else {
-                            "-".into()
-                        },
-                        format!("{} ago", d(p.last_seen_s_ago as f64)),
-                        human::bytes(p.bytes),
-                        p.predictability
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Subscribe { channel } => {
-            let mut c = daemon_only(cfg, data_dir, "subscribe").await?;
-            c.call(&Request::Subscribe {
-                channel: channel.clone(),
-            })
-            .await?;
-            eprintln!("subscribed to {channel}");
-            Ok(())
-        }
-        Command::Unsubscribe { channel } => {
-            let mut c = daemon_only(cfg, data_dir, "unsubscribe").await?;
-            c.call(&Request::Unsubscribe {
-                channel: channel.clone(),
-            })
-            .await?;
-            eprintln!("unsubscribed from {channel}");
-            Ok(())
-        }
+        Command::Manifest { id, out } => write_manifest(&id, &out, cfg, data_dir).await,
+        Command::ImportManifest { file } => import_manifest(&file, cfg, data_dir).await,
+        Command::Status(j) => status(j.json, false, cfg, data_dir).await,
+        Command::Peers(j) => status(j.json, true, cfg, data_dir).await,
+        Command::Contacts(j) => contacts(j.json, cfg, data_dir).await,
+        Command::Subscribe { channel } => subscription(channel, true, cfg, data_dir).await,
+        Command::Unsubscribe { channel } => subscription(channel, false, cfg, data_dir).await,
         Command::Media(m) => media_verb(m, cfg, data_dir).await,
         Command::Verify { repair, ids } => crate::verify::run(&ids, repair, cfg, data_dir).await,
         Command::Run | Command::Key(_) | Command::Config(_) => {
             unreachable!("handled synchronously")
         }
     }
+}
+
+/// `mule manifest ID --out FILE`: the signed manifest as stored.
+async fn write_manifest(id: &str, out: &Path, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let vm = manifest_of(id, cfg, data_dir).await?;
+    write_atomic(out, vm.as_bytes())?;
+    eprintln!(
+        "wrote the signed manifest of {} to {}",
+        vm.id(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `mule import-manifest FILE`: verify it, then hand it to the daemon or the store.
+async fn import_manifest(file: &Path, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let vm = VerifiedManifest::decode(&bytes)
+        .with_context(|| format!("{} is not a valid signed manifest", file.display()))?;
+    match target(cfg, data_dir, Access::Write).await? {
+        Target::Daemon(mut c) => {
+            c.call(&Request::ImportManifest {
+                manifest: bytes,
+                published: false,
+            })
+            .await?;
+        }
+        Target::Direct(mut s) => {
+            s.insert_manifest(&vm, Origin::Received)?;
+        }
+    }
+    println!("{}", vm.id());
+    Ok(())
+}
+
+/// `mule status` (or, with `peers`, `mule peers`: only the neighbours).
+async fn status(json: bool, peers: bool, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let what = if peers { "peers" } else { "status" };
+    let mut c = daemon_only(cfg, data_dir, what).await?;
+    let Response::Status(st) = c.call(&Request::Status).await? else {
+        bail!("unexpected answer")
+    };
+    match (json, peers) {
+        (true, false) => println!("{}", serde_json::to_string_pretty(&st)?),
+        (true, true) => println!("{}", serde_json::to_string_pretty(&st.neighbours)?),
+        (false, false) => print_status(&st),
+        (false, true) => print_neighbours(&st.neighbours),
+    }
+    Ok(())
+}
+
+/// `mule contacts`: the contact history per peer.
+async fn contacts(json: bool, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let mut c = daemon_only(cfg, data_dir, "contacts").await?;
+    let Response::Contacts(list) = c.call(&Request::Contacts).await? else {
+        bail!("unexpected answer")
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>8} {:>14} {:>14} {:>14} {:>10} {:>6}",
+        "PEER", "CONTACTS", "MEDIAN", "INTERCONTACT", "LAST_SEEN", "BYTES", "P"
+    );
+    let d = |s: f64| human::duration(std::time::Duration::from_secs_f64(s.max(0.0)));
+    for p in list {
+        println!(
+            "{:<16} {:>8} {:>14} {:>14} {:>14} {:>10} {:>6.3}",
+            &p.node_id[..16],
+            p.contacts,
+            d(p.median_contact_s),
+            if p.contacts > 1 {
+                d(p.median_intercontact_s)
+            } else {
+                "-".into()
+            },
+            format!("{} ago", d(p.last_seen_s_ago as f64)),
+            human::bytes(p.bytes),
+            p.predictability
+        );
+    }
+    Ok(())
+}
+
+/// `mule subscribe CHANNEL` (`on`) or `mule unsubscribe CHANNEL`.
+async fn subscription(channel: String, on: bool, cfg: &Config, data_dir: &Path) -> Result<()> {
+    let what = if on { "subscribe" } else { "unsubscribe" };
+    let mut c = daemon_only(cfg, data_dir, what).await?;
+    let req = if on {
+        Request::Subscribe {
+            channel: channel.clone(),
+        }
+    } else {
+        Request::Unsubscribe {
+            channel: channel.clone(),
+        }
+    };
+    c.call(&req).await?;
+    if on {
+        eprintln!("subscribed to {channel}");
+    } else {
+        eprintln!("unsubscribed from {channel}");
+    }
+    Ok(())
 }
 
 fn now_secs() -> u64 {

@@ -182,32 +182,7 @@ async fn handle(ctx: &Arc<Ctx>, req: Request) -> Result<Response, String> {
             bundle,
             first,
             pieces,
-        } => {
-            let id = parse_id(&bundle)?;
-            let mut rxs = Vec::with_capacity(pieces.len());
-            for (i, data) in pieces.into_iter().enumerate() {
-                let piece = PieceRef {
-                    bundle: id,
-                    index: first + i as u32,
-                };
-                let rx = ctx
-                    .store
-                    .put_piece_deferred(piece, data.into_vec())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                rxs.push((piece, rx));
-            }
-            for (piece, rx) in rxs {
-                match rx.await.map_err(|_| "store stopped".to_string())? {
-                    PutOutcome::Stored | PutOutcome::Completed | PutOutcome::AlreadyHad => {
-                        let _ = ctx.notices.send(crate::daemon::Notice::PieceStored(piece));
-                    }
-                    other => return Err(format!("piece {} of {}: {other:?}", piece.index, id)),
-                }
-            }
-            ctx.install.notify_one();
-            Response::Done
-        }
+        } => put_pieces(ctx, &bundle, first, pieces).await?,
         Request::Manifest { id } => {
             let id = parse_id(&id)?;
             let vm = ctx
@@ -263,4 +238,38 @@ async fn handle(ctx: &Arc<Ctx>, req: Request) -> Result<Response, String> {
         }
         Request::Verify { bundle, repair } => crate::verify::serve(ctx, bundle, repair).await?,
     })
+}
+
+/// `PutPieces`: hands every piece to the store thread, then waits for each outcome (a piece
+/// the store refused fails the request); stored pieces are announced to the sessions.
+async fn put_pieces(
+    ctx: &Arc<Ctx>,
+    bundle: &str,
+    first: u32,
+    pieces: Vec<serde_bytes::ByteBuf>,
+) -> Result<Response, String> {
+    let id = parse_id(bundle)?;
+    let mut rxs = Vec::with_capacity(pieces.len());
+    for (i, data) in pieces.into_iter().enumerate() {
+        let piece = PieceRef {
+            bundle: id,
+            index: first + i as u32,
+        };
+        let rx = ctx
+            .store
+            .put_piece_deferred(piece, data.into_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        rxs.push((piece, rx));
+    }
+    for (piece, rx) in rxs {
+        match rx.await.map_err(|_| "store stopped".to_string())? {
+            PutOutcome::Stored | PutOutcome::Completed | PutOutcome::AlreadyHad => {
+                let _ = ctx.notices.send(crate::daemon::Notice::PieceStored(piece));
+            }
+            other => return Err(format!("piece {} of {}: {other:?}", piece.index, id)),
+        }
+    }
+    ctx.install.notify_one();
+    Ok(Response::Done)
 }

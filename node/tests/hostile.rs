@@ -77,30 +77,13 @@ impl Attacked {
         let keys = tempfile::tempdir().expect("tempdir");
         let (pub_key, pub_path, pub_hex) = publisher_key(keys.path(), "publisher.key");
         let metrics_port = support::free_port();
-        let mut a = Node::new(&NodeConfig {
+        let a = Node::started(&NodeConfig {
             metrics_port: Some(metrics_port),
             ..NodeConfig::fw(&pub_hex)
         });
-        a.start();
         let addr = a.listen();
         let data = content(1, 300_000);
-        let file = a.path("b0.bin");
-        std::fs::write(&file, &data).expect("write b0");
-        let id = a
-            .ok(&[
-                "publish",
-                file.to_str().expect("path"),
-                "--name",
-                "base",
-                "--version",
-                "1",
-                "--key",
-                pub_path.to_str().expect("path"),
-                "--audience",
-                "fw",
-            ])
-            .trim()
-            .to_string();
+        let id = a.publish(&pub_path, "base", "b0.bin", &data, &[]);
         let base = Baseline {
             bundles: a
                 .bundles()
@@ -841,26 +824,9 @@ async fn a_real_node_still_delivers_to_an_attacked_node() {
     );
     let mut cfg_b = NodeConfig::fw(&t.pub_hex);
     cfg_b.peers = vec![addr.to_string()];
-    let mut b = Node::new(&cfg_b);
-    b.start();
+    let mut b = Node::started(&cfg_b);
     let y_data = content(5, 700_000);
-    let y_file = b.path("y.bin");
-    std::fs::write(&y_file, &y_data).expect("write y");
-    let y_id = b
-        .ok(&[
-            "publish",
-            y_file.to_str().expect("path"),
-            "--name",
-            "after-attack",
-            "--version",
-            "1",
-            "--key",
-            t.pub_path.to_str().expect("path"),
-            "--audience",
-            "fw",
-        ])
-        .trim()
-        .to_string();
+    let y_id = b.publish(&t.pub_path, "after-attack", "y.bin", &y_data, &[]);
     support::wait_for(
         "the honest node's bundle to arrive",
         Duration::from_secs(30),
@@ -888,8 +854,7 @@ async fn connection_flood_is_bounded() {
     let (_, _, pub_hex) = publisher_key(keys.path(), "publisher.key");
     let mut cfg = NodeConfig::fw(&pub_hex);
     cfg.session_extra = vec!["max_sessions = 4".into()];
-    let mut a = Node::new(&cfg);
-    a.start();
+    let mut a = Node::started(&cfg);
     let addr = a.listen();
     let pid = a.pid().expect("pid");
     let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
@@ -1086,8 +1051,7 @@ async fn raw_handshake(addr: SocketAddr, key: &SigningKey) -> (TcpStream, Vec<u8
 async fn hand_written_handshake_then_bad_summaries() {
     let keys = tempfile::tempdir().expect("tempdir");
     let (_, _, pub_hex) = publisher_key(keys.path(), "publisher.key");
-    let mut a = Node::new(&NodeConfig::fw(&pub_hex));
-    a.start();
+    let mut a = Node::started(&NodeConfig::fw(&pub_hex));
     let addr = a.listen();
     let daemon_id: [u8; 32] = hex::decode(a.status()["node_id"].as_str().expect("id"))
         .expect("hex")
@@ -1166,8 +1130,7 @@ async fn hand_written_handshake_then_bad_summaries() {
 async fn violators_are_not_recorded_as_contacts() {
     let keys = tempfile::tempdir().expect("tempdir");
     let (pub_key, _, pub_hex) = publisher_key(keys.path(), "publisher.key");
-    let mut a = Node::new(&NodeConfig::fw(&pub_hex));
-    a.start();
+    let mut a = Node::started(&NodeConfig::fw(&pub_hex));
     let addr = a.listen();
     let mut forged = TestBundle::new(&pub_key, "f", "fw", content(7, PIECE as usize), PIECE)
         .vm

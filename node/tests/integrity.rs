@@ -20,23 +20,13 @@ use support::{Node, NodeConfig, content, free_port, publisher_key, sample, scrap
 const PIECE: usize = 16_384;
 
 fn publish(node: &Node, key: &Path, data: &[u8]) -> String {
-    let file = node.path("content.bin");
-    std::fs::write(&file, data).expect("write content");
-    let out = node.ok(&[
-        "publish",
-        file.to_str().expect("path"),
-        "--name",
+    node.publish(
+        key,
         "rot",
-        "--version",
-        "1",
-        "--key",
-        key.to_str().expect("path"),
-        "--audience",
-        "fw",
-        "--piece-size",
-        &PIECE.to_string(),
-    ]);
-    out.trim().to_string()
+        "content.bin",
+        data,
+        &["--piece-size", &PIECE.to_string()],
+    )
 }
 
 /// Flips one bit of piece `index` in the node's data file of bundle `id` (as bit rot would;
@@ -111,8 +101,7 @@ fn verify_names_a_rotten_piece_offline_and_repair_makes_it_refetchable() {
 fn verify_through_the_daemon_names_and_repairs_a_rotten_piece() {
     let keys = tempfile::tempdir().expect("tempdir");
     let (_, key, hex) = publisher_key(keys.path(), "pub.key");
-    let mut node = Node::new(&NodeConfig::fw(&hex));
-    node.start();
+    let mut node = Node::started(&NodeConfig::fw(&hex));
     let id = publish(&node, &key, &content(4, 8 * PIECE + 5));
     rot(&node, &id, 8);
     verify_finds_and_repairs(&node, &id, 8, 9);
@@ -130,16 +119,14 @@ fn a_rotten_piece_is_never_sent_and_the_holder_fetches_it_again() {
     const BAD: usize = 17;
 
     // C publishes; A fetches the whole bundle from C; C goes away.
-    let mut c = Node::new(&NodeConfig::fw(&hex));
-    c.start();
+    let mut c = Node::started(&NodeConfig::fw(&hex));
     let id = publish(&c, &key, &data);
     let metrics_a = free_port();
-    let mut a = Node::new(&NodeConfig {
+    let mut a = Node::started(&NodeConfig {
         peers: vec![c.listen().to_string()],
         metrics_port: Some(metrics_a),
         ..NodeConfig::fw(&hex)
     });
-    a.start();
     wait_for("A holds the bundle", Duration::from_secs(60), || {
         (a.pieces_have(&id) == 40).then_some(())
     });
@@ -147,11 +134,10 @@ fn a_rotten_piece_is_never_sent_and_the_holder_fetches_it_again() {
 
     // One flipped byte in A's copy; then B fetches from A only.
     rot(&a, &id, BAD);
-    let mut b = Node::new(&NodeConfig {
+    let mut b = Node::started(&NodeConfig {
         peers: vec![a.listen().to_string()],
         ..NodeConfig::fw(&hex)
     });
-    b.start();
     // A notices when it reads the piece for B: drops it, counts it, logs bundle and index.
     wait_for("A drops the bad piece", Duration::from_secs(60), || {
         let m = scrape(metrics_a);
@@ -205,25 +191,22 @@ fn a_rotten_piece_is_fetched_again_within_running_sessions() {
     const BAD: usize = 5;
 
     // C publishes and stays up; A fetches everything from C and keeps that session.
-    let mut c = Node::new(&NodeConfig::fw(&hex));
-    c.start();
+    let mut c = Node::started(&NodeConfig::fw(&hex));
     let id = publish(&c, &key, &data);
-    let mut a = Node::new(&NodeConfig {
+    let mut a = Node::started(&NodeConfig {
         peers: vec![c.listen().to_string()],
         ..NodeConfig::fw(&hex)
     });
-    a.start();
     wait_for("A holds the bundle", Duration::from_secs(60), || {
         (a.pieces_have(&id) == 24).then_some(())
     });
     rot(&a, &id, BAD);
     // B reaches C only through A. A finds the bad piece when B asks for it, fetches it again
     // from C in the session it already has, and then serves it to B.
-    let mut b = Node::new(&NodeConfig {
+    let mut b = Node::started(&NodeConfig {
         peers: vec![a.listen().to_string()],
         ..NodeConfig::fw(&hex)
     });
-    b.start();
     wait_for("B complete", Duration::from_secs(60), || {
         (b.pieces_have(&id) == 24).then_some(())
     });

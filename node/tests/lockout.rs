@@ -129,26 +129,9 @@ fn honest_peer_delivers(a: &Node, pub_hex: &str, key: &std::path::Path) {
 fn honest_peer_at(addr: SocketAddr, a: &Node, pub_hex: &str, key: &std::path::Path) {
     let mut cfg_b = NodeConfig::fw(pub_hex);
     cfg_b.peers = vec![addr.to_string()];
-    let mut b = Node::new(&cfg_b);
-    b.start();
+    let mut b = Node::started(&cfg_b);
     let data = content(18, 300_000);
-    let file = b.path("x.bin");
-    std::fs::write(&file, &data).expect("write content");
-    let id = b
-        .ok(&[
-            "publish",
-            file.to_str().expect("path"),
-            "--name",
-            "during-attack",
-            "--version",
-            "1",
-            "--key",
-            key.to_str().expect("path"),
-            "--audience",
-            "fw",
-        ])
-        .trim()
-        .to_string();
+    let id = b.publish(key, "during-attack", "x.bin", &data, &[]);
     wait_for(
         "the honest node's bundle to arrive despite the attack",
         Duration::from_secs(30),
@@ -173,11 +156,10 @@ fn idle_connections_from_one_address_do_not_lock_out_peers() {
     let keys = tempfile::tempdir().expect("tempdir");
     let (_, key, pub_hex) = publisher_key(keys.path(), "publisher.key");
     let metrics = support::free_port();
-    let mut a = Node::new(&NodeConfig {
+    let mut a = Node::started(&NodeConfig {
         metrics_port: Some(metrics),
         ..NodeConfig::fw(&pub_hex)
     });
-    a.start();
     let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let guard = AttackGuard::start(a.listen(), 40, move |_| attacker, true);
     wait_for(
@@ -204,8 +186,7 @@ fn idle_connections_from_one_address_do_not_lock_out_peers() {
 fn idle_connections_from_many_addresses_do_not_lock_out_peers() {
     let keys = tempfile::tempdir().expect("tempdir");
     let (_, key, pub_hex) = publisher_key(keys.path(), "publisher.key");
-    let mut a = Node::new(&NodeConfig::fw(&pub_hex));
-    a.start();
+    let mut a = Node::started(&NodeConfig::fw(&pub_hex));
     let guard = AttackGuard::start(
         a.listen(),
         40,
@@ -238,8 +219,7 @@ fn a_known_neighbour_gets_in_while_strangers_churn_the_slots() {
     let nobody = support::free_port();
     let mut cfg_a = NodeConfig::fw(&pub_hex);
     cfg_a.peers = vec![format!("127.0.0.1:{nobody}")];
-    let mut a = Node::new(&cfg_a);
-    a.start();
+    let mut a = Node::started(&cfg_a);
     let guard = AttackGuard::start(
         a.listen(),
         200,

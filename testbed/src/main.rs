@@ -181,7 +181,7 @@ fn real_main() -> Result<()> {
             out,
             seeds,
         } => {
-            let mut args = SimulateArgs {
+            let args = SimulateArgs {
                 trace: trace.trace,
                 format: trace.format,
                 rate,
@@ -201,69 +201,7 @@ fn real_main() -> Result<()> {
                 model,
                 latency_ms,
             };
-            let t0 = Instant::now();
-            let mut last = Instant::now();
-            let mut progress = |name: &str, f: f64| {
-                if last.elapsed().as_millis() >= 500 || f >= 1.0 {
-                    last = Instant::now();
-                    eprint!(
-                        "\r{name:>14}: {:5.1}% of contacts  [{:.1} s]   ",
-                        100.0 * f,
-                        t0.elapsed().as_secs_f64()
-                    );
-                    if f >= 1.0 {
-                        eprintln!();
-                    }
-                    let _ = std::io::stderr().flush();
-                }
-            };
-            if let Some(seeds) = seeds {
-                let mut runs = Vec::new();
-                for (i, &seed) in seeds.0.iter().enumerate() {
-                    eprintln!("seed {seed} ({} of {}):", i + 1, seeds.0.len());
-                    args.seed = seed;
-                    let (trace, report) = mule_testbed::run::simulate_run(&args, &mut progress)?;
-                    let dir = out.join(format!("seed-{seed}"));
-                    for w in mule_testbed::run::write_report(&report, &trace, &dir)? {
-                        eprintln!("mule-testbed: warning: {w}");
-                    }
-                    runs.push((seed, report));
-                }
-                let summary = mule_testbed::sweep::SeedSummary::build(&runs);
-                let title = runs
-                    .first()
-                    .map(|(_, r)| r.info.trace.clone())
-                    .unwrap_or_default();
-                let md = summary.markdown(&title);
-                std::fs::create_dir_all(&out)?;
-                std::fs::write(out.join("seeds.md"), &md)?;
-                std::fs::write(
-                    out.join("seeds.json"),
-                    serde_json::to_string_pretty(&summary)?,
-                )?;
-                println!("{md}");
-                eprintln!(
-                    "simulated {} seeds in {:.2} s; reports in {}/seed-N, spread in {}",
-                    runs.len(),
-                    t0.elapsed().as_secs_f64(),
-                    out.display(),
-                    out.join("seeds.md").display()
-                );
-                return Ok(());
-            }
-            let (trace, report) = mule_testbed::run::simulate_run(&args, &mut progress)?;
-            for w in mule_testbed::run::write_report(&report, &trace, &out)? {
-                eprintln!("mule-testbed: warning: {w}");
-            }
-            println!("{}", report.headline_table());
-            eprintln!(
-                "simulated {} strategies on {} nodes / {} contacts in {:.2} s; report in {}",
-                report.outcomes.len(),
-                report.info.nodes,
-                report.info.contacts,
-                t0.elapsed().as_secs_f64(),
-                out.display()
-            );
+            simulate(args, seeds, &out)?;
         }
         Cmd::Oracle {
             trace,
@@ -271,33 +209,7 @@ fn real_main() -> Result<()> {
             publish,
             publish_at,
         } => {
-            let opts = trace::Options {
-                min_contact: trace.min_contact,
-                nodes: trace.nodes,
-                window: trace.window,
-            };
-            let t = Trace::load(&trace.trace, trace.format, &opts)?;
-            if publish.node >= t.nodes {
-                return Err(
-                    format!("origin {} not in the trace (0..{})", publish.node, t.nodes).into(),
-                );
-            }
-            let at = publish_at.time_in(&t);
-            if let Some(w) = mule_testbed::run::isolated_origin(&t, publish.node, at) {
-                eprintln!("mule-testbed: warning: {w}");
-            }
-            let o =
-                mule_testbed::oracle::Oracle::compute(&t, publish.node, at, publish.size.0, rate);
-            println!("node,earliest_arrival_s,complete_s");
-            for v in 0..t.nodes as usize {
-                println!("{v},{},{}", o.earliest_arrival[v] - at, o.complete[v] - at);
-            }
-            eprintln!(
-                "{} nodes, min contact {} s, published at {}",
-                t.nodes,
-                t.min_contact,
-                fmt_secs(at)
-            );
+            oracle(&trace, rate, publish, publish_at)?;
         }
         Cmd::Emulate(args) => mule_testbed::emulate::main(args)?,
         Cmd::Cleanup => {
@@ -325,5 +237,120 @@ fn real_main() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Prints a progress line on stderr at most twice a second (and at 100 %).
+fn progress_line(t0: Instant) -> impl FnMut(&str, f64) {
+    let mut last = Instant::now();
+    move |name: &str, f: f64| {
+        if last.elapsed().as_millis() >= 500 || f >= 1.0 {
+            last = Instant::now();
+            eprint!(
+                "\r{name:>14}: {:5.1}% of contacts  [{:.1} s]   ",
+                100.0 * f,
+                t0.elapsed().as_secs_f64()
+            );
+            if f >= 1.0 {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+/// `simulate`: one run, or one per seed and their spread.
+fn simulate(
+    mut args: SimulateArgs,
+    seeds: Option<mule_testbed::sweep::Seeds>,
+    out: &std::path::Path,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let mut progress = progress_line(t0);
+    if let Some(seeds) = seeds {
+        let mut runs = Vec::new();
+        for (i, &seed) in seeds.0.iter().enumerate() {
+            eprintln!("seed {seed} ({} of {}):", i + 1, seeds.0.len());
+            args.seed = seed;
+            let (trace, report) = mule_testbed::run::simulate_run(&args, &mut progress)?;
+            let dir = out.join(format!("seed-{seed}"));
+            for w in mule_testbed::run::write_report(&report, &trace, &dir)? {
+                eprintln!("mule-testbed: warning: {w}");
+            }
+            runs.push((seed, report));
+        }
+        return write_seeds(&runs, out, t0);
+    }
+    let (trace, report) = mule_testbed::run::simulate_run(&args, &mut progress)?;
+    for w in mule_testbed::run::write_report(&report, &trace, out)? {
+        eprintln!("mule-testbed: warning: {w}");
+    }
+    println!("{}", report.headline_table());
+    eprintln!(
+        "simulated {} strategies on {} nodes / {} contacts in {:.2} s; report in {}",
+        report.outcomes.len(),
+        report.info.nodes,
+        report.info.contacts,
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// The spread over seeds: OUT/seeds.md (also printed) and OUT/seeds.json.
+fn write_seeds(
+    runs: &[(u64, mule_testbed::report::Report)],
+    out: &std::path::Path,
+    t0: Instant,
+) -> Result<()> {
+    let summary = mule_testbed::sweep::SeedSummary::build(runs);
+    let title = runs
+        .first()
+        .map(|(_, r)| r.info.trace.clone())
+        .unwrap_or_default();
+    let md = summary.markdown(&title);
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("seeds.md"), &md)?;
+    std::fs::write(
+        out.join("seeds.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!("{md}");
+    eprintln!(
+        "simulated {} seeds in {:.2} s; reports in {}/seed-N, spread in {}",
+        runs.len(),
+        t0.elapsed().as_secs_f64(),
+        out.display(),
+        out.join("seeds.md").display()
+    );
+    Ok(())
+}
+
+/// `oracle`: every node's earliest arrival and completion bound, as CSV on stdout.
+fn oracle(trace: &TraceArgs, rate: Rate, publish: Publish, publish_at: PublishAt) -> Result<()> {
+    let opts = trace::Options {
+        min_contact: trace.min_contact,
+        nodes: trace.nodes,
+        window: trace.window,
+    };
+    let t = Trace::load(&trace.trace, trace.format, &opts)?;
+    if publish.node >= t.nodes {
+        return Err(format!("origin {} not in the trace (0..{})", publish.node, t.nodes).into());
+    }
+    let at = publish_at.time_in(&t);
+    if let Some(w) = mule_testbed::run::isolated_origin(&t, publish.node, at) {
+        eprintln!("mule-testbed: warning: {w}");
+    }
+    let o = mule_testbed::oracle::Oracle::compute(&t, publish.node, at, publish.size.0, rate);
+    println!("node,earliest_arrival_s,complete_s");
+    for v in 0..t.nodes as usize {
+        println!("{v},{},{}", o.earliest_arrival[v] - at, o.complete[v] - at);
+    }
+    eprintln!(
+        "{} nodes, min contact {} s, published at {}",
+        t.nodes,
+        t.min_contact,
+        fmt_secs(at)
+    );
     Ok(())
 }

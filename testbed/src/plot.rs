@@ -152,6 +152,47 @@ struct Axes {
     x_bytes: bool,
 }
 
+impl Axes {
+    /// Linear axes over `x` and `y`, plain numbers on both.
+    fn new(title: String, x_desc: &str, y_desc: &str, x: (f64, f64), y: (f64, f64)) -> Axes {
+        Axes {
+            title,
+            x_desc: x_desc.to_owned(),
+            y_desc: y_desc.to_owned(),
+            x,
+            y,
+            x_log: false,
+            y_log: false,
+            y_bytes: false,
+            x_bytes: false,
+        }
+    }
+
+    /// A logarithmic x axis.
+    fn x_log(mut self) -> Axes {
+        self.x_log = true;
+        self
+    }
+
+    /// A logarithmic y axis.
+    fn y_log(mut self) -> Axes {
+        self.y_log = true;
+        self
+    }
+
+    /// The x axis counts bytes (ticks in kB, MB, ...).
+    fn x_bytes(mut self) -> Axes {
+        self.x_bytes = true;
+        self
+    }
+
+    /// The y axis counts bytes.
+    fn y_bytes(mut self) -> Axes {
+        self.y_bytes = true;
+        self
+    }
+}
+
 /// Cumulative bytes on the air over time, per strategy (see [`cumulative_bytes`]).
 type Cumulative = Vec<(String, Vec<(f64, f64)>)>;
 
@@ -375,17 +416,14 @@ fn completion(report: &Report, log: bool) -> (Axes, Vec<Curve>) {
         let x1 = h.max(x0 * 10.0);
         let curves = to_curves(named, h * 1e-3, |t| steps(t, n, x0, x1));
         (
-            Axes {
+            Axes::new(
                 title,
-                x_desc: "seconds since publishing (log)".into(),
-                y_desc: "fraction of audience complete".into(),
-                x: (x0, x1),
-                y: (0.0, 1.0),
-                x_log: true,
-                y_log: false,
-                y_bytes: false,
-                x_bytes: false,
-            },
+                "seconds since publishing (log)",
+                "fraction of audience complete",
+                (x0, x1),
+                (0.0, 1.0),
+            )
+            .x_log(),
             curves,
         )
     } else {
@@ -395,17 +433,13 @@ fn completion(report: &Report, log: bool) -> (Axes, Vec<Curve>) {
             steps(&hours, n, 0.0, x1)
         });
         (
-            Axes {
+            Axes::new(
                 title,
-                x_desc: "hours since publishing".into(),
-                y_desc: "fraction of audience complete".into(),
-                x: (0.0, x1),
-                y: (0.0, 1.0),
-                x_log: false,
-                y_log: false,
-                y_bytes: false,
-                x_bytes: false,
-            },
+                "hours since publishing",
+                "fraction of audience complete",
+                (0.0, x1),
+                (0.0, 1.0),
+            ),
             curves,
         )
     }
@@ -436,20 +470,17 @@ fn ratio_to_bound(report: &Report) -> (Axes, Vec<Curve>) {
     let x1 = max * 1.1;
     let curves = to_curves(named, 1e-3, |t| steps(t, n, 1.0, x1));
     (
-        Axes {
-            title: format!(
+        Axes::new(
+            format!(
                 "{}: completion time / oracle bound, per node",
                 report.info.trace
             ),
-            x_desc: "ratio to the node's bound (log; 1 = on the bound)".into(),
-            y_desc: "fraction of audience (CDF)".into(),
-            x: (1.0, x1),
-            y: (0.0, 1.0),
-            x_log: true,
-            y_log: false,
-            y_bytes: false,
-            x_bytes: false,
-        },
+            "ratio to the node's bound (log; 1 = on the bound)",
+            "fraction of audience (CDF)",
+            (1.0, x1),
+            (0.0, 1.0),
+        )
+        .x_log(),
         curves,
     )
 }
@@ -477,20 +508,18 @@ fn bytes_per_node(report: &Report) -> (Axes, Vec<Curve>) {
             .collect()
     });
     (
-        Axes {
-            title: format!(
+        Axes::new(
+            format!(
                 "{}: bytes on the air per node, busiest first",
                 report.info.trace
             ),
-            x_desc: "node rank (1 = the node that sent most)".into(),
-            y_desc: "bytes sent (log; under 1 kB at the floor)".into(),
-            x: (1.0, nodes + 1.0),
-            y: (1e3, max * 2.0),
-            x_log: false,
-            y_log: true,
-            y_bytes: true,
-            x_bytes: false,
-        },
+            "node rank (1 = the node that sent most)",
+            "bytes sent (log; under 1 kB at the floor)",
+            (1.0, nodes + 1.0),
+            (1e3, max * 2.0),
+        )
+        .y_log()
+        .y_bytes(),
         curves,
     )
 }
@@ -552,17 +581,14 @@ fn bytes_over_time(report: &Report, series: &Cumulative) -> (Axes, Vec<Curve>) {
         })
         .collect();
     (
-        Axes {
-            title: format!("{}: bytes on the air since publishing", report.info.trace),
-            x_desc: "hours since publishing".into(),
-            y_desc: "cumulative bytes sent, all nodes".into(),
-            x: (0.0, h / 3600.0),
-            y: (0.0, max * 1.05),
-            x_log: false,
-            y_log: false,
-            y_bytes: true,
-            x_bytes: false,
-        },
+        Axes::new(
+            format!("{}: bytes on the air since publishing", report.info.trace),
+            "hours since publishing",
+            "cumulative bytes sent, all nodes",
+            (0.0, h / 3600.0),
+            (0.0, max * 1.05),
+        )
+        .y_bytes(),
         curves,
     )
 }
@@ -616,20 +642,18 @@ fn completion_vs_bytes(report: &Report, series: &Cumulative) -> (Axes, Vec<Curve
         1.0
     };
     (
-        Axes {
-            title: format!(
+        Axes::new(
+            format!(
                 "{}: audience complete against bytes spent",
                 report.info.trace
             ),
-            x_desc: "bytes on the air so far, all nodes (log)".into(),
-            y_desc: "fraction of audience complete".into(),
-            x: (x0, max * 2.0),
-            y: (0.0, 1.0),
-            x_log: true,
-            y_log: false,
-            y_bytes: false,
-            x_bytes: true,
-        },
+            "bytes on the air so far, all nodes (log)",
+            "fraction of audience complete",
+            (x0, max * 2.0),
+            (0.0, 1.0),
+        )
+        .x_log()
+        .x_bytes(),
         curves,
     )
 }
@@ -668,21 +692,17 @@ fn contact_utilisation(report: &Report, trace: &Trace) -> (Axes, Vec<Curve>) {
         pts
     });
     (
-        Axes {
-            title: format!(
+        Axes::new(
+            format!(
                 "{}: contact utilisation ({} contacts after publishing)",
                 report.info.trace, usable as u64
             ),
-            x_desc: "share of the contact's capacity used (log; unused contacts at the left edge)"
-                .into(),
-            y_desc: "fraction of contacts (CDF)".into(),
-            x: (lo, 1.0),
-            y: (0.0, 1.0),
-            x_log: true,
-            y_log: false,
-            y_bytes: false,
-            x_bytes: false,
-        },
+            "share of the contact's capacity used (log; unused contacts at the left edge)",
+            "fraction of contacts (CDF)",
+            (lo, 1.0),
+            (0.0, 1.0),
+        )
+        .x_log(),
         curves,
     )
 }

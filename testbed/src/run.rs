@@ -402,16 +402,7 @@ pub fn simulate_run(
         outcomes.push(run_strategy(kind, args, &trace, &sc, progress));
         models.push(model_of(kind, args));
     }
-    let name = args
-        .trace
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = name
-        .trim_end_matches(".csv")
-        .trim_end_matches(".txt")
-        .trim_end_matches(".one")
-        .to_owned();
+    let name = crate::trace::name_of(&args.trace);
     let mut notes = vec![format!(
         "Contacts shorter than {} s were extended to {} s (not dropped); overlapping contacts of a pair were merged.",
         trace.min_contact, trace.min_contact

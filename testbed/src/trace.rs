@@ -317,94 +317,17 @@ impl Trace {
 
     /// Normalises raw contacts: window, minimum length, merging, sorting.
     pub fn build(raw: Vec<RawContact>, opts: &Options) -> Result<Trace, TraceError> {
-        if !(opts.min_contact >= 0.0 && opts.min_contact.is_finite()) {
-            return Err(TraceError::BadOption(format!(
-                "--min-contact must be a non-negative number of seconds, got {}",
-                opts.min_contact
-            )));
-        }
-        if let Some((from, to)) = opts.window
-            && !(from.is_finite() && to.is_finite() && from >= 0.0 && to > from)
-        {
-            return Err(TraceError::BadOption(format!(
-                "time window [{from}, {to}] is empty or invalid"
-            )));
-        }
+        check_options(opts)?;
         let mut stats = NormStats {
             raw_contacts: raw.len(),
             ..NormStats::default()
         };
-        let max_id = raw
-            .iter()
-            .map(|r| r.contact.b)
-            .max()
-            .ok_or(TraceError::Empty(""))?;
-        let nodes = match opts.nodes {
-            Some(n) => n,
-            None => {
-                // One stray large id (999999) would silently make a million-node run
-                // (gigabytes of state and output): refuse, and say how to proceed.
-                let mut ids: Vec<u32> = raw
-                    .iter()
-                    .flat_map(|r| [r.contact.a, r.contact.b])
-                    .collect();
-                ids.sort_unstable();
-                ids.dedup();
-                let inferred = max_id + 1;
-                if inferred > SPARSE_MIN_NODES && (ids.len() as u64) * 4 < u64::from(inferred) {
-                    return Err(TraceError::SparseIds {
-                        used: ids.len(),
-                        highest: max_id,
-                    });
-                }
-                inferred
-            }
-        };
-
-        let mut cs: Vec<Contact> = Vec::with_capacity(raw.len());
-        for r in &raw {
-            let mut c = r.contact;
-            if let Some((from, to)) = opts.window {
-                if c.end < from || c.start > to {
-                    stats.outside_window += 1;
-                    continue;
-                }
-                c.start = c.start.max(from);
-                c.end = c.end.min(to);
-            }
-            if c.end == c.start {
-                stats.zero_length += 1;
-            }
-            if c.duration() < opts.min_contact {
-                stats.extended += 1;
-                c.end = c.start + opts.min_contact;
-            }
-            cs.push(c);
-        }
+        let nodes = node_count(&raw, opts)?;
+        let cs = clip(&raw, opts, &mut stats);
         if cs.is_empty() {
             return Err(TraceError::Empty(" in the selected window"));
         }
-        // Merge overlapping contacts of the same pair: sort by pair then start.
-        cs.sort_by(|x, y| {
-            (x.a, x.b)
-                .cmp(&(y.a, y.b))
-                .then(x.start.total_cmp(&y.start))
-        });
-        let mut merged: Vec<Contact> = Vec::with_capacity(cs.len());
-        for c in cs {
-            match merged.last_mut() {
-                Some(last) if last.a == c.a && last.b == c.b && c.start <= last.end => {
-                    last.end = last.end.max(c.end);
-                    stats.merged += 1;
-                }
-                _ => merged.push(c),
-            }
-        }
-        merged.sort_by(|x, y| {
-            x.start
-                .total_cmp(&y.start)
-                .then((x.a, x.b).cmp(&(y.a, y.b)))
-        });
+        let merged = merge(cs, &mut stats);
         let (start, end) = match opts.window {
             Some((from, to)) => (from, to),
             None => (0.0, merged.iter().map(|c| c.end).fold(0.0, f64::max)),
@@ -434,6 +357,116 @@ impl Trace {
         }
         s
     }
+}
+
+/// A trace's name for reports: its file name without a `.csv`, `.txt` or `.one` ending.
+pub fn name_of(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.trim_end_matches(".csv")
+        .trim_end_matches(".txt")
+        .trim_end_matches(".one")
+        .to_owned()
+}
+
+/// The minimum contact length and the window are usable.
+fn check_options(opts: &Options) -> Result<(), TraceError> {
+    if !(opts.min_contact >= 0.0 && opts.min_contact.is_finite()) {
+        return Err(TraceError::BadOption(format!(
+            "--min-contact must be a non-negative number of seconds, got {}",
+            opts.min_contact
+        )));
+    }
+    if let Some((from, to)) = opts.window
+        && !(from.is_finite() && to.is_finite() && from >= 0.0 && to > from)
+    {
+        return Err(TraceError::BadOption(format!(
+            "time window [{from}, {to}] is empty or invalid"
+        )));
+    }
+    Ok(())
+}
+
+/// The declared node count, else the highest id + 1 unless the ids are too sparse.
+fn node_count(raw: &[RawContact], opts: &Options) -> Result<u32, TraceError> {
+    let max_id = raw
+        .iter()
+        .map(|r| r.contact.b)
+        .max()
+        .ok_or(TraceError::Empty(""))?;
+    if let Some(n) = opts.nodes {
+        return Ok(n);
+    }
+    // One stray large id (999999) would silently make a million-node run
+    // (gigabytes of state and output): refuse, and say how to proceed.
+    let mut ids: Vec<u32> = raw
+        .iter()
+        .flat_map(|r| [r.contact.a, r.contact.b])
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let inferred = max_id + 1;
+    if inferred > SPARSE_MIN_NODES && (ids.len() as u64) * 4 < u64::from(inferred) {
+        return Err(TraceError::SparseIds {
+            used: ids.len(),
+            highest: max_id,
+        });
+    }
+    Ok(inferred)
+}
+
+/// Clips contacts to the window (dropping those outside) and extends short ones to the
+/// minimum length.
+fn clip(raw: &[RawContact], opts: &Options, stats: &mut NormStats) -> Vec<Contact> {
+    let mut cs: Vec<Contact> = Vec::with_capacity(raw.len());
+    for r in raw {
+        let mut c = r.contact;
+        if let Some((from, to)) = opts.window {
+            if c.end < from || c.start > to {
+                stats.outside_window += 1;
+                continue;
+            }
+            c.start = c.start.max(from);
+            c.end = c.end.min(to);
+        }
+        if c.end == c.start {
+            stats.zero_length += 1;
+        }
+        if c.duration() < opts.min_contact {
+            stats.extended += 1;
+            c.end = c.start + opts.min_contact;
+        }
+        cs.push(c);
+    }
+    cs
+}
+
+/// Merges overlapping contacts of the same pair; returns them sorted by start, then pair.
+fn merge(mut cs: Vec<Contact>, stats: &mut NormStats) -> Vec<Contact> {
+    // Sort by pair then start, so overlapping contacts of a pair are neighbours.
+    cs.sort_by(|x, y| {
+        (x.a, x.b)
+            .cmp(&(y.a, y.b))
+            .then(x.start.total_cmp(&y.start))
+    });
+    let mut merged: Vec<Contact> = Vec::with_capacity(cs.len());
+    for c in cs {
+        match merged.last_mut() {
+            Some(last) if last.a == c.a && last.b == c.b && c.start <= last.end => {
+                last.end = last.end.max(c.end);
+                stats.merged += 1;
+            }
+            _ => merged.push(c),
+        }
+    }
+    merged.sort_by(|x, y| {
+        x.start
+            .total_cmp(&y.start)
+            .then((x.a, x.b).cmp(&(y.a, y.b)))
+    });
+    merged
 }
 
 /// Guesses the format of trace text: ONE if any of the first lines has a `CONN` field.
@@ -522,41 +555,9 @@ pub fn parse_one(text: &str, nodes: Option<u32>) -> Result<Vec<RawContact>, Trac
         if l.is_empty() || l.starts_with('#') {
             continue;
         }
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() != 5 {
-            return Err(TraceError::FieldCount {
-                line: line_no,
-                expected: "5 fields `time CONN a b up|down`",
-                found: f.len(),
-            });
-        }
-        let t = time_field(f[0], line_no, "time")?;
-        if f[1] != "CONN" {
-            return Err(TraceError::BadField {
-                line: line_no,
-                field: "event type",
-                value: f[1].to_owned(),
-                why: "only CONN events are supported",
-            });
-        }
-        if t < last_t {
-            return Err(TraceError::TimeBackwards {
-                line: line_no,
-                time: t,
-                previous: last_t,
-            });
-        }
+        let (t, key, state) = one_event(l, line_no, nodes, last_t)?;
         last_t = t;
-        let a = node_field(f[2], line_no, "node a", nodes)?;
-        let b = node_field(f[3], line_no, "node b", nodes)?;
-        if a == b {
-            return Err(TraceError::SelfContact {
-                line: line_no,
-                node: a,
-            });
-        }
-        let key = (a.min(b), a.max(b));
-        match f[4] {
+        match state {
             "up" => {
                 if let Some(&(_, since)) = open.get(&key) {
                     return Err(TraceError::DoubleUp {
@@ -612,6 +613,49 @@ pub fn parse_one(text: &str, nodes: Option<u32>) -> Result<Vec<RawContact>, Trac
         return Err(TraceError::Empty(""));
     }
     Ok(out)
+}
+
+/// Parses one `time CONN a b up|down` line (not before `last_t`): its time, its pair
+/// `(min, max)` and its state word.
+fn one_event(
+    l: &str,
+    line_no: usize,
+    nodes: Option<u32>,
+    last_t: f64,
+) -> Result<(f64, (NodeIx, NodeIx), &str), TraceError> {
+    let f: Vec<&str> = l.split_whitespace().collect();
+    if f.len() != 5 {
+        return Err(TraceError::FieldCount {
+            line: line_no,
+            expected: "5 fields `time CONN a b up|down`",
+            found: f.len(),
+        });
+    }
+    let t = time_field(f[0], line_no, "time")?;
+    if f[1] != "CONN" {
+        return Err(TraceError::BadField {
+            line: line_no,
+            field: "event type",
+            value: f[1].to_owned(),
+            why: "only CONN events are supported",
+        });
+    }
+    if t < last_t {
+        return Err(TraceError::TimeBackwards {
+            line: line_no,
+            time: t,
+            previous: last_t,
+        });
+    }
+    let a = node_field(f[2], line_no, "node a", nodes)?;
+    let b = node_field(f[3], line_no, "node b", nodes)?;
+    if a == b {
+        return Err(TraceError::SelfContact {
+            line: line_no,
+            node: a,
+        });
+    }
+    Ok((t, (a.min(b), a.max(b)), f[4]))
 }
 
 fn time_field(s: &str, line: usize, field: &'static str) -> Result<f64, TraceError> {

@@ -211,9 +211,11 @@ pub struct Decision {
     pub reason: Reason,
 }
 
+/// A bundle the source could offer, as classified for this peer.
 struct Cand {
     class: Class,
     priority: Priority,
+    /// Dependency level; `u32::MAX`: not eligible.
     level: u32,
     peer_has: Vec<bool>,
     peer_has_permille: u32,
@@ -221,72 +223,114 @@ struct Cand {
     local_p: f32,
 }
 
+impl Cand {
+    /// Whether it is scheduled at all (wanted, carried, or pulled in by a dependant).
+    fn eligible(&self) -> bool {
+        self.level != u32::MAX
+    }
+
+    /// The order key: priority, then class, then dependency level.
+    fn key(&self) -> (Priority, Class, u32) {
+        (self.priority, self.class, self.level)
+    }
+
+    fn reason(&self, m: &BundleMeta, holders: u32) -> Reason {
+        Reason {
+            class: self.class,
+            priority: self.priority,
+            own_priority: m.priority,
+            dep_level: self.level,
+            holders,
+            peer_has_permille: self.peer_has_permille,
+            peer_p: self.peer_p,
+            local_p: self.local_p,
+        }
+    }
+}
+
 fn best(audience: &[NodeId], p: &dyn Fn(&NodeId) -> f32) -> f32 {
     audience.iter().map(p).fold(0.0, f32::max)
 }
 
+/// The source's bundles by id.
+type ById<'s, 'a> = HashMap<BundleId, &'s SourceBundle<'a>>;
+
+/// The candidates, by bundle.
+type Cands = HashMap<BundleId, Cand>;
+
 /// Orders what the source should move to the peer. Pure and deterministic.
 pub fn schedule(input: &ScheduleInput<'_>) -> Vec<Decision> {
-    let peer = input.peer;
-    let by_id: HashMap<BundleId, &SourceBundle<'_>> =
-        input.bundles.iter().map(|b| (b.meta.id, b)).collect();
+    let by_id: ById<'_, '_> = input.bundles.iter().map(|b| (b.meta.id, b)).collect();
     let mut ids: Vec<BundleId> = by_id.keys().copied().collect();
     ids.sort();
+    let mut cands: Cands = ids
+        .iter()
+        .map(|id| (*id, classify(input, by_id[id].meta)))
+        .collect();
+    inherit(&ids, &by_id, &mut cands);
+    assign_levels(&ids, &by_id, &mut cands);
 
-    // Direct classification.
-    let mut cands: HashMap<BundleId, Cand> = HashMap::new();
-    for id in &ids {
-        let b = by_id[id];
-        let m = b.meta;
-        let peer_has: Vec<bool> = (0..m.pieces)
-            .map(|index| {
-                peer.has(PieceRef {
-                    bundle: m.id,
-                    index,
-                })
+    let mut order: Vec<&BundleId> = ids.iter().filter(|id| cands[*id].eligible()).collect();
+    order.sort_by_key(|id| (cands[*id].key(), **id));
+    // Manifests first, in bundle order, then the pieces that fit.
+    let mut out = manifests(input.peer, &order, &by_id, &cands);
+    fit_budget(
+        input,
+        pieces(input, &order, &by_id, &cands),
+        &by_id,
+        &cands,
+        &mut out,
+    );
+    out
+}
+
+/// Direct classification of one bundle: wanted by the peer, carried (the peer is closer to
+/// its audience, or it has none), or not eligible unless a dependant pulls it in later.
+fn classify(input: &ScheduleInput<'_>, m: &BundleMeta) -> Cand {
+    let peer = input.peer;
+    let peer_has: Vec<bool> = (0..m.pieces)
+        .map(|index| {
+            peer.has(PieceRef {
+                bundle: m.id,
+                index,
             })
-            .collect();
-        let count = peer_has.iter().filter(|&&h| h).count() as u64;
-        let peer_p = best(&m.audience, &|n| peer.predictability(n));
-        let local_p = best(&m.audience, input.local_predictability);
-        let class = if peer.wants(m) {
-            Some(Class::Wanted)
-        } else if m.audience.is_empty()
-            || m.audience
-                .iter()
-                .any(|n| peer.predictability(n) > (input.local_predictability)(n))
-        {
-            Some(Class::Carry)
-        } else {
-            None
-        };
-        cands.insert(
-            *id,
-            Cand {
-                class: class.unwrap_or(Class::Carry),
-                priority: m.priority,
-                level: 0,
-                peer_has_permille: (count * 1000 / m.pieces.max(1) as u64) as u32,
-                peer_has,
-                peer_p,
-                local_p,
-            },
-        );
-        if class.is_none() {
-            // Not eligible unless a dependant pulls it in below.
-            cands.get_mut(id).expect("just inserted").level = u32::MAX;
-        }
+        })
+        .collect();
+    let count = peer_has.iter().filter(|&&h| h).count() as u64;
+    let peer_p = best(&m.audience, &|n| peer.predictability(n));
+    let local_p = best(&m.audience, input.local_predictability);
+    let class = if peer.wants(m) {
+        Some(Class::Wanted)
+    } else if m.audience.is_empty()
+        || m.audience
+            .iter()
+            .any(|n| peer.predictability(n) > (input.local_predictability)(n))
+    {
+        Some(Class::Carry)
+    } else {
+        None
+    };
+    Cand {
+        class: class.unwrap_or(Class::Carry),
+        priority: m.priority,
+        // Not eligible unless a dependant pulls it in (see `inherit`).
+        level: if class.is_none() { u32::MAX } else { 0 },
+        peer_has_permille: (count * 1000 / m.pieces.max(1) as u64) as u32,
+        peer_has,
+        peer_p,
+        local_p,
     }
-    let eligible = |c: &Cand| c.level != u32::MAX;
+}
 
-    // Propagate class and priority from dependants to dependencies, and compute levels.
-    // Bounded relaxation: at most n rounds, so dependency cycles cannot loop forever.
+/// Propagates class and priority from dependants to dependencies (making them eligible).
+/// Bounded relaxation: at most n rounds, so dependency cycles cannot loop forever.
+fn inherit(ids: &[BundleId], by_id: &ById<'_, '_>, cands: &mut Cands) {
     for _ in 0..ids.len() {
         let mut changed = false;
-        for id in &ids {
+        for id in ids {
             let (class, priority, ok) = {
                 let c = &cands[id];
-                (c.class, c.priority, eligible(c))
+                (c.class, c.priority, c.eligible())
             };
             if !ok {
                 continue;
@@ -313,17 +357,22 @@ pub fn schedule(input: &ScheduleInput<'_>) -> Vec<Decision> {
             break;
         }
     }
+}
+
+/// Dependency levels: one more than the deepest eligible dependency, at most n (so cycles
+/// end), by bounded relaxation like [`inherit`].
+fn assign_levels(ids: &[BundleId], by_id: &ById<'_, '_>, cands: &mut Cands) {
     for _ in 0..ids.len() {
         let mut changed = false;
-        for id in &ids {
-            if !eligible(&cands[id]) {
+        for id in ids {
+            if !cands[id].eligible() {
                 continue;
             }
             let want = by_id[id]
                 .meta
                 .deps
                 .iter()
-                .filter_map(|d| cands.get(d).filter(|c| eligible(c)))
+                .filter_map(|d| cands.get(d).filter(|c| c.eligible()))
                 .map(|c| c.level.saturating_add(1))
                 .max()
                 .unwrap_or(0)
@@ -338,36 +387,41 @@ pub fn schedule(input: &ScheduleInput<'_>) -> Vec<Decision> {
             break;
         }
     }
+}
 
-    let reason = |c: &Cand, m: &BundleMeta, holders: u32| Reason {
-        class: c.class,
-        priority: c.priority,
-        own_priority: m.priority,
-        dep_level: c.level,
-        holders,
-        peer_has_permille: c.peer_has_permille,
-        peer_p: c.peer_p,
-        local_p: c.local_p,
-    };
-    let key = |c: &Cand| (c.priority, c.class, c.level);
-
-    // Manifests first, in bundle order.
-    let mut order: Vec<&BundleId> = ids.iter().filter(|id| eligible(&cands[*id])).collect();
-    order.sort_by_key(|id| (key(&cands[*id]), **id));
+/// The manifests the peer lacks of bundles it does not hold whole, in `order`.
+fn manifests(
+    peer: &dyn PeerView,
+    order: &[&BundleId],
+    by_id: &ById<'_, '_>,
+    cands: &Cands,
+) -> Vec<Decision> {
     let mut out = Vec::new();
-    for id in &order {
+    for id in order {
         let c = &cands[*id];
         if !peer.knows_manifest(id) && c.peer_has.iter().any(|h| !h) {
             out.push(Decision {
                 item: Item::Manifest(**id),
-                reason: reason(c, by_id[*id].meta, 0),
+                reason: c.reason(by_id[*id].meta, 0),
             });
         }
     }
+    out
+}
 
-    // Pieces.
+/// Sort key of a piece: its bundle's key, then rarest first, then bundles the peer holds
+/// most of, then bundle and index.
+type PieceKey = ((Priority, Class, u32), u32, u32, BundleId, PieceIndex);
+
+/// Every piece the source holds and the peer lacks, sorted by [`PieceKey`].
+fn pieces(
+    input: &ScheduleInput<'_>,
+    order: &[&BundleId],
+    by_id: &ById<'_, '_>,
+    cands: &Cands,
+) -> Vec<(PieceKey, PieceRef)> {
     let mut pieces = Vec::new();
-    for id in &order {
+    for id in order {
         let c = &cands[*id];
         let b = by_id[*id];
         for index in 0..b.meta.pieces {
@@ -380,15 +434,32 @@ pub fn schedule(input: &ScheduleInput<'_>) -> Vec<Decision> {
             };
             let holders = (input.rarity)(piece);
             pieces.push((
-                (key(c), holders, u32::MAX - c.peer_has_permille, **id, index),
+                (
+                    c.key(),
+                    holders,
+                    u32::MAX - c.peer_has_permille,
+                    **id,
+                    index,
+                ),
                 piece,
             ));
         }
     }
     pieces.sort_by_key(|(k, _)| *k);
+    pieces
+}
 
+/// Appends to `out` the pieces, in order, that fit the contact's byte budget and, for
+/// carried bundles, the peer's carry quota.
+fn fit_budget(
+    input: &ScheduleInput<'_>,
+    pieces: Vec<(PieceKey, PieceRef)>,
+    by_id: &ById<'_, '_>,
+    cands: &Cands,
+    out: &mut Vec<Decision>,
+) {
     let limit = input.budget.bytes();
-    let quota = peer.carry_quota_bytes();
+    let quota = input.peer.carry_quota_bytes();
     let (mut used, mut carried) = (0u64, 0u64);
     for ((_, holders, ..), piece) in pieces {
         let c = &cands[&piece.bundle];
@@ -407,10 +478,9 @@ pub fn schedule(input: &ScheduleInput<'_>) -> Vec<Decision> {
         used += cost;
         out.push(Decision {
             item: Item::Piece(piece),
-            reason: reason(c, m, holders),
+            reason: c.reason(m, holders),
         });
     }
-    out
 }
 
 /// Estimates piece rarity from the summaries of recently met nodes.

@@ -232,6 +232,42 @@ impl Node {
         }
     }
 
+    /// A node with `cfg`, started (see [`Node::start`]).
+    pub fn started(cfg: &NodeConfig) -> Node {
+        let mut n = Node::new(cfg);
+        n.start();
+        n
+    }
+
+    /// Publishes `data`, written to `file` in the node's directory, as version 1 of bundle
+    /// `name` for channel `fw`, signed with the key file `key`, with `extra` CLI arguments;
+    /// returns the bundle id.
+    pub fn publish(
+        &self,
+        key: &Path,
+        name: &str,
+        file: &str,
+        data: &[u8],
+        extra: &[&str],
+    ) -> String {
+        let file = self.path(file);
+        std::fs::write(&file, data).expect("write content");
+        let mut args = vec![
+            "publish",
+            file.to_str().expect("path"),
+            "--name",
+            name,
+            "--version",
+            "1",
+            "--key",
+            key.to_str().expect("path"),
+            "--audience",
+            "fw",
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args).trim().to_string()
+    }
+
     /// Spawns `mule run` on this node's data directory without waiting (logs to `log`).
     pub fn spawn_run(&self) -> Child {
         let log = std::fs::OpenOptions::new()

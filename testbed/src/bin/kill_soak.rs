@@ -214,6 +214,219 @@ fn write_random(path: &Path, len: usize, rng: &mut Rng) {
     std::fs::write(path, data).expect("content");
 }
 
+/// The network: a bridge in a switch namespace, namespaces `a` and `b` each with a veth to
+/// it (A's shaped). Fields drop in order: veths, bridge, namespaces, switch.
+struct Lab {
+    _la: Veth,
+    lb: Veth,
+    _bridge: Bridge,
+    na: Netns,
+    nb: Netns,
+    _switch: Netns,
+    /// The /24 of the two veths, as `10.X.Y`.
+    net: String,
+}
+
+fn build_lab(rate: &str) -> Lab {
+    let switch = Netns::new("sw").expect("switch namespace");
+    let bridge = Bridge::new_in(&switch, "br").expect("bridge");
+    let (na, nb) = (
+        Netns::new("a").expect("namespace"),
+        Netns::new("b").expect("namespace"),
+    );
+    let net = format!(
+        "10.{}.{}",
+        150 + std::process::id() % 50,
+        std::process::id() % 250
+    );
+    let la = Veth::new(Some(&switch), &na, &format!("{net}.1/24")).expect("veth");
+    let lb = Veth::new(Some(&switch), &nb, &format!("{net}.2/24")).expect("veth");
+    // A's egress shaped (tbf with a short queue), so a kill lands mid-transfer and little
+    // sits queued in the shaper when it does.
+    la.shape(rate, "64kb", "50ms").expect("tc tbf");
+    la.attach(&bridge).expect("attach");
+    lb.attach(&bridge).expect("attach");
+    Lab {
+        _la: la,
+        lb,
+        _bridge: bridge,
+        na,
+        nb,
+        _switch: switch,
+        net,
+    }
+}
+
+/// Generates the publisher key and starts publisher A and subscriber B (which dials A).
+fn start_daemons(lab: &Lab, tmp: &Path, mule: &Path) -> (Daemon, Daemon, PathBuf) {
+    let key = tmp.join("publisher.key");
+    let out = Command::new(mule)
+        .args(["key", "gen", "--out"])
+        .arg(&key)
+        .output()
+        .expect("mule key gen");
+    let publisher = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mk = |name: &str, ns: &Netns, peers: &[String], channels: &[&str]| {
+        let dir = tmp.join(name);
+        std::fs::create_dir_all(dir.join("data")).expect("dir");
+        std::fs::write(dir.join("mule.toml"), config(&publisher, peers, channels)).expect("cfg");
+        Daemon {
+            dir,
+            ns: ns.name().to_string(),
+            mule: mule.to_owned(),
+            child: None,
+        }
+    };
+    let mut a = mk("a", &lab.na, &[], &[]);
+    let mut b = mk("b", &lab.nb, &[format!("{}.1:7600", lab.net)], &["soak"]);
+    a.start();
+    b.start();
+    (a, b, key)
+}
+
+/// What the soak counted.
+#[derive(Default)]
+struct Tally {
+    kills: u32,
+    rounds: u32,
+    delivered: u64,
+    lost: u32,
+    verify_failures: u32,
+}
+
+/// Publishes round `round`'s bundle of random content at A; returns its id.
+fn publish(a: &Daemon, tmp: &Path, key: &Path, size: usize, round: u32, rng: &mut Rng) -> String {
+    let file = tmp.join("content.bin");
+    write_random(&file, size, rng);
+    let out = a.cli(&[
+        "publish",
+        file.to_str().expect("path"),
+        "--name",
+        "soak",
+        "--version",
+        &round.to_string(),
+        "--key",
+        key.to_str().expect("path"),
+        "--audience",
+        "soak",
+    ]);
+    assert!(
+        out.status.success(),
+        "publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits until B gained `gain` more pieces of `id` than `since` (or holds it whole);
+/// returns `(have, total)`.
+fn wait_gain(b: &Daemon, id: &str, since: u64, gain: u64, kills: u32) -> (u64, u64) {
+    let end = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some((have, total)) = b.pieces(id)
+            && (have >= since + gain.max(1) || have == total)
+        {
+            return (have, total);
+        }
+        assert!(Instant::now() < end, "no progress for 600 s (kill {kills})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGKILLs B and restarts it; counts pieces lost (fewer than `have` held after the
+/// restart) and `mule verify` failures. Returns the pieces held after the restart.
+fn kill_and_check(b: &mut Daemon, id: &str, have: u64, t: &mut Tally) -> u64 {
+    b.kill();
+    t.kills += 1;
+    let kills = t.kills;
+    b.start();
+    let after = b.pieces(id).map_or(0, |p| p.0);
+    if after < have {
+        t.lost += 1;
+        println!("kill {kills}: LOST pieces: {have} reported before the kill, {after} after");
+    }
+    let v = b.cli(&["verify"]);
+    if !v.status.success() {
+        t.verify_failures += 1;
+        println!(
+            "kill {kills}: mule verify FAILED:\n{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    after
+}
+
+/// One bundle: publish it and kill B at random points of its transfer until it arrived
+/// whole or the kills are used up. Returns false once the kills are used up.
+fn round(
+    args: &Args,
+    ctx: (&Daemon, &Path, &Path),
+    b: &mut Daemon,
+    rng: &mut Rng,
+    t: &mut Tally,
+    started: Instant,
+) -> bool {
+    let (a, tmp, key) = ctx;
+    t.rounds += 1;
+    let id = publish(a, tmp, key, args.size, t.rounds, rng);
+    let piece = 65_536u64;
+    loop {
+        // Kill after a random 25–75 % of a bundle's size more has arrived.
+        let since = b.pieces(&id).map_or(0, |p| p.0);
+        let gain = (args.size as u64 / piece) * (25 + rng.next() % 51) / 100;
+        let (have, total) = wait_gain(b, &id, since, gain, t.kills);
+        if have == total {
+            t.delivered += args.size as u64;
+            return true;
+        }
+        let after = kill_and_check(b, &id, have, t);
+        let kills = t.kills;
+        if kills.is_multiple_of(10) || kills == args.kills {
+            println!(
+                "kill {kills}/{}: round {}, {after}/{total} pieces after restart, {:.0} s",
+                args.kills,
+                t.rounds,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if kills >= args.kills {
+            // Let the last bundle finish so the byte count covers whole bundles.
+            let end = Instant::now() + Duration::from_secs(600);
+            while b.pieces(&id).is_none_or(|p| p.0 < p.1) {
+                assert!(Instant::now() < end, "last bundle did not complete");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            t.delivered += args.size as u64;
+            return false;
+        }
+    }
+}
+
+/// Prints the figures; returns whether the soak passed.
+fn report(args: &Args, t: &Tally, rx: u64, packets: u64, started: Instant) -> bool {
+    // Ethernet (14) + IPv4 (20) + TCP with timestamps (32) per packet as counted on the veth.
+    let payload = rx.saturating_sub(packets * 66);
+    let (kills, rounds, delivered) = (t.kills, t.rounds, t.delivered);
+    println!(
+        "kill-soak: {kills} SIGKILLs of the receiver, {rounds} bundles of {} bytes",
+        args.size
+    );
+    println!(
+        "  content delivered {delivered} bytes; link rx {rx} bytes in {packets} packets \
+         ({:.3} x); after TCP/IP headers {payload} bytes ({:.3} x, target <= 1.10)",
+        rx as f64 / delivered.max(1) as f64,
+        payload as f64 / delivered.max(1) as f64
+    );
+    println!(
+        "  acknowledged pieces lost: {}; mule verify failures: {}; {:.0} s",
+        t.lost,
+        t.verify_failures,
+        started.elapsed().as_secs_f64()
+    );
+    t.lost == 0 && t.verify_failures == 0 && (payload as f64) <= 1.10 * delivered as f64
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -231,160 +444,35 @@ fn main() {
         .prefix("mule-kill-soak-")
         .tempdir()
         .expect("tempdir");
-
-    // Topology.
-    let switch = Netns::new("sw").expect("switch namespace");
-    let bridge = Bridge::new_in(&switch, "br").expect("bridge");
-    let (na, nb) = (
-        Netns::new("a").expect("namespace"),
-        Netns::new("b").expect("namespace"),
-    );
-    let net = format!(
-        "10.{}.{}",
-        150 + std::process::id() % 50,
-        std::process::id() % 250
-    );
-    let la = Veth::new(Some(&switch), &na, &format!("{net}.1/24")).expect("veth");
-    let lb = Veth::new(Some(&switch), &nb, &format!("{net}.2/24")).expect("veth");
-    // A's egress shaped (tbf with a short queue), so a kill lands mid-transfer and little
-    // sits queued in the shaper when it does.
-    la.shape(&args.rate, "64kb", "50ms").expect("tc tbf");
-    la.attach(&bridge).expect("attach");
-    lb.attach(&bridge).expect("attach");
-
-    let key = tmp.path().join("publisher.key");
-    let out = Command::new(&mule)
-        .args(["key", "gen", "--out"])
-        .arg(&key)
-        .output()
-        .expect("mule key gen");
-    let publisher = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let mk = |name: &str, ns: &Netns, peers: &[String], channels: &[&str]| {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir_all(dir.join("data")).expect("dir");
-        std::fs::write(dir.join("mule.toml"), config(&publisher, peers, channels)).expect("cfg");
-        Daemon {
-            dir,
-            ns: ns.name().to_string(),
-            mule: mule.clone(),
-            child: None,
-        }
-    };
-    let mut a = mk("a", &na, &[], &[]);
-    let mut b = mk("b", &nb, &[format!("{net}.1:7600")], &["soak"]);
-    a.start();
-    b.start();
+    let lab = build_lab(&args.rate);
+    let (mut a, mut b, key) = start_daemons(&lab, tmp.path(), &mule);
 
     let mut rng = Rng(args.seed.max(1));
     let started = Instant::now();
-    let link0 = lb.node_counters().expect("counters");
-    let (mut kills, mut rounds, mut delivered) = (0u32, 0u32, 0u64);
-    let (mut lost, mut verify_failures) = (0u32, 0u32);
-    'rounds: while kills < args.kills {
-        if rounds > 0 && rounds % args.recycle == 0 {
+    let link0 = lab.lb.node_counters().expect("counters");
+    let mut t = Tally::default();
+    while t.kills < args.kills {
+        if t.rounds > 0 && t.rounds.is_multiple_of(args.recycle) {
             b.recycle_store();
             a.recycle_store();
         }
-        rounds += 1;
-        let file = tmp.path().join("content.bin");
-        write_random(&file, args.size, &mut rng);
-        let out = a.cli(&[
-            "publish",
-            file.to_str().expect("path"),
-            "--name",
-            "soak",
-            "--version",
-            &rounds.to_string(),
-            "--key",
-            key.to_str().expect("path"),
-            "--audience",
-            "soak",
-        ]);
-        assert!(
-            out.status.success(),
-            "publish: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let piece = 65_536u64;
-        loop {
-            // Kill after a random 25–75 % of a bundle's size more has arrived.
-            let since = b.pieces(&id).map_or(0, |p| p.0);
-            let gain = (args.size as u64 / piece) * (25 + rng.next() % 51) / 100;
-            let end = Instant::now() + Duration::from_secs(600);
-            let (have, total) = loop {
-                if let Some((have, total)) = b.pieces(&id)
-                    && (have >= since + gain.max(1) || have == total)
-                {
-                    break (have, total);
-                }
-                assert!(Instant::now() < end, "no progress for 600 s (kill {kills})");
-                std::thread::sleep(Duration::from_millis(10));
-            };
-            if have == total {
-                delivered += args.size as u64;
-                continue 'rounds;
-            }
-            b.kill();
-            kills += 1;
-            b.start();
-            let after = b.pieces(&id).map_or(0, |p| p.0);
-            if after < have {
-                lost += 1;
-                println!(
-                    "kill {kills}: LOST pieces: {have} reported before the kill, {after} after"
-                );
-            }
-            let v = b.cli(&["verify"]);
-            if !v.status.success() {
-                verify_failures += 1;
-                println!(
-                    "kill {kills}: mule verify FAILED:\n{}{}",
-                    String::from_utf8_lossy(&v.stdout),
-                    String::from_utf8_lossy(&v.stderr)
-                );
-            }
-            if kills % 10 == 0 || kills == args.kills {
-                println!(
-                    "kill {kills}/{}: round {rounds}, {after}/{total} pieces after restart, {:.0} s",
-                    args.kills,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            if kills >= args.kills {
-                // Let the last bundle finish so the byte count covers whole bundles.
-                let end = Instant::now() + Duration::from_secs(600);
-                while b.pieces(&id).is_none_or(|p| p.0 < p.1) {
-                    assert!(Instant::now() < end, "last bundle did not complete");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                delivered += args.size as u64;
-                break 'rounds;
-            }
+        if !round(
+            &args,
+            (&a, tmp.path(), &key),
+            &mut b,
+            &mut rng,
+            &mut t,
+            started,
+        ) {
+            break;
         }
     }
-    let link = lb.node_counters().expect("counters");
+    let link = lab.lb.node_counters().expect("counters");
     let rx = link.rx_bytes - link0.rx_bytes;
     let packets = link.rx_packets - link0.rx_packets;
-    // Ethernet (14) + IPv4 (20) + TCP with timestamps (32) per packet as counted on the veth.
-    let payload = rx.saturating_sub(packets * 66);
-    println!(
-        "kill-soak: {kills} SIGKILLs of the receiver, {rounds} bundles of {} bytes",
-        args.size
-    );
-    println!(
-        "  content delivered {delivered} bytes; link rx {rx} bytes in {packets} packets \
-         ({:.3} x); after TCP/IP headers {payload} bytes ({:.3} x, target <= 1.10)",
-        rx as f64 / delivered.max(1) as f64,
-        payload as f64 / delivered.max(1) as f64
-    );
-    println!(
-        "  acknowledged pieces lost: {lost}; mule verify failures: {verify_failures}; {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    let ok = lost == 0 && verify_failures == 0 && (payload as f64) <= 1.10 * delivered as f64;
+    let ok = report(&args, &t, rx, packets, started);
     drop(b);
     drop(a);
-    drop((la, lb, bridge, na, nb, switch));
+    drop(lab);
     std::process::exit(if ok { 0 } else { 1 });
 }
