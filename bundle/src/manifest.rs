@@ -174,6 +174,11 @@ impl Lineage {
         k
     }
 
+    /// The lineage as a fixed-size id (BLAKE3 of [`Lineage::key`]), as the engine sees it.
+    pub fn id(&self) -> mule_proto::LineageId {
+        mule_proto::LineageId(*blake3::hash(&self.key()).as_bytes())
+    }
+
     /// The inverse of [`Lineage::key`].
     pub fn from_key(k: &[u8]) -> Option<Lineage> {
         let publisher: [u8; 32] = k.get(..32)?.try_into().ok()?;

@@ -101,6 +101,11 @@ const BITFIELDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("bitfi
 const BUNDLES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("bundles_v1");
 const LINEAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lineages_v1");
 const RELEASES: TableDefinition<&[u8; 40], &[u8; 32]> = TableDefinition::new("releases_v1");
+/// Renames across lineages: replaced bundle id -> the replacing manifest's publisher key.
+/// Written for trusted manifests only; a replaced bundle arriving later is superseded at
+/// once if its publisher is that key. Entries outlive the replacing bundle (a rename is
+/// never undone), at most 64 per stored manifest.
+const REPLACED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("replaced_v1");
 
 /// Reads the current time in unix seconds. The store needs it to stamp arrivals and to tell
 /// expired bundles; tests pass a fake one.
@@ -1136,7 +1141,8 @@ impl Store {
                 return Err(StoreError::TooManyBundles(self.opts.max_bundles));
             }
             drop(bundles);
-            let superseded = self.note_release(&txn, vm, published)?;
+            let superseded = self.note_release(&txn, vm, published)?
+                | Self::note_replaces(&txn, vm, trusted || published)?;
             let mut bundles = txn.open_table(BUNDLES)?;
             let count = vm.piece_count();
             let rec = Record {
@@ -1244,6 +1250,52 @@ impl Store {
         let blocked = rec.block(release).is_some();
         lineages.insert(key.as_slice(), rec.encode().as_slice())?;
         Ok(blocked)
+    }
+
+    /// Renames (the manifest's replaced ids, across lineages), in the insert transaction of
+    /// a new bundle: a trusted manifest supersedes the stored bundles it names replaced
+    /// that have the same publisher, and is remembered for those arriving later. Returns
+    /// whether the new bundle is itself replaced by one stored before it. Only a rename by
+    /// the same key counts: anyone can sign a manifest naming another's bundle.
+    fn note_replaces(
+        txn: &WriteTransaction,
+        vm: &VerifiedManifest,
+        trusted: bool,
+    ) -> Result<bool, StoreError> {
+        let m = vm.manifest();
+        let mut replaced = txn.open_table(REPLACED)?;
+        let itself = replaced
+            .get(&vm.id().0)?
+            .is_some_and(|by| *by.value() == m.publisher);
+        if itself {
+            tracing::info!(bundle = %vm.id().short(), "superseded: a stored bundle replaces it");
+        }
+        if !trusted || m.lineage.is_empty() {
+            return Ok(itself);
+        }
+        let mut bundles = txn.open_table(BUNDLES)?;
+        let manifests = txn.open_table(MANIFESTS)?;
+        for old in &m.lineage {
+            if *old == vm.id() {
+                continue;
+            }
+            replaced.insert(&old.0, &m.publisher)?;
+            let same_publisher = manifests
+                .get(&old.0)?
+                .and_then(|v| VerifiedManifest::decode(v.value()).ok())
+                .map(|vm| vm.manifest().publisher)
+                .is_some_and(|p| p == m.publisher);
+            if let Some(mut r) = Self::record_in(&bundles, old)?
+                && same_publisher
+                && !r.superseded
+            {
+                r.superseded = true;
+                r.wanted = false;
+                bundles.insert(&old.0, r.encode().as_slice())?;
+                tracing::info!(bundle = %old.short(), by = %vm.id().short(), "superseded: replaced by a rename");
+            }
+        }
+        Ok(itself)
     }
 
     /// Marks every stored bundle of `lineage` with a release below `release` superseded and
@@ -2476,6 +2528,57 @@ mod tests {
         m.name = "fw".into();
         m.release = n;
         (m.sign(&key(1)).unwrap(), c)
+    }
+
+    /// A bundle named `name` by `signer` that names `replaced` replaced (a rename).
+    fn renamed(name: &str, signer: u8, replaced: &[BundleId]) -> VerifiedManifest {
+        let c = content(40, 100);
+        let mut m = manifest_for(&c, PS, &key(signer));
+        m.name = name.into();
+        m.release = 1;
+        m.lineage = replaced.to_vec();
+        m.sign(&key(signer)).unwrap()
+    }
+
+    #[test]
+    fn a_rename_by_the_same_key_supersedes_in_either_order_and_another_key_cannot() {
+        let (r1, _) = release(1, 1, 100);
+        // Replacer first, replaced later.
+        let mut f = fixture(1 << 30, 0);
+        f.store
+            .insert_manifest(&renamed("firmware", 1, &[r1.id()]), Origin::Received)
+            .unwrap();
+        f.store.insert_manifest(&r1, Origin::Received).unwrap();
+        f.store.set_wanted(&r1.id(), true).unwrap();
+        let i = f.store.info(&r1.id()).unwrap().unwrap();
+        assert!(i.superseded && !i.wanted, "{i:?}");
+        // Replaced first, replacer later.
+        let mut f = fixture(1 << 30, 0);
+        f.store.insert_manifest(&r1, Origin::Received).unwrap();
+        f.store.set_wanted(&r1.id(), true).unwrap();
+        f.store
+            .insert_manifest(&renamed("firmware", 1, &[r1.id()]), Origin::Received)
+            .unwrap();
+        let i = f.store.info(&r1.id()).unwrap().unwrap();
+        assert!(i.superseded && !i.wanted, "{i:?}");
+        // An untrusted key (carried only) naming it replaced changes nothing, in either
+        // order; nor does a trusted manifest naming another publisher's bundle.
+        let mut f = fixture(1 << 30, 0);
+        f.store
+            .insert_manifest(&renamed("evil", 2, &[r1.id()]), Origin::Received)
+            .unwrap();
+        f.store.insert_manifest(&r1, Origin::Received).unwrap();
+        assert!(!f.store.info(&r1.id()).unwrap().unwrap().superseded);
+        let (other, _) = bundle(5, 100, 2, Priority::Normal);
+        f.store.insert_manifest(&other, Origin::Received).unwrap();
+        f.store
+            .insert_manifest(
+                &renamed("b5-new", 1, &[other.id(), r1.id()]),
+                Origin::Received,
+            )
+            .unwrap();
+        assert!(!f.store.info(&other.id()).unwrap().unwrap().superseded);
+        assert!(f.store.info(&r1.id()).unwrap().unwrap().superseded);
     }
 
     #[test]

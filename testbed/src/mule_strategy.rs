@@ -129,6 +129,9 @@ impl Mule {
             pieces: sc.pieces(),
             piece_size: sc.piece_size,
             len: sc.bundle,
+            release: None,
+            replaces: Vec::new(),
+            publisher: [0; 32],
         };
         Mule {
             name,

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use mule_proto::{Bitfield, BundleId, NodeId, PieceRef, Priority};
+use mule_proto::{Bitfield, BundleId, LineageId, NodeId, PieceRef, Priority};
 
 use crate::claims::PieceClaims;
 use crate::credibility::CredibilityBook;
@@ -99,6 +99,9 @@ impl Catalog {
                 pieces,
                 piece_size,
                 len: data.len() as u64,
+                release: None,
+                replaces: Vec::new(),
+                publisher: [0; 32],
             },
             manifest: manifest.clone(),
             hashes,
@@ -118,6 +121,23 @@ impl Catalog {
     ) -> Option<CatalogEntry> {
         let e = self.entries.get_mut(&bundle)?;
         e.meta.audience = audience;
+        Some(e.clone())
+    }
+
+    /// Makes a published bundle release `release` of `lineage` (by publisher `publisher`,
+    /// replacing `replaces`); returns the updated entry.
+    pub fn set_release(
+        &mut self,
+        bundle: BundleId,
+        lineage: LineageId,
+        release: u64,
+        replaces: Vec<BundleId>,
+        publisher: [u8; 32],
+    ) -> Option<CatalogEntry> {
+        let e = self.entries.get_mut(&bundle)?;
+        e.meta.release = Some((lineage, release));
+        e.meta.replaces = replaces;
+        e.meta.publisher = publisher;
         Some(e.clone())
     }
 

@@ -46,5 +46,5 @@ pub mod scheduler;
 pub mod session;
 pub mod summary;
 
-pub use mule_proto::{Bitfield, CborError};
+pub use mule_proto::{Bitfield, CborError, LineageId};
 pub use scheduler::RarityTracker;

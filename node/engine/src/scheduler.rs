@@ -27,7 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
-use mule_proto::{Bitfield, BundleId, NodeId, PieceIndex, PieceRef, Priority};
+use mule_proto::{Bitfield, BundleId, LineageId, NodeId, PieceIndex, PieceRef, Priority};
 
 /// What the scheduler needs to know about a bundle (from its verified manifest).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,13 @@ pub struct BundleMeta {
     pub piece_size: u32,
     /// Total payload length, in bytes.
     pub len: u64,
+    /// Its release lineage and number, when it is a release (see [`LocalView::superseded`](crate::session::LocalView::superseded)).
+    pub release: Option<(LineageId, u64)>,
+    /// Bundles it replaces across lineages (a rename): superseded once this one is known,
+    /// if they have the same publisher.
+    pub replaces: Vec<BundleId>,
+    /// The publisher's key (only compared, for `replaces`).
+    pub publisher: [u8; 32],
 }
 
 impl BundleMeta {
@@ -601,6 +608,9 @@ mod tests {
             pieces,
             piece_size: 1000,
             len: pieces as u64 * 1000 - 1,
+            release: None,
+            replaces: Vec::new(),
+            publisher: [0; 32],
         }
     }
 

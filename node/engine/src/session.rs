@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use mule_proto::{Bitfield, BundleId, NodeId, PieceRef};
+use mule_proto::{Bitfield, BundleId, LineageId, NodeId, PieceRef};
 
 use crate::RarityTracker;
 use crate::claims::{ClaimOwner, PieceClaims};
@@ -199,12 +199,52 @@ pub struct LocalView {
     /// Peers whose past claims did not all hold, with the weight (< 1) their advertised
     /// predictabilities are believed by (see [`crate::credibility`]); others count fully.
     pub peer_weights: HashMap<NodeId, f32>,
+    /// The newest release the node knows of per lineage, also from manifests it no longer
+    /// holds (the store's lineage records: newest seen, highest installed). Bundles of a
+    /// lineage below it are superseded even when the newer manifest is not in `bundles`.
+    pub newest_releases: HashMap<LineageId, u64>,
 }
 
 impl LocalView {
     /// Whether this node wants the bundle for itself.
     pub fn wants(&self, meta: &BundleMeta) -> bool {
         self.want_bundles.contains(&meta.id) || self.channels.contains(&meta.channel)
+    }
+
+    /// The bundles this node no longer moves: an older release of a lineage whose newer
+    /// release it knows (a held manifest or [`newest_releases`](Self::newest_releases)), or a
+    /// bundle a held manifest names as replaced (a rename across lineages). A superseded
+    /// bundle is not requested, not offered, not advertised in summaries and not carried;
+    /// the store evicts it first and never installs it.
+    pub fn superseded(&self) -> HashSet<BundleId> {
+        let mut newest = self.newest_releases.clone();
+        for b in self.bundles.values() {
+            if let Some((lineage, release)) = b.meta.release {
+                let n = newest.entry(lineage).or_insert(release);
+                *n = (*n).max(release);
+            }
+        }
+        let mut out = HashSet::new();
+        for b in self.bundles.values() {
+            if let Some((lineage, release)) = b.meta.release
+                && newest.get(&lineage).is_some_and(|n| *n > release)
+            {
+                out.insert(b.meta.id);
+            }
+            for replaced in &b.meta.replaces {
+                // Only a rename by the same key: anyone can sign a manifest naming someone
+                // else's bundle replaced.
+                if *replaced != b.meta.id
+                    && self
+                        .bundles
+                        .get(replaced)
+                        .is_some_and(|r| r.meta.publisher == b.meta.publisher)
+                {
+                    out.insert(*replaced);
+                }
+            }
+        }
+        out
     }
 
     fn predictability(&self, node: &NodeId) -> f32 {
@@ -424,6 +464,8 @@ pub struct Session {
     state: State,
     peer_id: Option<NodeId>,
     local: LocalView,
+    /// [`LocalView::superseded`], kept current as manifests become known.
+    superseded: HashSet<BundleId>,
     store_full: bool,
     decoder: FrameDecoder,
     control: Vec<u8>,
@@ -456,6 +498,36 @@ impl std::fmt::Debug for Session {
             .field("state", &self.state_name())
             .finish()
     }
+}
+
+/// The held, current bundles that supersede one the peer knows the manifest of: newer
+/// releases of its lineage, and bundles naming it replaced.
+fn superseding_offers(
+    local: &LocalView,
+    superseded: &HashSet<BundleId>,
+    peer: &PeerHoldings,
+) -> Vec<BundleId> {
+    let old: Vec<&BundleMeta> = superseded
+        .iter()
+        .filter(|id| peer.knows_manifest(id))
+        .filter_map(|id| local.bundles.get(id).map(|b| &b.meta))
+        .collect();
+    if old.is_empty() {
+        return Vec::new();
+    }
+    local
+        .bundles
+        .values()
+        .map(|b| &b.meta)
+        .filter(|m| !superseded.contains(&m.id) && !peer.knows_manifest(&m.id))
+        .filter(|m| {
+            old.iter().any(|o| {
+                (m.replaces.contains(&o.id) && m.publisher == o.publisher)
+                    || matches!((m.release, o.release), (Some((l, r)), Some((ol, or))) if l == ol && r > or)
+            })
+        })
+        .map(|m| m.id)
+        .collect()
 }
 
 /// From when other sessions may take over this session's claims (see
@@ -544,6 +616,7 @@ impl Session {
             seed,
             state: State::AwaitHello,
             peer_id: None,
+            superseded: local.superseded(),
             local,
             store_full: false,
             decoder: FrameDecoder::new(),
@@ -992,9 +1065,63 @@ impl Session {
     /// A manifest became known (verified and stored), from this session or elsewhere.
     pub fn note_manifest(&mut self, bundle: LocalBundle) {
         let id = bundle.meta.id;
+        let release = bundle.meta.release;
         self.local.bundles.entry(id).or_insert(bundle);
+        if let Some((lineage, n)) = release {
+            let newest = self.local.newest_releases.entry(lineage).or_insert(n);
+            *newest = (*newest).max(n);
+        }
+        self.update_superseded();
         self.plan_dirty = true;
         self.offer_manifests();
+    }
+
+    /// The node learned of a release it may not hold (e.g. it installed it, or the store
+    /// saw its manifest elsewhere): bundles of `lineage` below `release` are superseded.
+    pub fn note_newest_release(&mut self, lineage: LineageId, release: u64) {
+        let newest = self.local.newest_releases.entry(lineage).or_insert(0);
+        if *newest >= release {
+            return;
+        }
+        *newest = release;
+        self.update_superseded();
+        self.plan_dirty = true;
+    }
+
+    /// Recomputes the superseded set and withdraws what this session still asks for of a
+    /// bundle that just became superseded: cancelled at the peer at once, so it stops
+    /// sending them within this contact.
+    fn update_superseded(&mut self) {
+        let now = self.local.superseded();
+        let newly: HashSet<BundleId> = now.difference(&self.superseded).copied().collect();
+        self.superseded = now;
+        if newly.is_empty() {
+            return;
+        }
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        let dropped: Vec<PieceRef> = x
+            .my_requests
+            .keys()
+            .filter(|p| newly.contains(&p.bundle))
+            .copied()
+            .collect();
+        for p in &dropped {
+            if let Some(size) = x.my_requests.remove(p) {
+                x.outstanding_bytes -= size;
+                x.cancelled.insert(*p);
+                x.release.push(*p);
+            }
+        }
+        x.plan.retain(|(p, _)| !newly.contains(&p.bundle));
+        if !dropped.is_empty() {
+            tracing::debug!(
+                pieces = dropped.len(),
+                "requests of superseded bundles withdrawn"
+            );
+            x.pending_cancel.extend(dropped);
+        }
     }
 
     /// A manifest this session delivered failed verification: close with a penalty.
@@ -1158,7 +1285,11 @@ impl Session {
                 .local
                 .bundles
                 .values()
-                .filter(|b| !b.have.is_complete() && b.meta.piece_size <= self.cfg.piece_size_max)
+                .filter(|b| {
+                    !b.have.is_complete()
+                        && b.meta.piece_size <= self.cfg.piece_size_max
+                        && !self.superseded.contains(&b.meta.id)
+                })
                 .map(|b| {
                     let id = b.meta.id;
                     let f: Holds<'_> =
@@ -1401,7 +1532,9 @@ impl Session {
         let mut complete = Vec::new();
         let mut manifests = Vec::new();
         for b in self.local.bundles.values() {
-            if b.have.is_complete() {
+            if self.superseded.contains(&b.meta.id) {
+                continue;
+            } else if b.have.is_complete() {
                 complete.push(b.meta.id);
             } else {
                 manifests.push(b.meta.id);
@@ -1466,7 +1599,9 @@ impl Session {
             .bundles
             .values()
             .filter(|b| {
-                !x.manifests_offered.contains(&b.meta.id) && !peer.knows_manifest(&b.meta.id)
+                !x.manifests_offered.contains(&b.meta.id)
+                    && !peer.knows_manifest(&b.meta.id)
+                    && !self.superseded.contains(&b.meta.id)
             })
             .map(|b| (b.meta.id, &b.have))
             .collect();
@@ -1509,6 +1644,15 @@ impl Session {
             }
         }
         drop(closures);
+        // A peer that holds or fetches a bundle we know superseded learns of its successor,
+        // whether or not it would want or carry it, so that it stops spending contacts on
+        // the old one.
+        for id in superseding_offers(&self.local, &self.superseded, peer) {
+            if !offer.contains(&id) && !x.manifests_offered.contains(&id) {
+                tracing::debug!(bundle = %id.short(), "offer the successor of a superseded bundle");
+                offer.push(id);
+            }
+        }
         for id in offer {
             let bytes = &self.local.bundles[&id].manifest;
             if bytes.len() + 16 > MAX_MANIFEST_FRAME {
@@ -1878,6 +2022,65 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn release(id: u8, lineage: u8, n: u64, replaces: &[u8], publisher: u8) -> LocalBundle {
+        LocalBundle {
+            meta: BundleMeta {
+                id: BundleId([id; 32]),
+                priority: mule_proto::Priority::Normal,
+                deps: vec![],
+                channel: "fw".into(),
+                audience: vec![],
+                pieces: 1,
+                piece_size: 1,
+                len: 1,
+                release: Some((LineageId([lineage; 32]), n)),
+                replaces: replaces.iter().map(|r| BundleId([*r; 32])).collect(),
+                publisher: [publisher; 32],
+            },
+            have: Bitfield::new(1),
+            manifest: Arc::from(vec![id]),
+        }
+    }
+
+    fn view(bundles: Vec<LocalBundle>) -> LocalView {
+        LocalView {
+            bundles: bundles.into_iter().map(|b| (b.meta.id, b)).collect(),
+            ..LocalView::default()
+        }
+    }
+
+    fn ids(set: HashSet<BundleId>) -> Vec<u8> {
+        let mut v: Vec<u8> = set.into_iter().map(|b| b.0[0]).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn older_releases_of_a_lineage_are_superseded_by_the_newest_known() {
+        let v = view(vec![
+            release(1, 10, 1, &[], 1),
+            release(2, 10, 3, &[], 1),
+            release(3, 10, 2, &[], 1),
+            release(4, 11, 1, &[], 1),
+        ]);
+        assert_eq!(ids(v.superseded()), vec![1, 3]);
+        // A newer release the node no longer holds (e.g. installed, then evicted) counts.
+        let mut v = view(vec![release(1, 10, 1, &[], 1), release(4, 11, 1, &[], 1)]);
+        v.newest_releases.insert(LineageId([11; 32]), 2);
+        assert_eq!(ids(v.superseded()), vec![4]);
+    }
+
+    #[test]
+    fn a_rename_supersedes_only_bundles_of_the_same_publisher() {
+        // Bundle 2 (lineage 20) names 1 and 3 replaced; 3 is someone else's.
+        let v = view(vec![
+            release(1, 10, 5, &[], 1),
+            release(2, 20, 1, &[1, 3], 1),
+            release(3, 30, 1, &[], 2),
+        ]);
+        assert_eq!(ids(v.superseded()), vec![1]);
+    }
 
     #[test]
     fn transcript_binds_challenge_and_both_ids() {

@@ -68,6 +68,13 @@ id32! {
     BundleId
 }
 
+id32! {
+    /// A release lineage (publisher key and bundle name) as a fixed-size id: the BLAKE3
+    /// hash of the publisher key followed by the name's bytes. Release numbers increase
+    /// within one lineage; the engine compares them to tell which bundles are superseded.
+    LineageId
+}
+
 /// Why a string is not a bundle id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a bundle id is 64 hex digits, got {0:?}")]

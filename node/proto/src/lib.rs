@@ -38,5 +38,5 @@ pub mod time;
 
 pub use bitfield::{Bitfield, BitfieldError};
 pub use cbor::CborError;
-pub use id::{BundleId, NodeId, ParseIdError, PieceIndex, PieceRef, Priority};
+pub use id::{BundleId, LineageId, NodeId, ParseIdError, PieceIndex, PieceRef, Priority};
 pub use time::Millis;

@@ -223,6 +223,7 @@ impl Ctx {
     /// The starting view of a new session.
     pub(crate) async fn local_view(&self) -> Result<LocalView, store::CallError> {
         let snap = self.store.snapshot().await?;
+        let lineages = self.store.lineages().await?;
         let me = self.node_id();
         let sh = self.shared.lock().expect("shared state");
         let mut view = LocalView {
@@ -250,6 +251,7 @@ impl Ctx {
             }
             view.bundles.insert(vm.id(), view::local_bundle(&vm, &bits));
         }
+        view.newest_releases = view::newest_releases(&lineages);
         Ok(view)
     }
 

@@ -33,6 +33,11 @@ pub fn meta(vm: &VerifiedManifest) -> BundleMeta {
         pieces: vm.piece_count(),
         piece_size: m.piece_size,
         len: m.content_len,
+        release: m
+            .is_numbered()
+            .then(|| (m.release_lineage().id(), m.release)),
+        replaces: m.lineage.clone(),
+        publisher: m.publisher,
     }
 }
 
@@ -56,4 +61,23 @@ pub fn wanted_by(vm: &VerifiedManifest, me: &NodeId, channels: &[String]) -> boo
         .audience
         .iter()
         .any(|a| channels.iter().any(|c| c == a) || audience_node(a).is_some_and(|n| n == *me))
+}
+
+/// The newest release per lineage the store knows (seen or installed), for
+/// [`LocalView::newest_releases`](mule_engine::session::LocalView::newest_releases).
+pub fn newest_releases(
+    lineages: &[mule_bundle::store::LineageInfo],
+) -> std::collections::HashMap<mule_engine::LineageId, u64> {
+    lineages
+        .iter()
+        .filter_map(|l| {
+            let mut publisher = [0u8; 32];
+            hex::decode_to_slice(&l.publisher, &mut publisher).ok()?;
+            let lineage = mule_bundle::manifest::Lineage {
+                publisher,
+                name: l.name.clone(),
+            };
+            Some((lineage.id(), l.newest.max(l.installed)))
+        })
+        .collect()
 }

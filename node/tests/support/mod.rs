@@ -539,6 +539,11 @@ impl TestBundle {
             pieces: self.vm.piece_count(),
             piece_size: m.piece_size,
             len: m.content_len,
+            release: m
+                .is_numbered()
+                .then(|| (m.release_lineage().id(), m.release)),
+            replaces: m.lineage.clone(),
+            publisher: m.publisher,
         };
         let mut bits = mule_engine::Bitfield::new(self.vm.piece_count());
         for i in have {
