@@ -48,9 +48,11 @@ fn netns_a_half_fetched_release_1_stops_in_the_contact_where_release_2_arrives()
     ha.up(&lan);
     hb.up(&lan);
     // Halfway (a quarter at least) through release 1 ...
-    wait("B to hold a quarter of release 1", Duration::from_secs(60), || {
-        (b.pieces_have(&r1) * 4 >= total).then_some(())
-    });
+    wait(
+        "B to hold a quarter of release 1",
+        Duration::from_secs(60),
+        || (b.pieces_have(&r1) * 4 >= total).then_some(()),
+    );
     let r2 = a.publish(&small, &publisher, "supfw", "fw");
     assert_eq!(a.bundle(&r2).expect("release 2").release, 2);
     // ... B learns of release 2 and fetches it in the same contact.
@@ -95,4 +97,78 @@ fn netns_a_half_fetched_release_1_stops_in_the_contact_where_release_2_arrives()
     );
     b.terminate(Duration::from_secs(10));
     a.terminate(Duration::from_secs(10));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn netns_a_node_with_release_2_installed_fetches_nothing_of_release_1() {
+    assert_root("netns_a_node_with_release_2_installed_fetches_nothing_of_release_1");
+    let publisher = Publisher::new();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let big = random_file(tmp.path(), "fw-1.bin", 16 << 20);
+    let small = random_file(tmp.path(), "fw-2.bin", 200_000);
+
+    let lan = Lan::new();
+    let hp = lan.host("p", 1);
+    let ha = lan.host("a", 2);
+    let hb = lan.host("b", 3);
+    let cfg = NodeConfig::netns(&publisher.public_hex).subscribe("fw");
+    let mut p = Node::start("P", &NodeConfig::netns(&publisher.public_hex), Some(&hp.ns));
+    let mut a = Node::start("A", &cfg, Some(&ha.ns));
+    let mut b = Node::start("B", &cfg, Some(&hb.ns));
+    // A gets release 1 from the publisher (unshaped: this is set-up).
+    let r1 = p.publish(&big, &publisher, "supfw", "fw");
+    hp.up(&lan);
+    ha.up(&lan);
+    wait("A to complete release 1", Duration::from_secs(120), || {
+        let x = a.bundle(&r1)?;
+        (x.pieces_have == x.pieces_total).then_some(())
+    });
+    ha.cut();
+    // B installs release 2 from the publisher, never having met A.
+    let r2 = p.publish(&small, &publisher, "supfw", "fw");
+    hb.up(&lan);
+    wait("B to install release 2", Duration::from_secs(60), || {
+        b.bundle(&r2)?.state.starts_with("installed").then_some(())
+    });
+    hp.cut();
+    // Now B (release 2 installed) meets A (only release 1), on an 8 Mbit/s link.
+    ha.shape();
+    hb.shape();
+    let bytes0 = hb.link_bytes();
+    ha.up(&lan);
+    // A learns of release 2 from B (which is how it knows to stop), and fetches it.
+    wait("A to complete release 2", Duration::from_secs(60), || {
+        let x = a.bundle(&r2)?;
+        (x.pieces_have == x.pieces_total).then_some(())
+    });
+    let moved = hb.link_bytes() - bytes0;
+    let st = b.bundle(&r1);
+    eprintln!(
+        "B's link carried {moved} bytes for the whole contact; B's release 1: {:?}; A's release 1: {:?}",
+        st.as_ref().map(|x| (x.pieces_have, x.state.clone())),
+        a.bundle(&r1).map(|x| x.state)
+    );
+    // Release 2 is 200 kB; release 1 would be 16.8 MB.
+    assert!(
+        moved < 2_000_000,
+        "{moved} bytes on B's link: release 1 (16.8 MB) was fetched"
+    );
+    if let Some(st) = st {
+        assert_eq!(st.pieces_have, 0, "B fetched pieces of release 1");
+        assert!(
+            st.state.starts_with("superseded"),
+            "B's release 1: {}",
+            st.state
+        );
+    }
+    let sa = a.bundle(&r1).expect("A lists release 1");
+    assert!(
+        sa.state.starts_with("superseded") || sa.state.starts_with("installed"),
+        "{}",
+        sa.state
+    );
+    b.terminate(Duration::from_secs(10));
+    a.terminate(Duration::from_secs(10));
+    p.terminate(Duration::from_secs(10));
 }
