@@ -500,6 +500,184 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Requests another session took over because we were past our patience deadline: withdrawn
+/// here (a `Cancel` to the peer) and not asked of this peer again in this session. Returns
+/// how many.
+fn withdraw_taken(x: &mut Exchange, claims: &PieceClaims, owner: ClaimOwner) -> usize {
+    let taken: Vec<PieceRef> = x
+        .my_requests
+        .keys()
+        .filter(|p| claims.owner(**p).is_some_and(|o| o != owner))
+        .copied()
+        .collect();
+    for p in &taken {
+        if let Some(size) = x.my_requests.remove(p) {
+            x.outstanding_bytes -= size;
+            x.cancelled.insert(*p);
+            if let Some(h) = x.peer.as_mut() {
+                h.add_lack(*p);
+            }
+        }
+    }
+    if !taken.is_empty() {
+        tracing::debug!(
+            pieces = taken.len(),
+            "unanswered requests taken over by another session"
+        );
+        x.pending_cancel.extend(taken.iter().copied());
+    }
+    taken.len()
+}
+
+/// The request window: (most requests, most bytes outstanding, the largest piece size of an
+/// incomplete bundle). Never more requests than the peer accepts (its Hello), or it would
+/// close the session; bytes about `request_window_ms` of the measured rate (1 MiB until
+/// measured), but never fewer than `min_outstanding_pieces` pieces.
+fn request_window(cfg: &SessionConfig, local: &LocalView, x: &Exchange) -> (usize, u64, u64) {
+    let window = cfg.max_outstanding_requests.min(x.peer_hello.max_requests) as usize;
+    let max = cfg.max_outstanding_bytes;
+    let largest_piece = local
+        .bundles
+        .values()
+        .filter(|b| !b.have.is_complete())
+        .map(|b| b.meta.piece_size as u64)
+        .max()
+        .unwrap_or(0);
+    let floor = (largest_piece * cfg.min_outstanding_pieces.max(2) as u64).min(max);
+    let window_bytes = match x.rate {
+        None => max.min(1 << 20),
+        Some(r) => (r * cfg.request_window_ms as f64) as u64,
+    }
+    .clamp(floor, max);
+    (window, window_bytes, largest_piece)
+}
+
+/// Hands back the newest requests (served last) until `window_bytes` are outstanding.
+fn shed_to_window(
+    x: &mut Exchange,
+    claims: &mut PieceClaims,
+    owner: ClaimOwner,
+    window_bytes: u64,
+) {
+    let mut shed = Vec::new();
+    while x.outstanding_bytes > window_bytes {
+        let Some(p) = x.my_order.pop_back() else {
+            break;
+        };
+        if let Some(size) = x.my_requests.remove(&p) {
+            x.outstanding_bytes -= size;
+            x.cancelled.insert(p);
+            claims.release(p, owner);
+            shed.push(p);
+        }
+    }
+    tracing::debug!(
+        pieces = shed.len(),
+        window_bytes,
+        "peer slower than requested for; shedding requests"
+    );
+    x.pending_cancel.extend(shed);
+}
+
+/// The receiver-side schedule: the peer is the source, we are the destination. Bundles we
+/// hold complete, with pieces larger than we accept, or superseded are not asked for.
+fn receiver_plan(
+    local: &LocalView,
+    superseded: &HashSet<BundleId>,
+    piece_size_max: u32,
+    peer: &PeerHoldings,
+    carry_requested: u64,
+    rarity: &RarityTracker,
+) -> VecDeque<(PieceRef, scheduler::Reason)> {
+    type Holds<'h> = Box<dyn Fn(u32) -> bool + 'h>;
+    let holds: Vec<(BundleId, Holds<'_>)> = local
+        .bundles
+        .values()
+        .filter(|b| {
+            !b.have.is_complete()
+                && b.meta.piece_size <= piece_size_max
+                && !superseded.contains(&b.meta.id)
+        })
+        .map(|b| {
+            let id = b.meta.id;
+            let f: Holds<'_> = Box::new(move |index| peer.has(PieceRef { bundle: id, index }));
+            (id, f)
+        })
+        .collect();
+    let bundles = holds
+        .iter()
+        .map(|(id, f)| SourceBundle {
+            meta: &local.bundles[id].meta,
+            holds: &**f,
+        })
+        .collect();
+    let me = SelfView {
+        local,
+        carry_left: local.carry_quota_bytes.saturating_sub(carry_requested),
+    };
+    let input = ScheduleInput {
+        bundles,
+        peer: &me,
+        local_predictability: &|n| peer.predictability(n),
+        rarity: &|p| rarity.holders(p),
+        budget: Budget::UNLIMITED,
+    };
+    scheduler::schedule(&input)
+        .into_iter()
+        .filter_map(|d| match d.item {
+            Item::Piece(p) => Some((p, d.reason)),
+            Item::Manifest(_) => None,
+        })
+        .collect()
+}
+
+/// Requests from the cached plan until the window is full: skips what we hold by now (another
+/// session stored it), what is asked for or awaiting the store already, and what another
+/// session has claimed. Returns the requests and the bytes of them asked for carrying.
+fn fill_window(
+    x: &mut Exchange,
+    local: &LocalView,
+    claims: &mut PieceClaims,
+    owner: ClaimOwner,
+    now: u64,
+    (window, window_bytes): (usize, u64),
+) -> (Vec<PieceRef>, u64) {
+    let mut batch = Vec::new();
+    let mut carry_added = 0;
+    while let Some(&(piece, reason)) = x.plan.front() {
+        if x.my_requests.len() >= window || x.outstanding_bytes >= window_bytes {
+            break;
+        }
+        x.plan.pop_front();
+        // Taken from a cached plan: we may hold it by now (another session stored it).
+        let Some(bundle) = local.bundles.get(&piece.bundle) else {
+            continue;
+        };
+        if bundle.have.get(piece.index) {
+            continue;
+        }
+        // A piece we cancelled earlier may be requested again (the peer
+        // dropped it); if the old copy still arrives first it is taken as
+        // the answer, and the later copy is dropped as cancelled.
+        if x.my_requests.contains_key(&piece)
+            || x.awaiting_store.contains_key(&piece)
+            || !claims.try_claim_at(piece, owner, now)
+        {
+            continue;
+        }
+        let size = bundle.meta.piece_len(piece.index);
+        if reason.class == scheduler::Class::Carry {
+            carry_added += size;
+        }
+        tracing::trace!(piece = piece.index, bundle = %piece.bundle.short(), %reason, "request");
+        x.my_requests.insert(piece, size);
+        x.my_order.push_back(piece);
+        x.outstanding_bytes += size;
+        batch.push(piece);
+    }
+    (batch, carry_added)
+}
+
 /// The held, current bundles that supersede one the peer knows the manifest of: newer
 /// releases of its lineage, and bundles naming it replaced.
 fn superseding_offers(
@@ -1180,31 +1358,10 @@ impl Session {
         for p in x.release.drain(..) {
             claims.release(p, owner);
         }
-        // Requests another session took over because we were past our patience deadline:
-        // withdraw them here, and do not ask this peer for them again in this session.
-        let taken: Vec<PieceRef> = x
-            .my_requests
-            .keys()
-            .filter(|p| claims.owner(**p).is_some_and(|o| o != owner))
-            .copied()
-            .collect();
-        for p in &taken {
-            if let Some(size) = x.my_requests.remove(p) {
-                x.outstanding_bytes -= size;
-                x.cancelled.insert(*p);
-                if let Some(h) = x.peer.as_mut() {
-                    h.add_lack(*p);
-                }
-            }
-        }
-        if !taken.is_empty() {
-            tracing::debug!(
-                pieces = taken.len(),
-                "unanswered requests taken over by another session"
-            );
-            x.pending_cancel.extend(taken.iter().copied());
+        let taken = withdraw_taken(x, claims, owner);
+        if taken > 0 {
             self.plan_dirty = true;
-            if self.note_ignored(taken.len()) {
+            if self.note_ignored(taken) {
                 return;
             }
         }
@@ -1213,58 +1370,20 @@ impl Session {
         };
         // Before any early return: progress since the last call moves the deadline on.
         claims.set_deadline(owner, patience_deadline(x, &self.cfg, self.handshake_rtt));
-        let Some(peer) = x.peer.as_ref() else {
+        if x.peer.is_none() {
             return;
-        };
+        }
         let stale = self.plan_dirty || self.now >= self.last_plan + REPLAN_INTERVAL_MS;
         if !stale && !self.plan_refill {
             return;
         }
-        // Never more than the peer accepts (its Hello), or it would close the session.
-        let window = self
-            .cfg
-            .max_outstanding_requests
-            .min(x.peer_hello.max_requests) as usize;
-        // Bytes: about `request_window_ms` of the measured rate (1 MiB until measured), but
-        // never fewer than `min_outstanding_pieces` pieces.
-        let max = self.cfg.max_outstanding_bytes;
-        let largest_piece = self
-            .local
-            .bundles
-            .values()
-            .filter(|b| !b.have.is_complete())
-            .map(|b| b.meta.piece_size as u64)
-            .max()
-            .unwrap_or(0);
-        let floor = (largest_piece * self.cfg.min_outstanding_pieces.max(2) as u64).min(max);
-        let window_bytes = match x.rate {
-            None => max.min(1 << 20),
-            Some(r) => (r * self.cfg.request_window_ms as f64) as u64,
-        }
-        .clamp(floor, max);
+        let (window, window_bytes, largest_piece) = request_window(&self.cfg, &self.local, x);
         // The peer turned out much slower than requested for: hand back the newest requests
         // (served last) so other sessions can fetch them sooner. Only at twice the window:
         // the pieces are most likely in the peer's socket already, so a cancel on a noisy rate
         // sample (the first one after a contact starts reads low) would only send them twice.
         if x.outstanding_bytes > 2 * window_bytes + largest_piece {
-            let mut shed = Vec::new();
-            while x.outstanding_bytes > window_bytes {
-                let Some(p) = x.my_order.pop_back() else {
-                    break;
-                };
-                if let Some(size) = x.my_requests.remove(&p) {
-                    x.outstanding_bytes -= size;
-                    x.cancelled.insert(p);
-                    claims.release(p, owner);
-                    shed.push(p);
-                }
-            }
-            tracing::debug!(
-                pieces = shed.len(),
-                window_bytes,
-                "peer slower than requested for; shedding requests"
-            );
-            x.pending_cancel.extend(shed);
+            shed_to_window(x, claims, owner, window_bytes);
         }
         if x.my_order.len() > 4 * x.my_requests.len() + 64 {
             let live = &x.my_requests;
@@ -1278,53 +1397,15 @@ impl Session {
             return;
         }
         self.plan_refill = false;
-        if stale {
-            // Receiver-side schedule: the peer is the source, we are the destination.
-            type Holds<'h> = Box<dyn Fn(u32) -> bool + 'h>;
-            let holds: Vec<(BundleId, Holds<'_>)> = self
-                .local
-                .bundles
-                .values()
-                .filter(|b| {
-                    !b.have.is_complete()
-                        && b.meta.piece_size <= self.cfg.piece_size_max
-                        && !self.superseded.contains(&b.meta.id)
-                })
-                .map(|b| {
-                    let id = b.meta.id;
-                    let f: Holds<'_> =
-                        Box::new(move |index| peer.has(PieceRef { bundle: id, index }));
-                    (id, f)
-                })
-                .collect();
-            let bundles = holds
-                .iter()
-                .map(|(id, f)| SourceBundle {
-                    meta: &self.local.bundles[id].meta,
-                    holds: &**f,
-                })
-                .collect();
-            let me = SelfView {
-                local: &self.local,
-                carry_left: self
-                    .local
-                    .carry_quota_bytes
-                    .saturating_sub(x.carry_requested),
-            };
-            let input = ScheduleInput {
-                bundles,
-                peer: &me,
-                local_predictability: &|n| peer.predictability(n),
-                rarity: &|p| rarity.holders(p),
-                budget: Budget::UNLIMITED,
-            };
-            x.plan = scheduler::schedule(&input)
-                .into_iter()
-                .filter_map(|d| match d.item {
-                    Item::Piece(p) => Some((p, d.reason)),
-                    Item::Manifest(_) => None,
-                })
-                .collect();
+        if stale && let Some(peer) = x.peer.as_ref() {
+            x.plan = receiver_plan(
+                &self.local,
+                &self.superseded,
+                self.cfg.piece_size_max,
+                peer,
+                x.carry_requested,
+                rarity,
+            );
             self.plan_dirty = false;
             self.last_plan = self.now;
         }
@@ -1334,39 +1415,14 @@ impl Session {
             x.sample_start = self.now;
             x.sample_bytes = 0;
         }
-        let mut batch = Vec::new();
-        let mut carry_added = 0;
-        while let Some(&(piece, reason)) = x.plan.front() {
-            if x.my_requests.len() >= window || x.outstanding_bytes >= window_bytes {
-                break;
-            }
-            x.plan.pop_front();
-            // Taken from a cached plan: we may hold it by now (another session stored it).
-            let Some(bundle) = self.local.bundles.get(&piece.bundle) else {
-                continue;
-            };
-            if bundle.have.get(piece.index) {
-                continue;
-            }
-            // A piece we cancelled earlier may be requested again (the peer
-            // dropped it); if the old copy still arrives first it is taken as
-            // the answer, and the later copy is dropped as cancelled.
-            if x.my_requests.contains_key(&piece)
-                || x.awaiting_store.contains_key(&piece)
-                || !claims.try_claim_at(piece, owner, self.now)
-            {
-                continue;
-            }
-            let size = bundle.meta.piece_len(piece.index);
-            if reason.class == scheduler::Class::Carry {
-                carry_added += size;
-            }
-            tracing::trace!(piece = piece.index, bundle = %piece.bundle.short(), %reason, "request");
-            x.my_requests.insert(piece, size);
-            x.my_order.push_back(piece);
-            x.outstanding_bytes += size;
-            batch.push(piece);
-        }
+        let (batch, carry_added) = fill_window(
+            x,
+            &self.local,
+            claims,
+            owner,
+            self.now,
+            (window, window_bytes),
+        );
         x.carry_requested += carry_added;
         claims.set_deadline(owner, patience_deadline(x, &self.cfg, self.handshake_rtt));
         self.stats.requests_sent += batch.len() as u64;
