@@ -33,7 +33,7 @@ struct Args {
     size: usize,
     seed: u64,
     rate: String,
-    /// Rounds between store recycles (see `Daemon::recycle_store`).
+    /// Rounds between store recycles (see `Daemon::wipe_store`).
     recycle: u32,
 }
 
@@ -156,12 +156,11 @@ impl Daemon {
         }
     }
 
-    /// Between rounds: stops the daemon, deletes its store (manifests, pieces, export
-    /// directory) and starts it again, keeping its key and contact history. Without this
-    /// both stores grow by a bundle per round: 1,000 kills of 32 MiB bundles would need
-    /// ~80 GB, and `mule verify` after each kill would read all of it.
-    fn recycle_store(&mut self) {
-        self.kill();
+    /// Between rounds, with the daemon stopped: deletes its store (manifests, pieces, export
+    /// directory), keeping its key and contact history. Without this both stores grow by a
+    /// bundle per round: 1,000 kills of 32 MiB bundles would need ~80 GB, and `mule verify`
+    /// after each kill would read all of it.
+    fn wipe_store(&self) {
         for e in std::fs::read_dir(self.data()).expect("data dir").flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
@@ -170,7 +169,6 @@ impl Daemon {
                 let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
             }
         }
-        self.start();
     }
 
     fn pieces(&self, id: &str) -> Option<(u64, u64)> {
@@ -453,8 +451,16 @@ fn main() {
     let mut t = Tally::default();
     while t.kills < args.kills {
         if t.rounds > 0 && t.rounds.is_multiple_of(args.recycle) {
-            b.recycle_store();
-            a.recycle_store();
+            // Both stopped before either starts again: otherwise the one restarted first
+            // hands the other's old releases back to it (the publisher's wiped store then
+            // numbers its next bundle release 1 again, and the fleet already has one:
+            // equivocation, refused at publish).
+            b.kill();
+            a.kill();
+            a.wipe_store();
+            b.wipe_store();
+            a.start();
+            b.start();
         }
         if !round(
             &args,
