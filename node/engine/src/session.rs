@@ -1867,210 +1867,256 @@ impl Session {
     }
 
     fn on_exchange(&mut self, msg: Message) {
-        let max_peer_requests = self.cfg.max_peer_requests as usize;
-        let max_manifests = self.cfg.max_manifests_per_session;
-        let piece_size_max = self.cfg.piece_size_max as usize;
         let State::Exchanging(x) = &mut self.state else {
             return;
         };
         if x.peer.is_none() {
             return match msg {
-                Message::Summary(s) => {
-                    let node = x.peer_id;
-                    let ev = Event::SummaryReceived {
-                        node,
-                        complete: s.complete.len(),
-                        manifests: s.manifests.len(),
-                        filter_items: s.filter.len(),
-                    };
-                    let mut holdings = PeerHoldings::new(*s);
-                    let weight = self.local.peer_weights.get(&node).copied().unwrap_or(1.0);
-                    holdings.discount_predictabilities(self.cfg.max_peer_predictability, weight);
-                    holdings.clamp_carry_quota(self.cfg.max_peer_carry_quota_bytes);
-                    x.peer = Some(holdings);
-                    self.plan_dirty = true;
-                    self.events.push_back(ev);
-                    self.offer_manifests();
-                }
+                Message::Summary(s) => self.on_summary(*s),
                 other => self.unexpected(&other),
             };
         }
-        let peer = x.peer.as_mut().expect("checked above");
         match msg {
             Message::Hello(_) | Message::HelloAck { .. } | Message::Summary(_) => {
                 self.unexpected(&msg)
             }
-            Message::Manifest { bytes } => {
-                x.manifests_received += 1;
-                if x.manifests_received > max_manifests {
+            Message::Manifest { bytes } => self.on_manifest_offered(bytes),
+            Message::Request(pieces) => self.on_requests(pieces),
+            Message::Cancel(pieces) => self.on_cancel(pieces),
+            Message::Piece { piece, data } => self.on_piece(piece, data),
+            Message::Have(pieces) => self.on_have(pieces),
+            Message::Refuse { reason, pieces } => self.on_refuse(reason, pieces),
+            Message::KeepAlive | Message::Bye { .. } => {}
+        }
+    }
+
+    /// The peer's summary, the first message of the exchange.
+    fn on_summary(&mut self, s: Summary) {
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        let node = x.peer_id;
+        let ev = Event::SummaryReceived {
+            node,
+            complete: s.complete.len(),
+            manifests: s.manifests.len(),
+            filter_items: s.filter.len(),
+        };
+        let mut holdings = PeerHoldings::new(s);
+        let weight = self.local.peer_weights.get(&node).copied().unwrap_or(1.0);
+        holdings.discount_predictabilities(self.cfg.max_peer_predictability, weight);
+        holdings.clamp_carry_quota(self.cfg.max_peer_carry_quota_bytes);
+        x.peer = Some(holdings);
+        self.plan_dirty = true;
+        self.events.push_back(ev);
+        self.offer_manifests();
+    }
+
+    /// The peer offers a manifest: the driver verifies and stores it.
+    fn on_manifest_offered(&mut self, bytes: Vec<u8>) {
+        let max_manifests = self.cfg.max_manifests_per_session;
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        x.manifests_received += 1;
+        if x.manifests_received > max_manifests {
+            return self.violation(
+                ByeCode::TooManyRequests,
+                Penalty::Major,
+                format!("more than {max_manifests} manifests offered"),
+            );
+        }
+        if !x.my_requests.is_empty() {
+            // The link is busy with data we will verify (a forged manifest ends the
+            // session): our requests wait behind it, they are not ignored.
+            x.last_progress = self.now;
+        }
+        self.events.push_back(Event::ManifestReceived { bytes });
+    }
+
+    /// The peer asks for pieces: queued for [`Event::PieceRequested`], refused when not
+    /// held, ignored when sent already (counted, penalised past a limit).
+    fn on_requests(&mut self, pieces: Vec<PieceRef>) {
+        let max_peer_requests = self.cfg.max_peer_requests as usize;
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        for piece in pieces {
+            if x.peer_request_set.contains(&piece) || x.fetching.contains_key(&piece) {
+                continue;
+            }
+            if let Some(s) = x.served.get(&piece)
+                && (!s.cancelled || s.copies >= MAX_COPIES_PER_PIECE)
+            {
+                // Sent already: ignored, so the peer cannot make us upload a piece
+                // again and again for a few bytes of requests.
+                x.repeated_requests += 1;
+                self.misbehaviour = self.misbehaviour.max(Penalty::Minor);
+                if x.repeated_requests > MAX_REPEATED_REQUESTS {
                     return self.violation(
-                        ByeCode::TooManyRequests,
-                        Penalty::Major,
-                        format!("more than {max_manifests} manifests offered"),
-                    );
-                }
-                if !x.my_requests.is_empty() {
-                    // The link is busy with data we will verify (a forged manifest ends the
-                    // session): our requests wait behind it, they are not ignored.
-                    x.last_progress = self.now;
-                }
-                self.events.push_back(Event::ManifestReceived { bytes });
-            }
-            Message::Request(pieces) => {
-                for piece in pieces {
-                    if x.peer_request_set.contains(&piece) || x.fetching.contains_key(&piece) {
-                        continue;
-                    }
-                    if let Some(s) = x.served.get(&piece)
-                        && (!s.cancelled || s.copies >= MAX_COPIES_PER_PIECE)
-                    {
-                        // Sent already: ignored, so the peer cannot make us upload a piece
-                        // again and again for a few bytes of requests.
-                        x.repeated_requests += 1;
-                        self.misbehaviour = self.misbehaviour.max(Penalty::Minor);
-                        if x.repeated_requests > MAX_REPEATED_REQUESTS {
-                            return self.violation(
-                                ByeCode::RepeatedRequest,
-                                Penalty::Major,
-                                format!(
-                                    "more than {MAX_REPEATED_REQUESTS} requests for pieces already sent (last: piece {} of {})",
-                                    piece.index,
-                                    piece.bundle.short()
-                                ),
-                            );
-                        }
-                        continue;
-                    }
-                    let held = self
-                        .local
-                        .bundles
-                        .get(&piece.bundle)
-                        .is_some_and(|b| b.have.get(piece.index));
-                    if !held {
-                        if x.pending_refuse.len() >= max_peer_requests {
-                            return self.violation(
-                                ByeCode::TooManyRequests,
-                                Penalty::Major,
-                                format!(
-                                    "more than {max_peer_requests} unanswerable requests queued"
-                                ),
-                            );
-                        }
-                        x.pending_refuse.push(piece);
-                        continue;
-                    }
-                    if x.peer_requests.len() + x.fetching.len() >= max_peer_requests {
-                        return self.violation(
-                            ByeCode::TooManyRequests,
-                            Penalty::Major,
-                            format!("more than {max_peer_requests} requests outstanding"),
-                        );
-                    }
-                    x.peer_request_set.insert(piece);
-                    x.peer_requests.push_back(piece);
-                }
-            }
-            Message::Cancel(pieces) => {
-                for piece in pieces {
-                    if x.peer_request_set.remove(&piece) {
-                        x.peer_requests.retain(|p| *p != piece);
-                    } else if let Some(size) = x.fetching.remove(&piece) {
-                        x.fetching_bytes -= size;
-                    } else if let Some(s) = x.served.get_mut(&piece) {
-                        // Sent (or queued): the peer may ask for it once more.
-                        s.cancelled = true;
-                        if let Some(i) = self.tx_pieces.iter().position(|(p, ..)| *p == piece) {
-                            // Encoded but not yet handed to the transport: drop it.
-                            let (_, _, frame) =
-                                self.tx_pieces.remove(i).expect("position is valid");
-                            self.tx_piece_bytes -= frame.len();
-                            s.copies -= 1;
-                        }
-                    }
-                }
-            }
-            Message::Piece { piece, data } => {
-                if let Some(size) = x.my_requests.remove(&piece) {
-                    x.outstanding_bytes -= size;
-                    x.last_progress = self.now;
-                    x.answered += 1;
-                    self.stats.requests_answered += 1;
-                    if data.len() as u64 != size || data.len() > piece_size_max {
-                        return self.violation(
-                            ByeCode::BadPiece,
-                            Penalty::Severe,
-                            format!(
-                                "piece {} of {} has {} bytes, expected {size}",
-                                piece.index,
-                                piece.bundle.short(),
-                                data.len()
-                            ),
-                        );
-                    }
-                    x.awaiting_store.insert(piece, size);
-                    x.awaiting_bytes += size;
-                    x.sample_bytes += size;
-                    let dt = self.now.saturating_sub(x.sample_start);
-                    if dt >= RATE_SAMPLE_MS {
-                        let inst = x.sample_bytes as f64 / dt as f64;
-                        x.rate = Some(x.rate.map_or(inst, |r| (r + inst) / 2.0));
-                        x.sample_start = self.now;
-                        x.sample_bytes = 0;
-                    }
-                    self.plan_refill = true;
-                    self.stats.pieces_received += 1;
-                    self.stats.piece_bytes_received += size;
-                    self.events.push_back(Event::PieceReceived { piece, data });
-                } else if x.cancelled.remove(&piece) {
-                    // An answer all the same (it crossed our Cancel).
-                    x.answered += 1;
-                    self.stats.requests_answered += 1;
-                } else {
-                    self.violation(
-                        ByeCode::UnsolicitedPiece,
+                        ByeCode::RepeatedRequest,
                         Penalty::Major,
                         format!(
-                            "unrequested piece {} of {}",
+                            "more than {MAX_REPEATED_REQUESTS} requests for pieces already sent (last: piece {} of {})",
                             piece.index,
                             piece.bundle.short()
                         ),
                     );
                 }
+                continue;
             }
-            Message::Have(pieces) => {
-                self.plan_dirty = true;
-                for piece in pieces {
-                    if !peer.add_have(piece) {
-                        return self.violation(
-                            ByeCode::TooManyRequests,
-                            Penalty::Major,
-                            "too many have-updates".into(),
-                        );
-                    }
+            let held = self
+                .local
+                .bundles
+                .get(&piece.bundle)
+                .is_some_and(|b| b.have.get(piece.index));
+            if !held {
+                if x.pending_refuse.len() >= max_peer_requests {
+                    return self.violation(
+                        ByeCode::TooManyRequests,
+                        Penalty::Major,
+                        format!("more than {max_peer_requests} unanswerable requests queued"),
+                    );
+                }
+                x.pending_refuse.push(piece);
+                continue;
+            }
+            if x.peer_requests.len() + x.fetching.len() >= max_peer_requests {
+                return self.violation(
+                    ByeCode::TooManyRequests,
+                    Penalty::Major,
+                    format!("more than {max_peer_requests} requests outstanding"),
+                );
+            }
+            x.peer_request_set.insert(piece);
+            x.peer_requests.push_back(piece);
+        }
+    }
+
+    /// The peer withdraws requests (or tells us it dropped a piece we sent).
+    fn on_cancel(&mut self, pieces: Vec<PieceRef>) {
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        for piece in pieces {
+            if x.peer_request_set.remove(&piece) {
+                x.peer_requests.retain(|p| *p != piece);
+            } else if let Some(size) = x.fetching.remove(&piece) {
+                x.fetching_bytes -= size;
+            } else if let Some(s) = x.served.get_mut(&piece) {
+                // Sent (or queued): the peer may ask for it once more.
+                s.cancelled = true;
+                if let Some(i) = self.tx_pieces.iter().position(|(p, ..)| *p == piece) {
+                    // Encoded but not yet handed to the transport: drop it.
+                    let (_, _, frame) = self.tx_pieces.remove(i).expect("position is valid");
+                    self.tx_piece_bytes -= frame.len();
+                    s.copies -= 1;
                 }
             }
-            Message::Refuse { reason, pieces } => {
-                self.plan_dirty = true;
-                if pieces.is_empty()
-                    && matches!(
-                        reason,
-                        RefuseReason::StoreFull | RefuseReason::QuotaExceeded
-                    )
-                {
-                    x.peer_store_full = true;
-                }
-                for piece in pieces {
-                    if let Some(size) = x.my_requests.remove(&piece) {
-                        x.outstanding_bytes -= size;
-                        x.last_progress = self.now;
-                        x.answered += 1;
-                        self.stats.requests_answered += 1;
-                        x.release.push(piece);
-                        peer.add_lack(piece);
-                    }
-                }
+        }
+    }
+
+    /// A piece arrives: an answer to a request (checked for size, then handed to the driver
+    /// to verify and store), a late answer to a cancelled one, or a violation.
+    fn on_piece(&mut self, piece: PieceRef, data: Vec<u8>) {
+        let piece_size_max = self.cfg.piece_size_max as usize;
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        if let Some(size) = x.my_requests.remove(&piece) {
+            x.outstanding_bytes -= size;
+            x.last_progress = self.now;
+            x.answered += 1;
+            self.stats.requests_answered += 1;
+            if data.len() as u64 != size || data.len() > piece_size_max {
+                return self.violation(
+                    ByeCode::BadPiece,
+                    Penalty::Severe,
+                    format!(
+                        "piece {} of {} has {} bytes, expected {size}",
+                        piece.index,
+                        piece.bundle.short(),
+                        data.len()
+                    ),
+                );
             }
-            Message::KeepAlive | Message::Bye { .. } => {}
+            x.awaiting_store.insert(piece, size);
+            x.awaiting_bytes += size;
+            x.sample_bytes += size;
+            let dt = self.now.saturating_sub(x.sample_start);
+            if dt >= RATE_SAMPLE_MS {
+                let inst = x.sample_bytes as f64 / dt as f64;
+                x.rate = Some(x.rate.map_or(inst, |r| (r + inst) / 2.0));
+                x.sample_start = self.now;
+                x.sample_bytes = 0;
+            }
+            self.plan_refill = true;
+            self.stats.pieces_received += 1;
+            self.stats.piece_bytes_received += size;
+            self.events.push_back(Event::PieceReceived { piece, data });
+        } else if x.cancelled.remove(&piece) {
+            // An answer all the same (it crossed our Cancel).
+            x.answered += 1;
+            self.stats.requests_answered += 1;
+        } else {
+            self.violation(
+                ByeCode::UnsolicitedPiece,
+                Penalty::Major,
+                format!(
+                    "unrequested piece {} of {}",
+                    piece.index,
+                    piece.bundle.short()
+                ),
+            );
+        }
+    }
+
+    /// The peer stored more pieces.
+    fn on_have(&mut self, pieces: Vec<PieceRef>) {
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        let Some(peer) = x.peer.as_mut() else {
+            return;
+        };
+        self.plan_dirty = true;
+        for piece in pieces {
+            if !peer.add_have(piece) {
+                return self.violation(
+                    ByeCode::TooManyRequests,
+                    Penalty::Major,
+                    "too many have-updates".into(),
+                );
+            }
+        }
+    }
+
+    /// The peer cannot serve (or take) some pieces, or is full.
+    fn on_refuse(&mut self, reason: RefuseReason, pieces: Vec<PieceRef>) {
+        let State::Exchanging(x) = &mut self.state else {
+            return;
+        };
+        let Some(peer) = x.peer.as_mut() else {
+            return;
+        };
+        self.plan_dirty = true;
+        if pieces.is_empty()
+            && matches!(
+                reason,
+                RefuseReason::StoreFull | RefuseReason::QuotaExceeded
+            )
+        {
+            x.peer_store_full = true;
+        }
+        for piece in pieces {
+            if let Some(size) = x.my_requests.remove(&piece) {
+                x.outstanding_bytes -= size;
+                x.last_progress = self.now;
+                x.answered += 1;
+                self.stats.requests_answered += 1;
+                x.release.push(piece);
+                peer.add_lack(piece);
+            }
         }
     }
 }
