@@ -14,7 +14,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{Node, NodeConfig, content, free_port, publisher_key, sample, scrape, wait_for};
 
@@ -164,11 +164,19 @@ fn a_full_disk_is_store_full_and_the_transfer_resumes_when_it_grows() {
 
     // The file system grows: the transfer resumes without a restart.
     fs.resize("200m");
-    wait_for(
-        "B complete after the disk grew",
-        Duration::from_secs(120),
-        || (b.pieces_have(&id) == total).then_some(()),
-    );
+    let grew = Instant::now();
+    while b.pieces_have(&id) < total {
+        if grew.elapsed() > Duration::from_secs(120) {
+            let log = b.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            panic!(
+                "B not complete 120 s after the disk grew: {} of {total} pieces; B's log, last lines:\n{}",
+                b.pieces_have(&id),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(b.pid(), pid, "B was restarted");
     assert!(b.is_running());
     assert_eq!(b.export(&id), data);

@@ -61,6 +61,8 @@ pub const REPLAN_INTERVAL_MS: u64 = 200;
 /// Most copies of one piece sent in one session: the first, plus one more after each
 /// `Cancel` of it by the peer, up to this many in all.
 pub const MAX_COPIES_PER_PIECE: u8 = 3;
+/// Most pieces a session remembers as refused for lack of room (see `Exchange`).
+const MAX_REFUSED_FOR_ROOM: usize = 4096;
 
 /// Requests for pieces already sent (and not cancelled) tolerated in one session; one more
 /// closes it with `Bye(RepeatedRequest)`. Each of them is ignored, not answered.
@@ -378,6 +380,10 @@ struct Exchange {
     awaiting_bytes: u64,
     /// Requests we cancelled: the piece may still arrive and is then dropped silently.
     cancelled: HashSet<PieceRef>,
+    /// Pieces delivered that the store had no room for, with how often: the peer sends a
+    /// piece at most [`MAX_COPIES_PER_PIECE`] times a session, so while the store is full
+    /// (and probed) these are asked for again only after every other piece.
+    refused_for_room: HashMap<PieceRef, u8>,
     /// Claims to hand back at the next `plan_requests`.
     release: Vec<PieceRef>,
     /// Last time a request was answered (or the first one sent after none were pending), or
@@ -1164,6 +1170,7 @@ impl Session {
         let State::Exchanging(x) = &mut self.state else {
             return;
         };
+        x.refused_for_room.remove(&piece);
         if let Some(size) = x.awaiting_store.remove(&piece) {
             // Came from this peer: it knows.
             x.awaiting_bytes -= size;
@@ -1220,7 +1227,13 @@ impl Session {
                 ),
             ),
             PieceRejection::StoreFull => {
-                // Once there is room it is asked for again.
+                // Once there is room it is asked for again, after the pieces never refused.
+                if x.refused_for_room.len() < MAX_REFUSED_FOR_ROOM
+                    || x.refused_for_room.contains_key(&piece)
+                {
+                    let n = x.refused_for_room.entry(piece).or_insert(0);
+                    *n = n.saturating_add(1);
+                }
                 self.cancel_delivered(piece);
                 self.set_store_full(true);
             }
@@ -1406,6 +1419,12 @@ impl Session {
                 x.carry_requested,
                 rarity,
             );
+            if !x.refused_for_room.is_empty() {
+                let refused = &x.refused_for_room;
+                x.plan
+                    .make_contiguous()
+                    .sort_by_key(|(p, _)| refused.get(p).copied().unwrap_or(0));
+            }
             self.plan_dirty = false;
             self.last_plan = self.now;
         }
@@ -1841,6 +1860,7 @@ impl Session {
             awaiting_store: HashMap::new(),
             awaiting_bytes: 0,
             cancelled: HashSet::new(),
+            refused_for_room: HashMap::new(),
             release: Vec::new(),
             last_progress: self.now,
             answered: 0,
