@@ -241,6 +241,31 @@ impl SignedReport {
     }
 }
 
+/// The state and detail a report gives one install attempt's result, or `None` when the
+/// attempt is not a reportable outcome (a superseded release is simply dropped, a store error
+/// is the node's own trouble and is retried).
+pub fn outcome(
+    result: &Result<std::path::PathBuf, crate::complete::CompleteError>,
+) -> Option<(State, String)> {
+    use crate::complete::{CompleteError as E, HookError};
+    use crate::store::Block;
+    Some(match result {
+        Ok(_) => (State::Installed, String::new()),
+        Err(E::Blocked(Block::Rollback { .. })) => {
+            (State::RollbackRefused, result.as_ref().err()?.to_string())
+        }
+        Err(E::Blocked(Block::Equivocal { .. })) => {
+            (State::Equivocation, result.as_ref().err()?.to_string())
+        }
+        Err(E::Blocked(_)) | Err(E::Store(_)) | Err(E::DependenciesPending { .. }) => return None,
+        Err(E::RolledBack { .. }) => (State::RolledBack, result.as_ref().err()?.to_string()),
+        Err(E::Hook(HookError::Failed { status, stderr })) => {
+            (State::Failed, format!("exit {status}: {stderr}"))
+        }
+        Err(e) => (State::Failed, e.to_string()),
+    })
+}
+
 /// The name of the report bundle a node publishes about lineage `(publisher, name)`: one
 /// lineage per reported lineage, so the node's newer report supersedes its older ones.
 pub fn bundle_name(publisher: &[u8; 32], name: &str) -> String {
@@ -335,6 +360,37 @@ mod tests {
         let mut t = enc.clone();
         t.push(0);
         assert!(SignedReport::decode(&t).is_err());
+    }
+
+    #[test]
+    fn outcomes_map_to_states() {
+        use crate::complete::{CompleteError as E, HookError};
+        use crate::store::Block;
+        assert_eq!(outcome(&Ok("/x".into())).unwrap().0, State::Installed);
+        let failed = Err(E::Hook(HookError::Failed {
+            status: "exit status: 3".into(),
+            stderr: "no space left".into(),
+        }));
+        let (s, d) = outcome(&failed).unwrap();
+        assert_eq!(s, State::Failed);
+        assert!(d.contains("exit status: 3") && d.ends_with("no space left"), "{d}");
+        let refused = Err(E::Blocked(Block::Rollback {
+            release: 1,
+            installed: 2,
+        }));
+        assert_eq!(outcome(&refused).unwrap().0, State::RollbackRefused);
+        let eq = Err(E::Blocked(Block::Equivocal { release: 2 }));
+        assert_eq!(outcome(&eq).unwrap().0, State::Equivocation);
+        let rb = Err(E::RolledBack {
+            check: HookError::Timeout(std::time::Duration::from_secs(1)),
+            rollback: "rolled back to release 1".into(),
+        });
+        assert_eq!(outcome(&rb).unwrap().0, State::RolledBack);
+        let pending = Err(E::DependenciesPending {
+            id: BundleId([0; 32]),
+            missing: vec![],
+        });
+        assert!(outcome(&pending).is_none());
     }
 
     #[test]
