@@ -313,7 +313,11 @@ mod tests {
         detail.push_str("LAST LINE é");
         let r = sample(&detail);
         let enc = r.sign(&key(7));
-        assert!(enc.encode().len() <= MAX_REPORT_BYTES, "{}", enc.encode().len());
+        assert!(
+            enc.encode().len() <= MAX_REPORT_BYTES,
+            "{}",
+            enc.encode().len()
+        );
         let back = SignedReport::decode(enc.encode()).unwrap();
         assert!(back.detail.ends_with("LAST LINE é"));
         assert!(back.detail.len() < detail.len());
@@ -354,7 +358,10 @@ mod tests {
         for i in 0..enc.len() {
             let mut t = enc.clone();
             t[i] ^= 0x01;
-            assert!(SignedReport::decode(&t).is_err(), "byte {i} flipped was accepted");
+            assert!(
+                SignedReport::decode(&t).is_err(),
+                "byte {i} flipped was accepted"
+            );
         }
         // Trailing bytes are refused.
         let mut t = enc.clone();
@@ -373,7 +380,10 @@ mod tests {
         }));
         let (s, d) = outcome(&failed).unwrap();
         assert_eq!(s, State::Failed);
-        assert!(d.contains("exit status: 3") && d.ends_with("no space left"), "{d}");
+        assert!(
+            d.contains("exit status: 3") && d.ends_with("no space left"),
+            "{d}"
+        );
         let refused = Err(E::Blocked(Block::Rollback {
             release: 1,
             installed: 2,
