@@ -273,6 +273,69 @@ pub fn bundle_name(publisher: &[u8; 32], name: &str) -> String {
     format!("report/{}", &h.to_hex()[..32])
 }
 
+/// One node's row in `mule rollout status`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeRow {
+    /// The node id (hex).
+    pub node_id: String,
+    /// Its `node.label`.
+    pub label: String,
+    /// The release its latest report is about.
+    pub release: u64,
+    /// The state, as [`State::as_str`].
+    pub state: String,
+    /// When it happened (unix seconds, the node's clock).
+    pub at: u64,
+    /// When the collector received the report (unix seconds, the collector's clock).
+    pub learned_at: u64,
+}
+
+/// The answer of `mule rollout status NAME --json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RolloutStatus {
+    /// The lineage name asked about.
+    pub name: String,
+    /// One row per reporting node, by node id.
+    pub nodes: Vec<NodeRow>,
+    /// Nodes per state.
+    pub counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// A collector's view of lineage `name` from `(report, learned_at)` pairs: for each node its
+/// newest report (highest release, then latest `at`), and the nodes per state.
+pub fn rollout(name: &str, reports: &[(Report, u64)]) -> RolloutStatus {
+    let mut latest: std::collections::BTreeMap<[u8; 32], &(Report, u64)> = Default::default();
+    for entry in reports.iter().filter(|(r, _)| r.name == name) {
+        let r = &entry.0;
+        let newer = latest
+            .get(&r.node)
+            .is_none_or(|(o, _)| (r.release, r.at) > (o.release, o.at));
+        if newer {
+            latest.insert(r.node, entry);
+        }
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    let nodes = latest
+        .values()
+        .map(|(r, learned_at)| {
+            *counts.entry(r.state.as_str().to_owned()).or_insert(0) += 1;
+            NodeRow {
+                node_id: hex::encode(r.node),
+                label: r.label.clone(),
+                release: r.release,
+                state: r.state.as_str().to_owned(),
+                at: r.at,
+                learned_at: *learned_at,
+            }
+        })
+        .collect();
+    RolloutStatus {
+        name: name.to_owned(),
+        nodes,
+        counts,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +464,54 @@ mod tests {
             missing: vec![],
         });
         assert!(outcome(&pending).is_none());
+    }
+
+    #[test]
+    fn rollout_keeps_each_nodes_newest_report_and_counts_states() {
+        let at = |node: u8, release, at, state| Report {
+            node: [node; 32],
+            release,
+            at,
+            state,
+            ..sample("")
+        };
+        let reports = vec![
+            (at(1, 1, 100, State::Installed), 150),
+            (at(1, 2, 200, State::Failed), 250),
+            (at(2, 2, 210, State::Installed), 260),
+            (at(2, 1, 300, State::RollbackRefused), 320),
+            (at(3, 2, 220, State::Waiting), 230),
+            (
+                Report {
+                    name: "other".into(),
+                    ..at(4, 9, 9, State::Installed)
+                },
+                10,
+            ),
+        ];
+        let st = rollout("fw", &reports);
+        let rows: Vec<_> = st
+            .nodes
+            .iter()
+            .map(|n| (n.release, n.state.as_str(), n.learned_at))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (2, "failed", 250),
+                (2, "installed", 260),
+                (2, "waiting", 230)
+            ]
+        );
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["name"], "fw");
+        assert_eq!(v["counts"]["installed"], 1);
+        assert_eq!(v["counts"]["failed"], 1);
+        let keys: Vec<_> = v["nodes"][0].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            ["at", "label", "learned_at", "node_id", "release", "state"]
+        );
     }
 
     #[test]
