@@ -8,6 +8,7 @@
 //! - [`complete`]: atomic export, the on-complete command and the health check (with
 //!   rollback), in dependency order.
 //! - [`release`]: the pure install policy of staged rollouts (cohorts, stages, hold, window).
+//! - [`report`]: node-signed install reports (≤ 1 KiB) that ride back on the reports channel.
 //! - [`keys`], [`trust`]: key files, the trust list.
 //! - [`id`], [`bitfield`]: the ids, [`Priority`] and piece sets, defined in `mule-proto` (the
 //!   protocol's leaf crate) and re-exported here at their old paths.
@@ -46,6 +47,7 @@ pub mod keys;
 pub mod manifest;
 pub mod publish;
 pub mod release;
+pub mod report;
 pub mod store;
 pub mod trust;
 
