@@ -97,9 +97,13 @@ fn an_older_release_after_a_newer_one_is_refused_and_counted() {
     let (_, key, hex) = publisher_key(keys.path(), "pub.key");
     let mut a = Node::new(&NodeConfig::fw(&hex));
     a.start();
+    // C holds only the old release: A knows release 2 and no longer offers release 1
+    // (supersession), so the old release reaches B from a node that never saw release 2.
+    let mut c = Node::new(&NodeConfig::default());
+    c.start();
     let port = free_port();
     let mut b = Node::new(&NodeConfig {
-        peers: vec![a.listen().to_string()],
+        peers: vec![a.listen().to_string(), c.listen().to_string()],
         metrics_port: Some(port),
         ..NodeConfig::fw(&hex)
     });
@@ -114,7 +118,7 @@ fn an_older_release_after_a_newer_one_is_refused_and_counted() {
     );
     wait_state(&b, &r2, "installed", Duration::from_secs(60));
     let r1 = publish(
-        &a,
+        &c,
         &key,
         "fw",
         "1.0",
@@ -138,6 +142,7 @@ fn an_older_release_after_a_newer_one_is_refused_and_counted() {
     assert!(s1.starts_with("superseded"), "release 1 on B: {s1}");
     assert!(b.log_text().contains("rollback refused"));
     b.stop();
+    c.stop();
     a.stop();
 }
 
