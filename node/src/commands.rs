@@ -69,11 +69,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         other => rt()?.block_on(async {
-            match verb(other.clone(), &cfg, &data_dir).await {
-                // The daemon stopped while serving this verb: once more, now through the
-                // next daemon or the store itself (every verb can be repeated safely).
-                Err(e) if is_closed(&e) => verb(other, &cfg, &data_dir).await,
-                r => r,
+            // The daemon stopped while serving this verb: again, now through the next daemon
+            // or the store itself (every verb can be repeated safely); a few times, since a
+            // daemon that restarts may go away again.
+            let mut tries = 0;
+            loop {
+                match verb(other.clone(), &cfg, &data_dir).await {
+                    Err(e) if is_closed(&e) && tries < 3 => tries += 1,
+                    r => break r,
+                }
             }
         }),
     }

@@ -223,7 +223,10 @@ impl Client {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::ConnectionRefused
+                        // A daemon closing its listener while we connect.
+                        | std::io::ErrorKind::ConnectionReset
                 ) =>
             {
                 Err(Error::NotRunning {
