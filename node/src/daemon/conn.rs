@@ -11,6 +11,9 @@
 //! - Statically configured peers (`session.peers`) are dialled whenever no
 //!   session with them is open: this also serves wired gateways and tests on
 //!   loopback, where multicast discovery does not apply.
+//! - An authenticated session takes one of `session.max_sessions` slots by the rules of
+//!   [`super::slots`] (strangers' share and per-source limit, known neighbours displace the
+//!   least useful stranger): a full pool is no reason to refuse a connection at `accept`.
 //!
 //! [`PenaltyBook`]: mule_engine::penalty::PenaltyBook
 

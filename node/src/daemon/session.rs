@@ -192,14 +192,9 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                     let tx = close_tx.take().expect("authenticated once");
                     if admission.as_ref().is_some_and(|t| !t.authenticated()) {
                         s.close_with(ByeCode::Busy, "connection slot reclaimed");
-                    } else if let Err(why) = ctx.register(
-                        node,
-                        sid,
-                        role == Role::Initiator,
-                        tx,
-                        transport,
-                        &address,
-                    ) {
+                    } else if let Err(why) =
+                        ctx.register(node, sid, role == Role::Initiator, tx, transport, &address)
+                    {
                         tracing::debug!(peer = %node.short(), why, "closing session");
                         s.close_with(ByeCode::Busy, why);
                     } else {
@@ -234,23 +229,27 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                             let ctx = ctx.clone();
                             tokio::spawn(async move {
                                 match ctx.accept_manifest(vm, Origin::Received).await {
-                                // A new manifest was useful; one already held was not.
-                                Ok(new) => if let (true, Some(n)) = (new, peer) { ctx.note_useful(n, sid) },
-                                Err(e) => {
-                                    use mule_bundle::store::StoreError as E;
-                                    let reason = match &e {
-                                        super::store::CallError::Store(E::Untrusted { .. }) => {
-                                            crate::metrics::ManifestReject::Untrusted
+                                    // A new manifest was useful; one already held was not.
+                                    Ok(new) => {
+                                        if let (true, Some(n)) = (new, peer) {
+                                            ctx.note_useful(n, sid)
                                         }
-                                        super::store::CallError::Store(E::Expired(_)) => {
-                                            crate::metrics::ManifestReject::Expired
-                                        }
-                                        _ => crate::metrics::ManifestReject::StoreError,
-                                    };
-                                    ctx.metrics.inc_manifest_rejected(reason);
-                                    // A policy refusal (untrusted, expired) is no violation.
-                                    tracing::debug!(error = %e, "manifest not stored");
-                                }
+                                    }
+                                    Err(e) => {
+                                        use mule_bundle::store::StoreError as E;
+                                        let reason = match &e {
+                                            super::store::CallError::Store(E::Untrusted {
+                                                ..
+                                            }) => crate::metrics::ManifestReject::Untrusted,
+                                            super::store::CallError::Store(E::Expired(_)) => {
+                                                crate::metrics::ManifestReject::Expired
+                                            }
+                                            _ => crate::metrics::ManifestReject::StoreError,
+                                        };
+                                        ctx.metrics.inc_manifest_rejected(reason);
+                                        // A policy refusal (untrusted, expired) is no violation.
+                                        tracing::debug!(error = %e, "manifest not stored");
+                                    }
                                 }
                             });
                         }

@@ -119,16 +119,17 @@ pub fn decide<K: Copy>(held: &[Held<K>], max: usize, c: Candidate, now: Instant)
     let strangers = held.iter().filter(|h| !h.known).count();
     let same_source = |h: &Held<K>| c.source.is_some() && h.source == c.source;
     let from_source = held.iter().filter(|h| !h.known && same_source(h)).count();
-    let (room, why): (&dyn Fn(&Held<K>) -> bool, _) = if from_source >= STRANGER_PER_SOURCE {
-        (&same_source, SOURCE_FULL)
+    // `only_source`: only the source's own sessions may make room.
+    let (only_source, why) = if from_source >= STRANGER_PER_SOURCE {
+        (true, SOURCE_FULL)
     } else if strangers >= stranger_share(max) {
-        (&|_| true, STRANGERS_FULL)
+        (false, STRANGERS_FULL)
     } else if held.len() >= max {
-        (&|_| true, LIMIT_REACHED)
+        (false, LIMIT_REACHED)
     } else {
         return Decision::Admit;
     };
-    match least_useful(&|h| room(h) && idle(h)) {
+    match least_useful(&|h| (!only_source || same_source(h)) && idle(h)) {
         Some(key) => Decision::Displace {
             key,
             why: RECLAIMED_IDLE,
@@ -170,7 +171,13 @@ mod tests {
     }
 
     /// Admits `c` into `pool` if the policy says so (applying a displacement).
-    fn offer(pool: &mut Vec<Held<u32>>, max: usize, c: Candidate, key: u32, now: Instant) -> Decision<u32> {
+    fn offer(
+        pool: &mut Vec<Held<u32>>,
+        max: usize,
+        c: Candidate,
+        key: u32,
+        now: Instant,
+    ) -> Decision<u32> {
         let d = decide(pool, max, c, now);
         match d {
             Decision::Admit => {}
@@ -202,7 +209,10 @@ mod tests {
         );
         // Known neighbours fill the rest.
         for i in 0..4u32 {
-            assert_eq!(offer(&mut pool, 8, neighbour(200), 100 + i, t0), Decision::Admit);
+            assert_eq!(
+                offer(&mut pool, 8, neighbour(200), 100 + i, t0),
+                Decision::Admit
+            );
         }
         assert_eq!(pool.len(), 8);
     }

@@ -486,8 +486,8 @@ mod tests {
                 "{fam}"
             );
         }
-        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 13 plain, build info and uptime.
-        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 13 + 2);
+        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 14 plain, build info and uptime.
+        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 14 + 2);
     }
 
     #[test]
