@@ -17,9 +17,6 @@
 //! - the session's own handshake deadline (5 s) still ends every connection that does not
 //!   authenticate, pool full or not.
 //!
-//! Once authenticated, a session's slot among `session.max_sessions` follows
-//! [`super::slots`] (by key, since keys cost nothing).
-//!
 //! The policy is plain data with time passed in; the accept loop holds it behind a mutex,
 //! gives each admitted connection a [`Ticket`] and drops the connection when the ticket's
 //! slot is reclaimed.

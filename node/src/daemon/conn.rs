@@ -11,9 +11,6 @@
 //! - Statically configured peers (`session.peers`) are dialled whenever no
 //!   session with them is open: this also serves wired gateways and tests on
 //!   loopback, where multicast discovery does not apply.
-//! - An authenticated session takes one of `session.max_sessions` slots by the rules of
-//!   [`super::slots`] (strangers' share and per-source limit, known neighbours displace the
-//!   least useful stranger): a full pool is no reason to refuse a connection at `accept`.
 //!
 //! [`PenaltyBook`]: mule_engine::penalty::PenaltyBook
 
@@ -24,15 +21,13 @@ use std::time::{Duration, Instant};
 
 use mule_contacts::neighbours::Event;
 use mule_contacts::{NodeId, PeerAddr, Timestamp};
-use mule_engine::frame::ByeCode;
 use mule_engine::penalty::Verdict;
 use mule_engine::session::Role;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::admission::{Admission, Source};
-use super::session::{CLOSING, Closing, Conn};
-use super::slots::{self, Candidate, Decision, Held};
+use super::admission::Admission;
+use super::session::Conn;
 use super::{Ctx, Error, NeighbourInfo, SessionEntry};
 
 /// How long the node with the larger id waits for the other to dial.
@@ -110,9 +105,10 @@ pub async fn accept_loop(
             _ = &mut stop => return,
             r = l.accept() => match r {
                 Ok((stream, peer)) => {
-                    // Even with every session slot taken the handshake runs (its slot is
-                    // the admission pool's): only the peer's key tells whether it may
-                    // displace a stranger's session (`slots`).
+                    if ctx.session_count() >= ctx.cfg.session.max_sessions as usize {
+                        tracing::warn!(%peer, "session limit reached; refusing connection");
+                        continue;
+                    }
                     let known = ctx.is_known_source(peer.ip());
                     let Some((ticket, reclaimed)) = admission.admit(peer.ip(), known, Instant::now()) else {
                         tracing::debug!(%peer, "unauthenticated slots full of neighbours' handshakes; refusing one");
@@ -301,9 +297,7 @@ fn maintain(ctx: &Arc<Ctx>, static_backoff: &mut HashMap<SocketAddr, Instant>) {
             if !matches!(sh.penalties.check(&node, now_ms), Verdict::Allowed) {
                 continue;
             }
-            // Strangers' sessions give way to neighbours' (`slots`): only known
-            // neighbours' sessions and dials stop this node from dialling.
-            if ctx.known_count_locked(&sh) >= ctx.cfg.session.max_sessions as usize {
+            if ctx.session_count_locked(&sh) >= ctx.cfg.session.max_sessions as usize {
                 break;
             }
             sh.dialing.insert(node, Instant::now());
@@ -383,39 +377,12 @@ impl Ctx {
             .any(|n| matches!(&n.addr, PeerAddr::Ip { addr, .. } if addr.ip() == ip))
     }
 
-    fn known_count_locked(&self, sh: &super::Shared) -> usize {
-        sh.sessions.values().filter(|e| e.known).count() + sh.dialing.len()
+    pub(crate) fn session_count(&self) -> usize {
+        self.shared.lock().expect("shared state").sessions.len()
     }
 
-    /// Whether the peer with key `node` is a known neighbour (see [`slots`]): this node
-    /// dialled it, discovery reports it, it is a configured peer's learnt key, or it is
-    /// among the remembered keys (history, clean sessions that brought something).
-    fn is_known_key(sh: &super::Shared, node: &NodeId, initiated_by_us: bool) -> bool {
-        initiated_by_us
-            || sh.neighbours.contains_key(node)
-            || sh.static_nodes.values().any(|n| n == node)
-            || sh.known_keys.contains(node)
-    }
-
-    /// The session with `node` (if it is still `sid`) exchanged something useful now.
-    pub(crate) fn note_useful(&self, node: NodeId, sid: u64) {
-        let mut sh = self.shared.lock().expect("shared state");
-        if let Some(e) = sh.sessions.get_mut(&node)
-            && e.sid == sid
-        {
-            e.last_useful = Instant::now();
-        }
-    }
-
-    /// `node` held a clean session that brought something stored: it is a known neighbour
-    /// from now on (for the life of the process; the history keeps discovered ones).
-    pub(crate) fn remember_key(&self, node: NodeId) {
-        /// Remembered keys at most (a bound: each one had to bring valid, trusted data).
-        const MAX_KNOWN_KEYS: usize = 4096;
-        let mut sh = self.shared.lock().expect("shared state");
-        if sh.known_keys.len() < MAX_KNOWN_KEYS {
-            sh.known_keys.insert(node);
-        }
+    fn session_count_locked(&self, sh: &super::Shared) -> usize {
+        sh.sessions.len() + sh.dialing.len()
     }
 
     /// Registers an authenticated session. Returns false when this session
@@ -426,9 +393,9 @@ impl Ctx {
         node: NodeId,
         sid: u64,
         initiated_by_us: bool,
-        close: mpsc::Sender<Closing>,
+        close: mpsc::Sender<()>,
         transport: &'static str,
-        address: &str,
+        address: String,
     ) -> Result<(), &'static str> {
         let me = self.node_id();
         let now = self.now_ms();
@@ -436,39 +403,13 @@ impl Ctx {
         if !matches!(sh.penalties.check(&node, now), Verdict::Allowed) {
             return Err("peer is penalised");
         }
-        let known = Self::is_known_key(&sh, &node, initiated_by_us);
-        let source = address
-            .parse::<SocketAddr>()
-            .ok()
-            .map(|sa| Source::of(sa.ip()));
-        // Handshakes run beside sessions (their slots are apart); a session takes a slot
-        // by the rules of `slots` (a replacement of the peer's own session takes its slot).
-        if !sh.sessions.contains_key(&node) {
-            let held: Vec<Held<NodeId>> = sh
-                .sessions
-                .iter()
-                .map(|(n, e)| Held {
-                    key: *n,
-                    source: e.source,
-                    known: e.known,
-                    last_useful: e.last_useful,
-                })
-                .collect();
-            let max = self.cfg.session.max_sessions as usize;
-            match slots::decide(&held, max, Candidate { source, known }, Instant::now()) {
-                Decision::Admit => {}
-                Decision::Displace { key, why } => {
-                    if let Some(old) = sh.sessions.remove(&key) {
-                        tracing::info!(peer = %key.short(), address = %old.address, for_peer = %node.short(), reason = why, "closing a stranger's session to free its slot");
-                        self.metrics.inc_sessions_displaced();
-                        let _ = old.close.try_send((ByeCode::Busy, why));
-                    }
-                }
-                // This node dialled it: it is let in over the limit, as ever (dials are
-                // bounded by `maintain`).
-                Decision::Refuse(_) if initiated_by_us => {}
-                Decision::Refuse(why) => return Err(why),
-            }
+        // Handshakes run beside sessions (their slots are apart): an incoming one that
+        // completes when the sessions are full waits for another contact.
+        if !initiated_by_us
+            && !sh.sessions.contains_key(&node)
+            && sh.sessions.len() >= self.cfg.session.max_sessions as usize
+        {
+            return Err("session limit reached");
         }
         if let Some(existing) = sh.sessions.get(&node) {
             // Keep the session initiated by the smaller node id.
@@ -478,7 +419,7 @@ impl Ctx {
             if !new_wins {
                 return Err("duplicate session");
             }
-            let _ = existing.close.try_send(CLOSING);
+            let _ = existing.close.try_send(());
         }
         if let Ok(sa) = address.parse::<SocketAddr>()
             && self.cfg.session.peers.contains(&sa)
@@ -500,11 +441,8 @@ impl Ctx {
                 initiated_by_us,
                 close,
                 transport,
-                address: address.to_string(),
+                address,
                 since: Instant::now(),
-                known,
-                source,
-                last_useful: Instant::now(),
             },
         );
         self.metrics.set_sessions_active(sh.sessions.len() as u64);
@@ -524,7 +462,7 @@ impl Ctx {
     pub(crate) fn close_all(&self) {
         let sh = self.shared.lock().expect("shared state");
         for e in sh.sessions.values() {
-            let _ = e.close.try_send(CLOSING);
+            let _ = e.close.try_send(());
         }
     }
 }

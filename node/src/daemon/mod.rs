@@ -22,12 +22,11 @@ mod install;
 mod media;
 mod progress;
 mod session;
-mod slots;
 mod space;
 pub mod store;
 mod view;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,16 +143,10 @@ pub enum Notice {
 struct SessionEntry {
     sid: u64,
     initiated_by_us: bool,
-    close: mpsc::Sender<session::Closing>,
+    close: mpsc::Sender<()>,
     transport: &'static str,
     address: String,
     since: Instant,
-    /// Whether the peer is a known neighbour (see [`slots`]).
-    known: bool,
-    /// Where the connection came from (`None`: not an IP transport).
-    source: Option<admission::Source>,
-    /// When the session last exchanged something useful (or came up).
-    last_useful: Instant,
 }
 
 /// A neighbour as discovery reported it.
@@ -182,10 +175,6 @@ pub(crate) struct Shared {
     pub channels: Vec<String>,
     /// Node ids of statically configured peers, learnt from their sessions.
     pub static_nodes: HashMap<SocketAddr, NodeId>,
-    /// Keys that count as known neighbours beyond discovery and configuration: a discovered
-    /// contact in the history, or a clean session that brought something stored (see
-    /// [`slots`]).
-    pub known_keys: HashSet<NodeId>,
 }
 
 /// Everything a session task or the control server needs.
@@ -661,10 +650,6 @@ pub async fn run_locked(
             )))
         }
     };
-    let known_keys = history
-        .as_deref()
-        .map(known_from_history)
-        .unwrap_or_default();
     let channels = load_subscriptions(&data_dir, &cfg.subscriptions.channels);
     metrics.set_store_quota_bytes(cfg.store.quota_bytes);
     let ctx = Arc::new(Ctx {
@@ -679,7 +664,6 @@ pub async fn run_locked(
             prophet: Prophet::new(node, params),
             channels,
             static_nodes: HashMap::new(),
-            known_keys,
         }),
         discovery: Mutex::new(None),
         history,
@@ -930,17 +914,4 @@ async fn installer(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()>) {
             ctx.metrics.set_store_bytes(u.total);
         }
     }
-}
-
-/// Peers with a discovered (or configured) contact in the history: known neighbours for the
-/// session slots, across restarts. A peer that only ever dialled in is not among them.
-fn known_from_history(h: &History) -> HashSet<NodeId> {
-    let peers = h.peers().unwrap_or_default();
-    peers
-        .into_iter()
-        .filter(|p| {
-            h.contacts(p)
-                .is_ok_and(|cs| cs.iter().any(|c| c.discovered))
-        })
-        .collect()
 }

@@ -44,12 +44,6 @@ enum Outcome {
     Fetched(PieceRef, Option<Vec<u8>>),
 }
 
-/// Why the registry asks a session to close: the `Bye` code and detail it sends.
-pub type Closing = (ByeCode, &'static str);
-
-/// The request to close for shutdown or a duplicate session.
-pub const CLOSING: Closing = (ByeCode::Normal, "closing");
-
 /// A connected stream a session can run on, and what the daemon knows about it.
 pub struct Conn {
     stream: Stream,
@@ -164,7 +158,7 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
         s.set_store_full(true);
     }
     let (otx, mut orx) = mpsc::channel::<Outcome>(1024);
-    let (close_tx, mut close_rx) = mpsc::channel::<Closing>(1);
+    let (close_tx, mut close_rx) = mpsc::channel::<()>(1);
     let mut buf = vec![0u8; HANDSHAKE_READ_BUF];
     let mut out: Option<Vec<u8>> = None;
     let mut peer: Option<NodeId> = None;
@@ -175,9 +169,6 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
     let mut registered = false;
     let mut violated = false;
     let mut dead_link = false;
-    // Whether the peer brought something this node stored (a key that did, in a clean
-    // session, is a known neighbour from then on; see `slots`).
-    let mut brought = false;
 
     loop {
         {
@@ -192,9 +183,14 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                     let tx = close_tx.take().expect("authenticated once");
                     if admission.as_ref().is_some_and(|t| !t.authenticated()) {
                         s.close_with(ByeCode::Busy, "connection slot reclaimed");
-                    } else if let Err(why) =
-                        ctx.register(node, sid, role == Role::Initiator, tx, transport, &address)
-                    {
+                    } else if let Err(why) = ctx.register(
+                        node,
+                        sid,
+                        role == Role::Initiator,
+                        tx,
+                        transport,
+                        address.clone(),
+                    ) {
                         tracing::debug!(peer = %node.short(), why, "closing session");
                         s.close_with(ByeCode::Busy, why);
                     } else {
@@ -228,28 +224,20 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                         Ok(vm) => {
                             let ctx = ctx.clone();
                             tokio::spawn(async move {
-                                match ctx.accept_manifest(vm, Origin::Received).await {
-                                    // A new manifest was useful; one already held was not.
-                                    Ok(new) => {
-                                        if let (true, Some(n)) = (new, peer) {
-                                            ctx.note_useful(n, sid)
+                                if let Err(e) = ctx.accept_manifest(vm, Origin::Received).await {
+                                    use mule_bundle::store::StoreError as E;
+                                    let reason = match &e {
+                                        super::store::CallError::Store(E::Untrusted { .. }) => {
+                                            crate::metrics::ManifestReject::Untrusted
                                         }
-                                    }
-                                    Err(e) => {
-                                        use mule_bundle::store::StoreError as E;
-                                        let reason = match &e {
-                                            super::store::CallError::Store(E::Untrusted {
-                                                ..
-                                            }) => crate::metrics::ManifestReject::Untrusted,
-                                            super::store::CallError::Store(E::Expired(_)) => {
-                                                crate::metrics::ManifestReject::Expired
-                                            }
-                                            _ => crate::metrics::ManifestReject::StoreError,
-                                        };
-                                        ctx.metrics.inc_manifest_rejected(reason);
-                                        // A policy refusal (untrusted, expired) is no violation.
-                                        tracing::debug!(error = %e, "manifest not stored");
-                                    }
+                                        super::store::CallError::Store(E::Expired(_)) => {
+                                            crate::metrics::ManifestReject::Expired
+                                        }
+                                        _ => crate::metrics::ManifestReject::StoreError,
+                                    };
+                                    ctx.metrics.inc_manifest_rejected(reason);
+                                    // A policy refusal (untrusted, expired) is no violation.
+                                    tracing::debug!(error = %e, "manifest not stored");
                                 }
                             });
                         }
@@ -358,17 +346,8 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
                 Err(broadcast::error::RecvError::Lagged(k)) => tracing::debug!(missed = k, "session lagged behind store notices"),
                 Err(broadcast::error::RecvError::Closed) => eof = true,
             },
-            o = orx.recv() => if let Some(o) = o {
-                let (useful, stored) = on_outcome(&ctx, &mut s, o, mtransport);
-                brought |= stored;
-                if let (true, Some(n)) = (useful, peer) {
-                    ctx.note_useful(n, sid);
-                }
-            },
-            c = close_rx.recv() => {
-                let (code, detail) = c.unwrap_or(CLOSING);
-                s.close_with(code, detail);
-            }
+            o = orx.recv() => if let Some(o) = o { on_outcome(&ctx, &mut s, o, mtransport) },
+            _ = close_rx.recv() => s.close_with(ByeCode::Normal, "closing"),
             r = store_full.changed() => match r {
                 Ok(()) => s.set_store_full(*store_full.borrow_and_update()),
                 // The sender lives in Ctx, which outlives the session; never happens.
@@ -396,9 +375,6 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
         let st = s.stats();
         if registered && !violated {
             ctx.record_session(n, transport, started_wall, st.bytes_sent, st.bytes_received);
-            if brought {
-                ctx.remember_key(n);
-            }
             if let Some(t) = &admission {
                 t.remember_source(Instant::now());
             }
@@ -417,14 +393,7 @@ pub async fn run(ctx: Arc<Ctx>, conn: Conn, role: Role, expected: Option<NodeId>
     }
 }
 
-/// Carries out a store outcome; returns whether the session did something useful (a piece
-/// stored or sent) and whether it brought a piece this node stored.
-fn on_outcome(ctx: &Ctx, s: &mut Session, o: Outcome, t: MTransport) -> (bool, bool) {
-    let stored = matches!(
-        o,
-        Outcome::Put(_, PutOutcome::Stored | PutOutcome::Completed)
-    );
-    let mut sent = false;
+fn on_outcome(ctx: &Ctx, s: &mut Session, o: Outcome, t: MTransport) {
     match o {
         Outcome::Put(piece, outcome) => match outcome {
             // Also announced to every session by broadcast; telling this one
@@ -462,12 +431,10 @@ fn on_outcome(ctx: &Ctx, s: &mut Session, o: Outcome, t: MTransport) -> (bool, b
         Outcome::Fetched(piece, Some(data)) => {
             if s.send_piece(piece, &data) {
                 ctx.metrics.inc_pieces_sent(t);
-                sent = true;
             }
         }
         Outcome::Fetched(piece, None) => s.piece_unavailable(piece),
     }
-    (stored || sent, stored)
 }
 
 fn failure_of(code: ByeCode) -> Option<SessionFailure> {

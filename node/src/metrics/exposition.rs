@@ -143,12 +143,6 @@ impl Metrics {
             self.handshakes_reclaimed.load(Ordering::Relaxed),
         );
         o.scalar(
-            "mule_sessions_displaced_total",
-            "counter",
-            "Strangers' authenticated sessions closed to give their slot to another session.",
-            self.sessions_displaced.load(Ordering::Relaxed),
-        );
-        o.scalar(
             "mule_neighbours",
             "gauge",
             "Neighbours currently in range.",
@@ -456,7 +450,6 @@ mod tests {
             "mule_sessions_active",
             "mule_contacts_total",
             "mule_handshakes_reclaimed_total",
-            "mule_sessions_displaced_total",
             "mule_neighbours",
             "mule_store_bytes",
             "mule_store_quota_bytes",
@@ -486,8 +479,8 @@ mod tests {
                 "{fam}"
             );
         }
-        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 14 plain, build info and uptime.
-        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 14 + 2);
+        // 2×4 transport + 5 + 4 + 5 + 4 labelled, 13 plain, build info and uptime.
+        assert_eq!(s.len(), 8 + 5 + 4 + 5 + 4 + 13 + 2);
     }
 
     #[test]

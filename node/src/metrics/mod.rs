@@ -42,7 +42,6 @@
 //! | `mule_sessions_active` | gauge | |
 //! | `mule_contacts_total` | counter | |
 //! | `mule_handshakes_reclaimed_total` | counter | |
-//! | `mule_sessions_displaced_total` | counter | |
 //! | `mule_neighbours` | gauge | |
 //! | `mule_store_bytes`, `mule_store_quota_bytes` | gauge | |
 //! | `mule_store_full` | gauge (0 or 1) | |

@@ -166,7 +166,6 @@ pub struct Metrics {
     pub(super) sessions_active: AtomicU64,
     pub(super) contacts: AtomicU64,
     pub(super) handshakes_reclaimed: AtomicU64,
-    pub(super) sessions_displaced: AtomicU64,
     pub(super) neighbours: AtomicU64,
     pub(super) store_bytes: AtomicU64,
     pub(super) store_quota_bytes: AtomicU64,
@@ -219,7 +218,6 @@ impl Metrics {
             sessions_active: AtomicU64::new(0),
             contacts: AtomicU64::new(0),
             handshakes_reclaimed: AtomicU64::new(0),
-            sessions_displaced: AtomicU64::new(0),
             neighbours: AtomicU64::new(0),
             store_bytes: AtomicU64::new(0),
             store_quota_bytes: AtomicU64::new(0),
@@ -291,11 +289,6 @@ impl Metrics {
     /// An unauthenticated inbound connection was dropped to give its slot to a newer one.
     pub fn inc_handshakes_reclaimed(&self) {
         self.handshakes_reclaimed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a stranger's session closed to free its slot (`daemon::slots`).
-    pub fn inc_sessions_displaced(&self) {
-        self.sessions_displaced.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets the number of neighbours currently in range.

@@ -620,29 +620,6 @@ impl Peer {
         channels: Vec<String>,
     ) -> Peer {
         let stream = TcpStream::connect(addr).await.expect("connect to daemon");
-        Peer::on_stream(stream, key, bundles, channels)
-    }
-
-    /// [`Peer::connect`] from local address `from` (e.g. another loopback address, so that
-    /// the daemon sees a source of its own).
-    pub async fn connect_from(
-        addr: std::net::SocketAddr,
-        from: std::net::IpAddr,
-        key: SigningKey,
-    ) -> Peer {
-        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-        sock.bind(std::net::SocketAddr::new(from, 0))
-            .expect("bind the peer's source address");
-        let stream = sock.connect(addr).await.expect("connect to daemon");
-        Peer::on_stream(stream, key, Vec::new(), Vec::new())
-    }
-
-    fn on_stream(
-        stream: TcpStream,
-        key: SigningKey,
-        bundles: Vec<LocalBundle>,
-        channels: Vec<String>,
-    ) -> Peer {
         stream.set_nodelay(true).expect("nodelay");
         let mut view = LocalView {
             channels,
