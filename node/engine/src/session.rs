@@ -506,6 +506,17 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Drops our request for `p` from the window (if the piece still arrives it is dropped as
+/// cancelled); true if there was one.
+fn forget_request(x: &mut Exchange, p: &PieceRef) -> bool {
+    let Some(size) = x.my_requests.remove(p) else {
+        return false;
+    };
+    x.outstanding_bytes -= size;
+    x.cancelled.insert(*p);
+    true
+}
+
 /// Requests another session took over because we were past our patience deadline: withdrawn
 /// here (a `Cancel` to the peer) and not asked of this peer again in this session. Returns
 /// how many.
@@ -517,12 +528,10 @@ fn withdraw_taken(x: &mut Exchange, claims: &PieceClaims, owner: ClaimOwner) -> 
         .copied()
         .collect();
     for p in &taken {
-        if let Some(size) = x.my_requests.remove(p) {
-            x.outstanding_bytes -= size;
-            x.cancelled.insert(*p);
-            if let Some(h) = x.peer.as_mut() {
-                h.add_lack(*p);
-            }
+        if forget_request(x, p)
+            && let Some(h) = x.peer.as_mut()
+        {
+            h.add_lack(*p);
         }
     }
     if !taken.is_empty() {
@@ -570,9 +579,7 @@ fn shed_to_window(
         let Some(p) = x.my_order.pop_back() else {
             break;
         };
-        if let Some(size) = x.my_requests.remove(&p) {
-            x.outstanding_bytes -= size;
-            x.cancelled.insert(p);
+        if forget_request(x, &p) {
             claims.release(p, owner);
             shed.push(p);
         }
@@ -1267,18 +1274,6 @@ impl Session {
         self.offer_manifests();
     }
 
-    /// The node learned of a release it may not hold (e.g. it installed it, or the store
-    /// saw its manifest elsewhere): bundles of `lineage` below `release` are superseded.
-    pub fn note_newest_release(&mut self, lineage: LineageId, release: u64) {
-        let newest = self.local.newest_releases.entry(lineage).or_insert(0);
-        if *newest >= release {
-            return;
-        }
-        *newest = release;
-        self.update_superseded();
-        self.plan_dirty = true;
-    }
-
     /// Recomputes the superseded set and withdraws what this session still asks for of a
     /// bundle that just became superseded: cancelled at the peer at once, so it stops
     /// sending them within this contact.
@@ -1299,9 +1294,7 @@ impl Session {
             .copied()
             .collect();
         for p in &dropped {
-            if let Some(size) = x.my_requests.remove(p) {
-                x.outstanding_bytes -= size;
-                x.cancelled.insert(*p);
+            if forget_request(x, p) {
                 x.release.push(*p);
             }
         }
